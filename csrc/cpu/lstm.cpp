@@ -1,0 +1,519 @@
+// CPU kernels of the fused LSTM cell and the fused LSTM layer (one layer, one direction, dense or packed).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_copy.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "cpu/checks.h"
+#include "cpu/gemm.h"
+#include "cpu/pointwise.h"
+#include "kernels/lstm_layout.h"
+
+namespace rnnext::cpu {
+namespace {
+
+using at::Tensor;
+using kernels::block_first_col;
+using kernels::block_first_unit;
+using kernels::block_width;
+using kernels::num_unit_blocks;
+
+// Below this many multiply-adds per step, threads cost more than they give.
+constexpr int64_t kParallelStepWork = 1 << 15;
+
+int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
+
+// ---------------------------------------------------------------------------------------------------------
+// LSTM cell: gates = input W_ih^T + b_ih + hx W_hh^T + b_hh, then the pointwise step, in standard gate layout.
+
+void check_cell_args(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  const char* op = "rnnext::lstm_cell";
+  check_float_cpu(op, "input", input);
+  check_same(op, "input", input, "hx", hx);
+  check_same(op, "input", input, "cx", cx);
+  check_same(op, "input", input, "w_ih", w_ih);
+  check_same(op, "input", input, "w_hh", w_hh);
+  check_dim(op, "input", input, 2, "(batch, input_size)");
+  check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)");
+  check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, hidden_size)");
+  const int64_t B = input.size(0), I = input.size(1), G = w_ih.size(0);
+  TORCH_CHECK(G % 4 == 0, op, ": expected w_ih.size(0) to be 4 * hidden_size, got ", G);
+  const int64_t H = G / 4;
+  check_shape(op, "w_ih", w_ih, {G, I});
+  check_shape(op, "w_hh", w_hh, {G, H});
+  check_shape(op, "hx", hx, {B, H});
+  check_shape(op, "cx", cx, {B, H});
+  if (b_ih.has_value()) {
+    check_same(op, "input", input, "b_ih", *b_ih);
+    check_shape(op, "b_ih", *b_ih, {G});
+  }
+  if (b_hh.has_value()) {
+    check_same(op, "input", input, "b_hh", *b_hh);
+    check_shape(op, "b_hh", *b_hh, {G});
+  }
+}
+
+Tensor input_gates(const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
+                   const std::optional<Tensor>& b_hh) {
+  if (b_ih.has_value() || b_hh.has_value()) {
+    Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
+    return at::addmm(bias, input, w_ih.t());
+  }
+  return at::mm(input, w_ih.t());
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                                 const Tensor& w_ih, const Tensor& w_hh,
+                                                 const std::optional<Tensor>& b_ih,
+                                                 const std::optional<Tensor>& b_hh) {
+  check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  const int64_t B = input.size(0), H = w_hh.size(1);
+  Tensor gates = input_gates(input, w_ih, b_ih, b_hh);
+  gates.addmm_(hx, w_hh.t());
+  Tensor cxc = cx.contiguous();
+  Tensor hy = at::empty({B, H}, input.options());
+  Tensor cy = at::empty({B, H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell", [&] {
+    scalar_t* g = gates.data_ptr<scalar_t>();
+    const scalar_t* c0 = cxc.const_data_ptr<scalar_t>();
+    scalar_t* h1 = hy.data_ptr<scalar_t>();
+    scalar_t* c1 = cy.data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(B, B * H * 16), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        lstm_pointwise_forward<scalar_t>(H, H, g + b * 4 * H, c0 + b * H, c1 + b * H, nullptr, h1 + b * H, nullptr);
+    });
+  });
+  return {hy, cy, gates};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cpu(
+    const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx, const Tensor& cx,
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool has_bias) {
+  const char* op = "rnnext::lstm_cell_backward";
+  check_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t B = input.size(0), H = w_hh.size(1);
+  check_same(op, "input", input, "grad_hy", grad_hy);
+  check_same(op, "input", input, "grad_cy", grad_cy);
+  check_same(op, "input", input, "gates", gates);
+  check_same(op, "input", input, "cy", cy);
+  check_shape(op, "grad_hy", grad_hy, {B, H});
+  check_shape(op, "grad_cy", grad_cy, {B, H});
+  check_shape(op, "gates", gates, {B, 4 * H});
+  check_shape(op, "cy", cy, {B, H});
+  Tensor acts = gates.contiguous(), c1 = cy.contiguous(), c0 = cx.contiguous();
+  Tensor dh = grad_hy.contiguous();
+  Tensor dc = grad_cy.contiguous().clone();
+  Tensor dgates = at::empty({B, 4 * H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward", [&] {
+    const scalar_t* a = acts.const_data_ptr<scalar_t>();
+    const scalar_t* cc = c1.const_data_ptr<scalar_t>();
+    const scalar_t* cp = c0.const_data_ptr<scalar_t>();
+    const scalar_t* dhp = dh.const_data_ptr<scalar_t>();
+    scalar_t* dcp = dc.data_ptr<scalar_t>();
+    scalar_t* dg = dgates.data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(B, B * H * 16), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        lstm_pointwise_backward<scalar_t>(H, H, a + b * 4 * H, cc + b * H, cp + b * H, dhp + b * H, nullptr,
+                                          dcp + b * H, dg + b * 4 * H);
+    });
+  });
+  Tensor grad_input = at::mm(dgates, w_ih);
+  Tensor grad_hx = at::mm(dgates, w_hh);
+  Tensor grad_w_ih = at::mm(dgates.t(), input);
+  Tensor grad_w_hh = at::mm(dgates.t(), hx);
+  Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
+  return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// LSTM layer. Dense input is (T, B, I); packed input is (N, I) with batch_sizes (T) as in PackedSequence.
+// Steps are processed in order p = 0..T-1, at time t = p (forward) or T-1-p (reverse); the rows active at
+// time t are the first batch_sizes[t]. Rows keep their state in place between steps, so a row that joins
+// late (reverse direction) starts from hx and a row that leaves early (forward direction) leaves its final
+// state behind.
+
+struct Steps {
+  int64_t T = 0;
+  std::vector<int64_t> rows;    // active rows at time t
+  std::vector<int64_t> offset;  // first packed row of time t
+  bool reverse = false;
+  int64_t time(int64_t p) const { return reverse ? T - 1 - p : p; }
+  // Rows active at processing step p (0 outside [0, T)).
+  int64_t rows_at(int64_t p) const { return p < 0 || p >= T ? 0 : rows[time(p)]; }
+  int64_t offset_at(int64_t p) const { return offset[time(p)]; }
+};
+
+struct LayerShapes {
+  int64_t T, B, N, I, H, P;
+  bool dense;
+};
+
+LayerShapes check_layer_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
+                             const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                             const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                             const std::optional<Tensor>& batch_sizes) {
+  check_float_cpu(op, "input", input);
+  check_same(op, "input", input, "hx", hx);
+  check_same(op, "input", input, "cx", cx);
+  check_same(op, "input", input, "w_ih", w_ih);
+  check_same(op, "input", input, "w_hh", w_hh);
+  LayerShapes s{};
+  s.dense = !batch_sizes.has_value();
+  if (s.dense) {
+    check_dim(op, "input", input, 3, "(seq_len, batch, input_size)");
+    s.T = input.size(0);
+    s.B = input.size(1);
+    s.N = s.T * s.B;
+  } else {
+    check_dim(op, "input", input, 2, "(total_rows, input_size) for a packed sequence");
+    s.N = input.size(0);
+  }
+  s.I = input.size(-1);
+  check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)");
+  check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size or hidden_size)");
+  const int64_t G = w_ih.size(0);
+  TORCH_CHECK(G % 4 == 0, op, ": expected w_ih.size(0) to be 4 * hidden_size, got ", G);
+  s.H = G / 4;
+  s.P = s.H;
+  if (w_hr.has_value()) {
+    check_same(op, "input", input, "w_hr", *w_hr);
+    check_dim(op, "w_hr", *w_hr, 2, "(proj_size, hidden_size)");
+    s.P = w_hr->size(0);
+    check_shape(op, "w_hr", *w_hr, {s.P, s.H});
+  }
+  check_shape(op, "w_ih", w_ih, {G, s.I});
+  check_shape(op, "w_hh", w_hh, {G, s.P});
+  if (b_ih.has_value()) {
+    check_same(op, "input", input, "b_ih", *b_ih);
+    check_shape(op, "b_ih", *b_ih, {G});
+  }
+  if (b_hh.has_value()) {
+    check_same(op, "input", input, "b_hh", *b_hh);
+    check_shape(op, "b_hh", *b_hh, {G});
+  }
+  check_dim(op, "hx", hx, 2, "(batch, proj_size or hidden_size)");
+  if (s.dense) s.B = input.size(1);
+  else s.B = hx.size(0);
+  check_shape(op, "hx", hx, {s.B, s.P});
+  check_shape(op, "cx", cx, {s.B, s.H});
+  return s;
+}
+
+Steps make_steps(const char* op, const LayerShapes& s, const std::optional<Tensor>& batch_sizes, bool reverse) {
+  Steps st;
+  st.reverse = reverse;
+  if (s.dense) {
+    st.T = s.T;
+    st.rows.assign(s.T, s.B);
+  } else {
+    const std::vector<int64_t> bs = check_batch_sizes(op, *batch_sizes, s.N, s.B);
+    st.T = static_cast<int64_t>(bs.size());
+    st.rows = bs;
+  }
+  st.offset.resize(st.T);
+  int64_t acc = 0;
+  for (int64_t t = 0; t < st.T; ++t) {
+    st.offset[t] = acc;
+    acc += st.rows[t];
+  }
+  return st;
+}
+
+// Permutation from the blocked gate layout to PyTorch's rows: perm[col] = torch row.
+Tensor blocked_gate_perm(int64_t H) {
+  Tensor perm = at::empty({4 * H}, at::TensorOptions().dtype(at::kLong));
+  int64_t* p = perm.data_ptr<int64_t>();
+  for (int64_t col = 0; col < 4 * H; ++col) p[col] = kernels::blocked_col_to_torch_row(col, H);
+  return perm;
+}
+
+// Gradient rows computed in the blocked layout, put back in PyTorch's row order.
+Tensor unblock_rows(const Tensor& blocked, const Tensor& perm) {
+  return at::empty_like(blocked).index_copy_(0, perm, blocked);
+}
+
+template <typename scalar_t>
+void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& gates, const Tensor& w_hh_blocked_t,
+                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& output,
+                   Tensor& hy, Tensor& cy, scalar_t* c_save) {
+  const int64_t B = s.B, H = s.H, P = s.P, G = 4 * H, NB = num_unit_blocks(H);
+  const bool proj = w_hr.has_value();
+  // h ping-pongs between two buffers (the GEMM of a step reads every unit of the previous h); c is updated in
+  // place by the thread that owns its units.
+  Tensor hbuf = at::empty({2, B, P}, hx.options());
+  hbuf[0].copy_(hx);
+  hbuf[1].copy_(hx);
+  Tensor cbuf = cx.contiguous().clone();
+  Tensor hfull = proj ? at::empty({B, H}, hx.options()) : Tensor();
+  Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
+  scalar_t* g = gates.data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh_blocked_t.const_data_ptr<scalar_t>();
+  scalar_t* h2 = hbuf.data_ptr<scalar_t>();
+  scalar_t* c = cbuf.data_ptr<scalar_t>();
+  scalar_t* y = output.data_ptr<scalar_t>();
+  scalar_t* hn = hy.data_ptr<scalar_t>();
+  scalar_t* cn = cy.data_ptr<scalar_t>();
+  scalar_t* hf = proj ? hfull.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* whr = proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr;
+
+  for (int64_t p = 0; p < st.T; ++p) {
+    const int64_t n = st.rows_at(p), n_next = st.rows_at(p + 1), off = st.offset_at(p);
+    const scalar_t* hr = h2 + (p % 2) * B * P;
+    scalar_t* hw = h2 + ((p + 1) % 2) * B * P;
+    scalar_t* gp = g + off * G;
+    at::parallel_for(0, NB, grain_for(NB, n * G * P), [&](int64_t k0, int64_t k1) {
+      const int64_t c0 = block_first_col(k0), c1 = 4 * (block_first_unit(k1 - 1) + block_width(k1 - 1, H));
+      gemm_rowmajor(n, c1 - c0, P, hr, P, whh + c0, G, gp + c0, G, /*accumulate=*/true);
+      for (int64_t b = 0; b < n; ++b) {
+        const bool last = b >= n_next;  // this row's final step
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t u = block_first_unit(k), w = block_width(k, H);
+          scalar_t* cs = c_save != nullptr ? c_save + (off + b) * H + u : nullptr;
+          if (proj) {
+            lstm_pointwise_forward<scalar_t>(w, w, gp + b * G + block_first_col(k), c + b * H + u, c + b * H + u, cs,
+                                             hf + b * H + u, nullptr);
+          } else {
+            lstm_pointwise_forward<scalar_t>(w, w, gp + b * G + block_first_col(k), c + b * H + u, c + b * H + u, cs,
+                                             hw + b * P + u, y + (off + b) * P + u);
+            if (last)
+              for (int64_t j = 0; j < w; ++j) hn[b * P + u + j] = hw[b * P + u + j];
+          }
+          if (last)
+            for (int64_t j = 0; j < w; ++j) cn[b * H + u + j] = c[b * H + u + j];
+        }
+      }
+    });
+    if (proj) {
+      at::parallel_for(0, P, grain_for(P, n * H * P), [&](int64_t q0, int64_t q1) {
+        gemm_rowmajor(n, q1 - q0, H, hf, H, whr + q0, P, hw + q0, P, /*accumulate=*/false);
+        for (int64_t b = 0; b < n; ++b) {
+          for (int64_t q = q0; q < q1; ++q) y[(off + b) * P + q] = hw[b * P + q];
+          if (b >= n_next)
+            for (int64_t q = q0; q < q1; ++q) hn[b * P + q] = hw[b * P + q];
+        }
+      });
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, bool reverse, bool train) {
+  const char* op = "rnnext::lstm_layer";
+  const LayerShapes s = check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes);
+  const Steps st = make_steps(op, s, batch_sizes, reverse);
+  const int64_t H = s.H, P = s.P, G = 4 * H;
+  const auto opts = input.options();
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = P;
+  Tensor output = at::empty(out_shape, opts);
+  Tensor hy = hx.contiguous().clone();
+  Tensor cy = cx.contiguous().clone();
+  Tensor cells = train ? at::empty({s.N, H}, opts) : at::empty({0}, opts);
+  if (s.N == 0) {
+    Tensor gates = train ? at::empty({0, G}, opts) : at::empty({0}, opts);
+    return {output, hy, cy, gates, train ? cells.view({0, H}) : cells};
+  }
+  const Tensor perm = blocked_gate_perm(H);
+  const Tensor w_ih_blocked = w_ih.index_select(0, perm);
+  const Tensor w_hh_blocked_t = w_hh.index_select(0, perm).t().contiguous();
+  const Tensor x2d = input.reshape({s.N, s.I});
+  Tensor gates;
+  if (b_ih.has_value() || b_hh.has_value()) {
+    Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
+    gates = at::addmm(bias.index_select(0, perm), x2d, w_ih_blocked.t());
+  } else {
+    gates = at::mm(x2d, w_ih_blocked.t());
+  }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
+    layer_forward<scalar_t>(s, st, gates, w_hh_blocked_t, w_hr, hx, cx, output, hy, cy,
+                            train ? cells.data_ptr<scalar_t>() : nullptr);
+  });
+  if (!train) return {output, hy, cy, at::empty({0}, opts), cells};
+  return {output, hy, cy, gates, cells};
+}
+
+template <typename scalar_t>
+void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, const Tensor& cells,
+                    const Tensor& cx, const Tensor& w_hh_blocked, const std::optional<Tensor>& w_hr,
+                    const Tensor& grad_output, Tensor& dgates, Tensor& dh_state, Tensor& dc_state,
+                    Tensor& dh_proj) {
+  const int64_t H = s.H, P = s.P, G = 4 * H, NB = num_unit_blocks(H);
+  const bool proj = w_hr.has_value();
+  const scalar_t* a = acts.const_data_ptr<scalar_t>();
+  const scalar_t* cs = cells.const_data_ptr<scalar_t>();
+  const scalar_t* c0 = cx.const_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh_blocked.const_data_ptr<scalar_t>();
+  const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+  const scalar_t* whr = proj ? w_hr->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dg = dgates.data_ptr<scalar_t>();
+  scalar_t* dh = dh_state.data_ptr<scalar_t>();
+  scalar_t* dc = dc_state.data_ptr<scalar_t>();
+  scalar_t* dhp = proj ? dh_proj.data_ptr<scalar_t>() : nullptr;
+  Tensor dhfull_t = proj ? at::empty({s.B, H}, cx.options()) : Tensor();
+  scalar_t* dhf = proj ? dhfull_t.data_ptr<scalar_t>() : nullptr;
+
+  // dh_state[:rows] = dgates(step p) @ W_hh: the recurrent gradient that flows into step p - 1 (into hx for
+  // rows that start at step p). Columns [q0, q1) of P.
+  auto recurrent_grad = [&](int64_t p, int64_t q0, int64_t q1) {
+    if (p >= st.T) return;
+    gemm_rowmajor(st.rows_at(p), q1 - q0, G, dg + st.offset_at(p) * G, G, whh + q0, P, dh + q0, P, false);
+  };
+  auto pointwise = [&](int64_t p, int64_t k0, int64_t k1, const scalar_t* dh_a, int64_t ld_a, bool add_dy) {
+    const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
+    const int64_t off_prev = p > 0 ? st.offset_at(p - 1) : 0;
+    for (int64_t b = 0; b < n; ++b) {
+      const scalar_t* c_prev_row = b < n_prev ? cs + (off_prev + b) * H : c0 + b * H;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t u = block_first_unit(k), w = block_width(k, H), col = block_first_col(k);
+        lstm_pointwise_backward<scalar_t>(w, w, a + (off + b) * G + col, cs + (off + b) * H + u, c_prev_row + u,
+                                          dh_a + b * ld_a + u, add_dy ? dy + (off + b) * P + u : nullptr,
+                                          dc + b * H + u, dg + (off + b) * G + col);
+      }
+    }
+  };
+
+  for (int64_t p = st.T - 1; p >= 0; --p) {
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
+    if (!proj) {
+      at::parallel_for(0, NB, grain_for(NB, n * G * P), [&](int64_t k0, int64_t k1) {
+        const int64_t u0 = block_first_unit(k0), u1 = block_first_unit(k1 - 1) + block_width(k1 - 1, H);
+        recurrent_grad(p + 1, u0, u1);
+        pointwise(p, k0, k1, dh, P, /*add_dy=*/true);
+      });
+    } else {
+      // dh (width P) = recurrent part + dy, stored per step for the gradient of w_hr; then dh_full = dh @ w_hr.
+      scalar_t* dhp_step = dhp + off * P;
+      at::parallel_for(0, P, grain_for(P, n * G * P), [&](int64_t q0, int64_t q1) {
+        recurrent_grad(p + 1, q0, q1);
+        for (int64_t b = 0; b < n; ++b)
+          for (int64_t q = q0; q < q1; ++q) dhp_step[b * P + q] = dh[b * P + q] + dy[(off + b) * P + q];
+      });
+      at::parallel_for(0, NB, grain_for(NB, n * H * P), [&](int64_t k0, int64_t k1) {
+        const int64_t u0 = block_first_unit(k0), u1 = block_first_unit(k1 - 1) + block_width(k1 - 1, H);
+        gemm_rowmajor(n, u1 - u0, P, dhp_step, P, whr + u0, H, dhf + u0, H, false);
+        pointwise(p, k0, k1, dhf, H, /*add_dy=*/false);
+      });
+    }
+  }
+  at::parallel_for(0, P, grain_for(P, st.rows_at(0) * G * P), [&](int64_t q0, int64_t q1) {
+    recurrent_grad(0, q0, q1);
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cpu(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const Tensor& output, const Tensor& gates, const Tensor& cells,
+    bool reverse, bool has_bias) {
+  const char* op = "rnnext::lstm_layer_backward";
+  const LayerShapes s =
+      check_layer_args(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, batch_sizes);
+  const Steps st = make_steps(op, s, batch_sizes, reverse);
+  const int64_t H = s.H, P = s.P, G = 4 * H, N = s.N;
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = P;
+  check_same(op, "input", input, "grad_output", grad_output);
+  check_same(op, "input", input, "grad_hy", grad_hy);
+  check_same(op, "input", input, "grad_cy", grad_cy);
+  check_same(op, "input", input, "output", output);
+  check_shape(op, "grad_output", grad_output, out_shape);
+  check_shape(op, "output", output, out_shape);
+  check_shape(op, "grad_hy", grad_hy, {s.B, P});
+  check_shape(op, "grad_cy", grad_cy, {s.B, H});
+  if (N > 0) {
+    check_same(op, "input", input, "gates", gates);
+    check_same(op, "input", input, "cells", cells);
+    check_shape(op, "gates", gates, {N, G});
+    check_shape(op, "cells", cells, {N, H});
+  }
+  const auto opts = input.options();
+  Tensor dh_state = grad_hy.contiguous().clone();
+  Tensor dc_state = grad_cy.contiguous().clone();
+  const Tensor empty = at::empty({0}, opts);
+  if (N == 0) {
+    return {at::zeros_like(input), dh_state, dc_state, at::zeros_like(w_ih), at::zeros_like(w_hh),
+            has_bias ? at::zeros({G}, opts) : empty, w_hr.has_value() ? at::zeros_like(*w_hr) : empty};
+  }
+  const Tensor perm = blocked_gate_perm(H);
+  const Tensor w_ih_blocked = w_ih.index_select(0, perm);
+  const Tensor w_hh_blocked = w_hh.index_select(0, perm).contiguous();
+  const Tensor acts = gates.contiguous(), cs = cells.contiguous(), c0 = cx.contiguous();
+  const Tensor dy = grad_output.contiguous().view({N, P});
+  const std::optional<Tensor> w_hr_c =
+      w_hr.has_value() ? std::optional<Tensor>(w_hr->contiguous()) : std::optional<Tensor>();
+  Tensor dgates = at::empty({N, G}, opts);
+  Tensor dh_proj = w_hr.has_value() ? at::empty({N, P}, opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {
+    layer_backward<scalar_t>(s, st, acts, cs, c0, w_hh_blocked, w_hr_c, dy, dgates, dh_state, dc_state, dh_proj);
+  });
+
+  // The weight gradients as a few large GEMMs over all steps.
+  const Tensor x2d = input.reshape({N, s.I});
+  const Tensor y2d = output.reshape({N, P});
+  Tensor h_prev = at::empty({N, P}, opts);  // the h each packed row's step read
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_hprev", [&] {
+    const scalar_t* y = y2d.const_data_ptr<scalar_t>();
+    const Tensor h0c = hx.contiguous();
+    const scalar_t* h0 = h0c.const_data_ptr<scalar_t>();
+    scalar_t* hp = h_prev.data_ptr<scalar_t>();
+    at::parallel_for(0, st.T, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
+        for (int64_t b = 0; b < n; ++b) {
+          const scalar_t* src = b < n_prev ? y + (st.offset_at(p - 1) + b) * P : h0 + b * P;
+          std::copy(src, src + P, hp + (off + b) * P);
+        }
+      }
+    });
+  });
+  Tensor grad_input = at::mm(dgates, w_ih_blocked).view(input.sizes());
+  Tensor grad_w_ih = unblock_rows(at::mm(dgates.t(), x2d), perm);
+  Tensor grad_w_hh = unblock_rows(at::mm(dgates.t(), h_prev), perm);
+  Tensor grad_bias = has_bias ? unblock_rows(at::sum(dgates, {0}), perm) : empty;
+  Tensor grad_w_hr = empty;
+  if (w_hr.has_value()) {
+    // Recompute the unprojected h = o * tanh(c) of every step.
+    Tensor hfull = at::empty({N, H}, opts);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_hfull", [&] {
+      const scalar_t* a = acts.const_data_ptr<scalar_t>();
+      const scalar_t* c = cs.const_data_ptr<scalar_t>();
+      scalar_t* h = hfull.data_ptr<scalar_t>();
+      at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t k = 0; k < num_unit_blocks(H); ++k) {
+            const int64_t u = block_first_unit(k), w = block_width(k, H);
+            lstm_pointwise_hidden<scalar_t>(w, w, a + r * G + block_first_col(k), c + r * H + u, h + r * H + u);
+          }
+      });
+    });
+    grad_w_hr = at::mm(dh_proj.t(), hfull);
+  }
+  return {grad_input, dh_state, dc_state, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
+  m.impl("lstm_cell", &lstm_cell_cpu);
+  m.impl("lstm_cell_backward", &lstm_cell_backward_cpu);
+  m.impl("lstm_layer", &lstm_layer_cpu);
+  m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
+}
+
+}  // namespace rnnext::cpu

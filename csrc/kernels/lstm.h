@@ -1,0 +1,32 @@
+// The LSTM cell's per-element math, forward and backward, shared by the CPU and CUDA kernels.
+// Gate order is PyTorch's: input, forget, cell (g), output.
+#pragma once
+#include "kernels/activations.h"
+
+namespace rnnext::kernels {
+
+// Pre-activations (pi, pf, pg, po) and the previous cell state in; activations, c and h out.
+template <typename T>
+RNNEXT_HD void lstm_forward_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c, T& h) {
+  i = sigmoid(pi);
+  f = sigmoid(pf);
+  g = tanh_act(pg);
+  o = sigmoid(po);
+  c = f * c_prev + i * g;
+  h = o * tanh_act(c);
+}
+
+// Gradients with respect to the four pre-activations and to c_prev, given dh and the incoming dc.
+template <typename T>
+RNNEXT_HD void lstm_backward_elem(T i, T f, T g, T o, T c, T c_prev, T dh, T dc_in, T& dpi, T& dpf, T& dpg,
+                                  T& dpo, T& dc_prev) {
+  const T tc = tanh_act(c);
+  const T dc = dc_in + dh * o * (T(1) - tc * tc);
+  dpo = dh * tc * o * (T(1) - o);
+  dpi = dc * g * i * (T(1) - i);
+  dpf = dc * c_prev * f * (T(1) - f);
+  dpg = dc * i * (T(1) - g * g);
+  dc_prev = dc * f;
+}
+
+}  // namespace rnnext::kernels

@@ -1,0 +1,152 @@
+"""Loads the compiled op library and registers, for every rnnext op, its fake (meta) kernel and its autograd.
+
+Everything else in rnnext calls the ops through ``torch.ops.rnnext``; nothing reaches into the extension.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_REBUILD = (
+    "Rebuild rnnext against the installed torch from the rnnext source tree: "
+    "`pip install --no-build-isolation --force-reinstall --no-deps .` "
+    "(or install the torch it was built for)."
+)
+
+
+def _public_version(v: str) -> str:
+    return v.split("+", 1)[0]
+
+
+def _load_library() -> None:
+    try:
+        from . import _build_info
+    except ImportError as e:  # pragma: no cover - only without a build
+        raise ImportError(
+            "rnnext's compiled library is missing (rnnext/_build_info.py was not found): rnnext must be built "
+            "and installed with `pip install .` from its source tree before it can be imported."
+        ) from e
+    built = _build_info.TORCH_VERSION
+    if _public_version(built) != _public_version(torch.__version__):
+        raise ImportError(
+            f"rnnext was compiled against torch {built} but torch {torch.__version__} is installed; "
+            f"libtorch has no stable C++ ABI, so the compiled ops cannot be used with it. {_REBUILD}"
+        )
+    try:
+        from . import _C  # noqa: F401  (loading it runs the TORCH_LIBRARY registrations)
+    except ImportError as e:
+        raise ImportError(f"rnnext's compiled library (rnnext._C) failed to load: {e}. {_REBUILD}") from e
+
+
+_load_library()
+
+ops = torch.ops.rnnext
+
+
+def _empty_like_or_none(t: torch.Tensor) -> torch.Tensor | None:
+    """The C++ backward ops return an empty tensor for a gradient that does not exist."""
+    return None if t.numel() == 0 and t.dim() == 1 else t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LSTM cell
+
+
+@torch.library.register_fake("rnnext::lstm_cell")
+def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    B, H = input.shape[0], w_hh.shape[1]
+    return input.new_empty(B, H), input.new_empty(B, H), input.new_empty(B, 4 * H)
+
+
+@torch.library.register_fake("rnnext::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias):
+    G = w_ih.shape[0]
+    return (
+        torch.empty_like(input),
+        torch.empty_like(hx),
+        torch.empty_like(cx),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        input.new_empty(G if has_bias else 0),
+    )
+
+
+def _lstm_cell_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
+    hy, cy, gates = output
+    ctx.bias = (b_ih is not None, b_hh is not None)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy)
+
+
+def _lstm_cell_backward(ctx, grad_hy, grad_cy, grad_gates):
+    input, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    has_bias = any(ctx.bias)
+    g_in, g_hx, g_cx, g_wih, g_whh, g_b = ops.lstm_cell_backward(
+        grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias
+    )
+    g_bih = g_b if ctx.bias[0] else None
+    g_bhh = g_b if ctx.bias[1] else None
+    return g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh
+
+
+torch.library.register_autograd("rnnext::lstm_cell", _lstm_cell_backward, setup_context=_lstm_cell_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LSTM layer
+
+
+@torch.library.register_fake("rnnext::lstm_layer")
+def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train):
+    H = w_hh.shape[0] // 4
+    P = w_hr.shape[0] if w_hr is not None else H
+    N = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+    output = input.new_empty(*input.shape[:-1], P)
+    gates = input.new_empty(N, 4 * H) if train else input.new_empty(0)
+    cells = input.new_empty(N, H) if train else input.new_empty(0)
+    return output, hx.new_empty(hx.shape), cx.new_empty(cx.shape), gates, cells
+
+
+@torch.library.register_fake("rnnext::lstm_layer_backward")
+def _lstm_layer_backward_fake(
+    grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, output, gates, cells, reverse,
+    has_bias,
+):
+    return (
+        torch.empty_like(input),
+        hx.new_empty(hx.shape),
+        cx.new_empty(cx.shape),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        input.new_empty(w_ih.shape[0] if has_bias else 0),
+        torch.empty_like(w_hr) if w_hr is not None else input.new_empty(0),
+    )
+
+
+def _lstm_layer_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train = inputs
+    out, hy, cy, gates, cells = output
+    ctx.reverse = reverse
+    ctx.train = train
+    ctx.bias = (b_ih is not None, b_hh is not None)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells)
+
+
+def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_cells):
+    if not ctx.train:
+        raise RuntimeError(
+            "rnnext::lstm_layer was run with train=False, which keeps no state for the backward pass; "
+            "call it with train=True to differentiate it"
+        )
+    input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
+    g_in, g_hx, g_cx, g_wih, g_whh, g_b, g_whr = ops.lstm_layer_backward(
+        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells,
+        ctx.reverse, any(ctx.bias),
+    )
+    g_bih = g_b if ctx.bias[0] else None
+    g_bhh = g_b if ctx.bias[1] else None
+    g_whr = g_whr if w_hr is not None else None
+    return g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr, None, None, None
+
+
+torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)

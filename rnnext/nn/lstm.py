@@ -1,0 +1,357 @@
+"""Drop-in replacements for ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` on top of the fused rnnext ops."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import _ops
+
+__all__ = ["LSTM", "LSTMCell"]
+
+_HiddenState = Tuple[Tensor, Tensor]
+
+
+def _check_float_input(module: str, input: Tensor, ref: Tensor) -> None:
+    if not torch.is_floating_point(input):
+        raise TypeError(f"{module}: expected a floating-point input, got dtype {input.dtype}")
+    if input.dtype != ref.dtype:
+        raise TypeError(
+            f"{module}: expected input of dtype {ref.dtype} (the parameters' dtype), got {input.dtype}; "
+            f"convert one to the other with .to()"
+        )
+    if input.device != ref.device:
+        raise RuntimeError(
+            f"{module}: expected input on {ref.device} (the parameters' device), got {input.device}"
+        )
+
+
+def _check_state(module: str, name: str, t: Tensor, shape: Tuple[int, ...], ref: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{module}: expected {name} to be a Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise RuntimeError(f"{module}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{module}: expected {name} of dtype {ref.dtype} (the input's dtype), got {t.dtype}")
+    if t.device != ref.device:
+        raise RuntimeError(f"{module}: expected {name} on {ref.device} (the input's device), got {t.device}")
+
+
+def _needs_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class LSTM(nn.Module):
+    r"""A multi-layer LSTM with the interface of :class:`torch.nn.LSTM`, run by rnnext's fused layer op.
+
+    The constructor arguments, parameter names and shapes, ``state_dict`` keys, initialisation (for the same
+    seed, the same initial weights), the forward signature and the return values are those of
+    ``torch.nn.LSTM``, so a state_dict saved from one loads into the other and the two give the same
+    numbers. For each layer and direction, with PyTorch's gate order (input, forget, cell, output)::
+
+        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, 4)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)          (then h_t = h_t W_hr^T when proj_size > 0)
+
+    All weights and biases are initialised from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+
+    Each layer and direction is one call of ``torch.ops.rnnext.lstm_layer``: the input projection of all steps
+    as one GEMM, then the recurrence in C++ (the recurrent GEMM and the fused pointwise step, threads owning
+    blocks of hidden units), and an explicit backward op (BPTT in C++, the weight gradients as large GEMMs).
+    A ``PackedSequence`` computes only its real rows at every step.
+
+    Args:
+        input_size: features of the input ``x``.
+        hidden_size: features of the hidden state ``h``.
+        num_layers: number of stacked layers. Default: 1.
+        bias: if ``False``, the layers have no ``b_ih`` and ``b_hh``. Default: ``True``.
+        batch_first: if ``True``, input and output are ``(batch, seq, feature)``. Default: ``False``.
+        dropout: dropout on the outputs of every layer but the last, in training. Default: 0.
+        bidirectional: if ``True``, a bidirectional LSTM. Default: ``False``.
+        proj_size: if > 0, an LSTM with projections of that size. Default: 0.
+
+    Forward: ``forward(input, hx=None)`` takes ``input`` of shape ``(L, H_in)`` (unbatched), ``(L, N, H_in)``
+    (or ``(N, L, H_in)`` with ``batch_first``) or a ``PackedSequence``, and ``hx = (h_0, c_0)`` of shapes
+    ``(D * num_layers, N, H_out)`` and ``(D * num_layers, N, hidden_size)`` (no batch dimension when
+    unbatched), zeros when omitted. Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM`` does.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"LSTM: {name} must be a positive integer, got {value!r}")
+        if not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"LSTM: proj_size must be a non-negative integer, got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"LSTM: proj_size ({proj_size}) has to be smaller than hidden_size ({hidden_size})")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"LSTM: dropout should be a number in [0, 1] representing the probability of an "
+                             f"element being zeroed, got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}"
+            )
+        self.mode = "LSTM"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        num_directions = 2 if bidirectional else 1
+        real_hidden = proj_size if proj_size > 0 else hidden_size
+        gate_size = 4 * hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input = input_size if layer == 0 else real_hidden * num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                params = [
+                    (f"weight_ih_l{layer}{suffix}", (gate_size, layer_input)),
+                    (f"weight_hh_l{layer}{suffix}", (gate_size, real_hidden)),
+                ]
+                if bias:
+                    params += [(f"bias_ih_l{layer}{suffix}", (gate_size,)), (f"bias_hh_l{layer}{suffix}", (gate_size,))]
+                if proj_size > 0:
+                    params += [(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size))]
+                for name, shape in params:
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(name for name, _ in params)
+                self._all_weights.append([name for name, _ in params])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> List[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for compatibility with ``torch.nn.LSTM`` (rnnext needs no flattened weight buffer)."""
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def _layer_weights(self, index: int):
+        names = self._all_weights[index]
+        w_ih, w_hh = getattr(self, names[0]), getattr(self, names[1])
+        b_ih = getattr(self, names[2]) if self.bias else None
+        b_hh = getattr(self, names[3]) if self.bias else None
+        w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
+        return w_ih, w_hh, b_ih, b_hh, w_hr
+
+    def forward(
+        self, input: Union[Tensor, PackedSequence], hx: Optional[_HiddenState] = None
+    ) -> Tuple[Union[Tensor, PackedSequence], _HiddenState]:
+        name = "rnnext.nn.LSTM"
+        ref = self.weight_ih_l0
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            _check_float_input(name, data, ref)
+            if data.dim() != 2:
+                raise ValueError(f"{name}: expected the PackedSequence data to be 2-D (rows, features), "
+                                 f"got {data.dim()}-D")
+            x = data
+            batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+            batched = True
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"{name}: expected input to be a Tensor or a PackedSequence, got "
+                                f"{type(input).__name__}")
+            _check_float_input(name, input, ref)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: expected input to be 2-D (unbatched) or 3-D, got {input.dim()}-D "
+                                 f"with shape {tuple(input.shape)}")
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            batch = x.size(1)
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
+                               f"got {x.size(-1)}")
+
+        state_shape_h = (self.num_layers * num_directions, batch, real_hidden)
+        state_shape_c = (self.num_layers * num_directions, batch, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(state_shape_h)
+            c0 = x.new_zeros(state_shape_c)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+            h0, c0 = hx
+            want = 3 if batched else 2
+            for label, t in (("h_0", h0), ("c_0", c0)):
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"{name}: expected {label} to be a Tensor, got {type(t).__name__}")
+                if t.dim() != want:
+                    kind = "batched 3-D" if batched else "unbatched 2-D"
+                    raise RuntimeError(f"{name}: for {kind} input, expected {label} to be {want}-D, "
+                                       f"got {t.dim()}-D with shape {tuple(t.shape)}")
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            _check_state(name, "h_0", h0, state_shape_h, x)
+            _check_state(name, "c_0", c0, state_shape_c, x)
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices)
+
+        train = _needs_grad([x, h0, c0, *self._flat_weights])
+        layer_input = x
+        h_n: List[Tensor] = []
+        c_n: List[Tensor] = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
+                out, hy, cy, _, _ = _ops.ops.lstm_layer(
+                    layer_input, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, direction == 1, train
+                )
+                outputs.append(out)
+                h_n.append(hy)
+                c_n.append(cy)
+            layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_output = F.dropout(layer_output, self.dropout, True)
+            layer_input = layer_output
+        output = layer_input
+        hn = torch.stack(h_n, 0)
+        cn = torch.stack(c_n, 0)
+
+        if packed:
+            if unsorted_indices is not None:
+                hn = hn.index_select(1, unsorted_indices)
+                cn = cn.index_select(1, unsorted_indices)
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (hn, cn)
+        if not batched:
+            return output.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (hn, cn)
+
+
+class LSTMCell(nn.Module):
+    r"""One LSTM step with the interface of :class:`torch.nn.LSTMCell`, run by the fused ``rnnext::lstm_cell`` op.
+
+    Same constructor arguments, parameters (``weight_ih`` (4H, I), ``weight_hh`` (4H, H), ``bias_ih``,
+    ``bias_hh``), initialisation U(-1/sqrt(H), 1/sqrt(H)) and forward: ``forward(input, hx=None) -> (h_1, c_1)``
+    with input ``(N, I)`` or unbatched ``(I,)``. The op computes both GEMMs and the fused pointwise step, and
+    its backward (one op) returns every gradient.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"LSTMCell: {name} must be a positive integer, got {value!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        return s.format(**self.__dict__)
+
+    def forward(self, input: Tensor, hx: Optional[_HiddenState] = None) -> _HiddenState:
+        name = "rnnext.nn.LSTMCell"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        _check_float_input(name, input, self.weight_ih)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: expected input to be 1-D (unbatched) or 2-D, got {input.dim()}-D "
+                             f"with shape {tuple(input.shape)}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
+                               f"got {input.size(-1)}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        shape = (x.size(0), self.hidden_size)
+        if hx is None:
+            h, c = x.new_zeros(shape), x.new_zeros(shape)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+            h, c = hx
+            want = 2 if batched else 1
+            for label, t in (("h_0", h), ("c_0", c)):
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"{name}: expected {label} to be a Tensor, got {type(t).__name__}")
+                if t.dim() != want:
+                    kind = "batched 2-D" if batched else "unbatched 1-D"
+                    raise RuntimeError(f"{name}: for {kind} input, expected {label} to be {want}-D, "
+                                       f"got {t.dim()}-D with shape {tuple(t.shape)}")
+            if not batched:
+                h, c = h.unsqueeze(0), c.unsqueeze(0)
+            _check_state(name, "h_0", h, shape, x)
+            _check_state(name, "c_0", c, shape, x)
+        hy, cy, _ = _ops.ops.lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not batched:
+            return hy.squeeze(0), cy.squeeze(0)
+        return hy, cy
