@@ -43,11 +43,6 @@ _load_library()
 ops = torch.ops.rnnext
 
 
-def _empty_like_or_none(t: torch.Tensor) -> torch.Tensor | None:
-    """The C++ backward ops return an empty tensor for a gradient that does not exist."""
-    return None if t.numel() == 0 and t.dim() == 1 else t
-
-
 # ---------------------------------------------------------------------------------------------------------
 # LSTM cell
 
@@ -62,11 +57,11 @@ def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
 def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias):
     G = w_ih.shape[0]
     return (
-        torch.empty_like(input),
-        torch.empty_like(hx),
-        torch.empty_like(cx),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
+        input.new_empty(input.shape),
+        hx.new_empty(hx.shape),
+        cx.new_empty(cx.shape),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
         input.new_empty(G if has_bias else 0),
     )
 
@@ -113,13 +108,13 @@ def _lstm_layer_backward_fake(
     has_bias,
 ):
     return (
-        torch.empty_like(input),
+        input.new_empty(input.shape),
         hx.new_empty(hx.shape),
         cx.new_empty(cx.shape),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
         input.new_empty(w_ih.shape[0] if has_bias else 0),
-        torch.empty_like(w_hr) if w_hr is not None else input.new_empty(0),
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else input.new_empty(0),
     )
 
 

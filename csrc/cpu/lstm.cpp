@@ -92,9 +92,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
     const scalar_t* c0 = cxc.const_data_ptr<scalar_t>();
     scalar_t* h1 = hy.data_ptr<scalar_t>();
     scalar_t* c1 = cy.data_ptr<scalar_t>();
+    const GateLayout layout{H, false};
     at::parallel_for(0, B, grain_for(B, B * H * 16), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        lstm_pointwise_forward<scalar_t>(H, H, g + b * 4 * H, c0 + b * H, c1 + b * H, nullptr, h1 + b * H, nullptr);
+      lstm_forward_tile<scalar_t>(layout, b1 - b0, 0, 1, g + b0 * 4 * H, 4 * H, nullptr, c0 + b0 * H, c1 + b0 * H,
+                                  nullptr, h1 + b0 * H, H, nullptr, 0);
     });
   });
   return {hy, cy, gates};
@@ -125,10 +126,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
     const scalar_t* dhp = dh.const_data_ptr<scalar_t>();
     scalar_t* dcp = dc.data_ptr<scalar_t>();
     scalar_t* dg = dgates.data_ptr<scalar_t>();
+    const GateLayout layout{H, false};
     at::parallel_for(0, B, grain_for(B, B * H * 16), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        lstm_pointwise_backward<scalar_t>(H, H, a + b * 4 * H, cc + b * H, cp + b * H, dhp + b * H, nullptr,
-                                          dcp + b * H, dg + b * 4 * H);
+      lstm_backward_tile<scalar_t>(layout, b1 - b0, 0, 1, a + b0 * 4 * H, 4 * H, cc + b0 * H, cp + b0 * H, b1 - b0,
+                                   nullptr, dhp + b0 * H, nullptr, H, dcp + b0 * H, dg + b0 * 4 * H);
     });
   });
   Tensor grad_input = at::mm(dgates, w_ih);
@@ -246,22 +247,74 @@ Tensor unblock_rows(const Tensor& blocked, const Tensor& perm) {
   return at::empty_like(blocked).index_copy_(0, perm, blocked);
 }
 
+// Weights of one layer rearranged for the kernels: rows in the blocked gate layout, transposed where the
+// kernel multiplies by them from the right.
+struct BlockedWeights {
+  Tensor perm;       // blocked column -> PyTorch row
+  Tensor w_ih_t;     // (I, 4H) blocked columns
+  Tensor w_hh_t;     // (P, 4H) blocked columns
+  Tensor bias;       // (4H) blocked, b_ih + b_hh, or undefined
+};
+
+// (K, 4H) = w^T with its columns in the blocked gate layout (w is PyTorch's (4H, K) gate-major weight).
+Tensor blocked_transpose(const Tensor& w) {
+  const Tensor wc = w.contiguous();
+  const int64_t G = wc.size(0), H = G / 4, K = wc.size(1);
+  Tensor out = at::empty({K, G}, wc.options());
+  AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "blocked_transpose", [&] {
+    const scalar_t* src = wc.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, num_unit_blocks(H), grain_for(num_unit_blocks(H), G * K / 4), [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t w = block_width(k, H);
+        for (int64_t g = 0; g < 4; ++g) {
+          const scalar_t* rows = src + (g * H + block_first_unit(k)) * K;
+          scalar_t* cols = dst + block_first_col(k) + g * w;
+          for (int64_t kk = 0; kk < K; ++kk)
+            for (int64_t u = 0; u < w; ++u) cols[kk * G + u] = rows[u * K + kk];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+BlockedWeights block_weights(const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                             const std::optional<Tensor>& b_hh) {
+  BlockedWeights bw;
+  bw.perm = blocked_gate_perm(w_hh.size(0) / 4);
+  bw.w_ih_t = blocked_transpose(w_ih);
+  bw.w_hh_t = blocked_transpose(w_hh);
+  if (b_ih.has_value() || b_hh.has_value()) {
+    const Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
+    bw.bias = bias.index_select(0, bw.perm).contiguous();
+  }
+  return bw;
+}
+
+// The recurrence. Every step, each thread owns a range of unit blocks: it computes its gate columns
+// (x_t W_ih^T + h_{t-1} W_hh^T, two GEMMs into the step's gate rows) and then the pointwise step of its units,
+// so a step needs one barrier. With proj_size, a second phase projects h (threads own columns of P).
 template <typename scalar_t>
-void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& gates, const Tensor& w_hh_blocked_t,
-                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& output,
-                   Tensor& hy, Tensor& cy, scalar_t* c_save) {
-  const int64_t B = s.B, H = s.H, P = s.P, G = 4 * H, NB = num_unit_blocks(H);
+void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& x, const BlockedWeights& bw,
+                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& gates,
+                   bool gates_per_step, Tensor& output, Tensor& hy, Tensor& cy, scalar_t* c_save) {
+  const int64_t B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H, NB = num_unit_blocks(H);
   const bool proj = w_hr.has_value();
-  // h ping-pongs between two buffers (the GEMM of a step reads every unit of the previous h); c is updated in
-  // place by the thread that owns its units.
+  const GateLayout layout{H, true};
+  // h ping-pongs between two buffers (a step's GEMM reads every unit of the previous h); c is updated in place
+  // by the thread that owns its units. Rows that join late (reverse direction) find hx and cx there.
   Tensor hbuf = at::empty({2, B, P}, hx.options());
   hbuf[0].copy_(hx);
   hbuf[1].copy_(hx);
   Tensor cbuf = cx.contiguous().clone();
   Tensor hfull = proj ? at::empty({B, H}, hx.options()) : Tensor();
   Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wih = bw.w_ih_t.const_data_ptr<scalar_t>();
+  const scalar_t* whh = bw.w_hh_t.const_data_ptr<scalar_t>();
+  const scalar_t* bias = bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* g = gates.data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh_blocked_t.const_data_ptr<scalar_t>();
   scalar_t* h2 = hbuf.data_ptr<scalar_t>();
   scalar_t* c = cbuf.data_ptr<scalar_t>();
   scalar_t* y = output.data_ptr<scalar_t>();
@@ -274,36 +327,28 @@ void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& gates, c
     const int64_t n = st.rows_at(p), n_next = st.rows_at(p + 1), off = st.offset_at(p);
     const scalar_t* hr = h2 + (p % 2) * B * P;
     scalar_t* hw = h2 + ((p + 1) % 2) * B * P;
-    scalar_t* gp = g + off * G;
-    at::parallel_for(0, NB, grain_for(NB, n * G * P), [&](int64_t k0, int64_t k1) {
+    scalar_t* gp = gates_per_step ? g : g + off * G;
+    at::parallel_for(0, NB, grain_for(NB, n * G * (P + I)), [&](int64_t k0, int64_t k1) {
       const int64_t c0 = block_first_col(k0), c1 = 4 * (block_first_unit(k1 - 1) + block_width(k1 - 1, H));
+      const int64_t u0 = block_first_unit(k0), u1 = c1 / 4;
+      gemm_rowmajor(n, c1 - c0, I, xp + off * I, I, wih + c0, G, gp + c0, G, /*accumulate=*/false);
       gemm_rowmajor(n, c1 - c0, P, hr, P, whh + c0, G, gp + c0, G, /*accumulate=*/true);
-      for (int64_t b = 0; b < n; ++b) {
-        const bool last = b >= n_next;  // this row's final step
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t u = block_first_unit(k), w = block_width(k, H);
-          scalar_t* cs = c_save != nullptr ? c_save + (off + b) * H + u : nullptr;
-          if (proj) {
-            lstm_pointwise_forward<scalar_t>(w, w, gp + b * G + block_first_col(k), c + b * H + u, c + b * H + u, cs,
-                                             hf + b * H + u, nullptr);
-          } else {
-            lstm_pointwise_forward<scalar_t>(w, w, gp + b * G + block_first_col(k), c + b * H + u, c + b * H + u, cs,
-                                             hw + b * P + u, y + (off + b) * P + u);
-            if (last)
-              for (int64_t j = 0; j < w; ++j) hn[b * P + u + j] = hw[b * P + u + j];
-          }
-          if (last)
-            for (int64_t j = 0; j < w; ++j) cn[b * H + u + j] = c[b * H + u + j];
-        }
+      scalar_t* cs = c_save != nullptr ? c_save + off * H : nullptr;
+      if (proj) {
+        lstm_forward_tile<scalar_t>(layout, n, k0, k1, gp, G, bias, c, c, cs, hf, H, nullptr, 0);
+      } else {
+        lstm_forward_tile<scalar_t>(layout, n, k0, k1, gp, G, bias, c, c, cs, hw, P, y + off * P, P);
+        for (int64_t b = n_next; b < n; ++b)  // rows whose last step this is
+          std::copy(hw + b * P + u0, hw + b * P + u1, hn + b * P + u0);
       }
+      for (int64_t b = n_next; b < n; ++b) std::copy(c + b * H + u0, c + b * H + u1, cn + b * H + u0);
     });
     if (proj) {
       at::parallel_for(0, P, grain_for(P, n * H * P), [&](int64_t q0, int64_t q1) {
         gemm_rowmajor(n, q1 - q0, H, hf, H, whr + q0, P, hw + q0, P, /*accumulate=*/false);
         for (int64_t b = 0; b < n; ++b) {
-          for (int64_t q = q0; q < q1; ++q) y[(off + b) * P + q] = hw[b * P + q];
-          if (b >= n_next)
-            for (int64_t q = q0; q < q1; ++q) hn[b * P + q] = hw[b * P + q];
+          std::copy(hw + b * P + q0, hw + b * P + q1, y + (off + b) * P + q0);
+          if (b >= n_next) std::copy(hw + b * P + q0, hw + b * P + q1, hn + b * P + q0);
         }
       });
     }
@@ -324,27 +369,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
   Tensor output = at::empty(out_shape, opts);
   Tensor hy = hx.contiguous().clone();
   Tensor cy = cx.contiguous().clone();
+  // Training keeps every step's gate activations and cell state for the backward; inference needs one step's.
+  Tensor gates = train ? at::empty({s.N, G}, opts) : at::empty({s.B, G}, opts);
   Tensor cells = train ? at::empty({s.N, H}, opts) : at::empty({0}, opts);
-  if (s.N == 0) {
-    Tensor gates = train ? at::empty({0, G}, opts) : at::empty({0}, opts);
-    return {output, hy, cy, gates, train ? cells.view({0, H}) : cells};
+  if (s.N > 0) {
+    const BlockedWeights bw = block_weights(w_ih, w_hh, b_ih, b_hh);
+    const std::optional<Tensor> w_hr_c =
+        w_hr.has_value() ? std::optional<Tensor>(w_hr->contiguous()) : std::optional<Tensor>();
+    const Tensor x = input.reshape({s.N, s.I}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
+      layer_forward<scalar_t>(s, st, x, bw, w_hr_c, hx, cx, gates, !train, output, hy, cy,
+                              train ? cells.data_ptr<scalar_t>() : nullptr);
+    });
   }
-  const Tensor perm = blocked_gate_perm(H);
-  const Tensor w_ih_blocked = w_ih.index_select(0, perm);
-  const Tensor w_hh_blocked_t = w_hh.index_select(0, perm).t().contiguous();
-  const Tensor x2d = input.reshape({s.N, s.I});
-  Tensor gates;
-  if (b_ih.has_value() || b_hh.has_value()) {
-    Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
-    gates = at::addmm(bias.index_select(0, perm), x2d, w_ih_blocked.t());
-  } else {
-    gates = at::mm(x2d, w_ih_blocked.t());
-  }
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
-    layer_forward<scalar_t>(s, st, gates, w_hh_blocked_t, w_hr, hx, cx, output, hy, cy,
-                            train ? cells.data_ptr<scalar_t>() : nullptr);
-  });
-  if (!train) return {output, hy, cy, at::empty({0}, opts), cells};
+  if (!train) gates = at::empty({0}, opts);
   return {output, hy, cy, gates, cells};
 }
 
@@ -355,6 +393,7 @@ void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, c
                     Tensor& dh_proj) {
   const int64_t H = s.H, P = s.P, G = 4 * H, NB = num_unit_blocks(H);
   const bool proj = w_hr.has_value();
+  const GateLayout layout{H, true};
   const scalar_t* a = acts.const_data_ptr<scalar_t>();
   const scalar_t* cs = cells.const_data_ptr<scalar_t>();
   const scalar_t* c0 = cx.const_data_ptr<scalar_t>();
@@ -375,17 +414,11 @@ void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, c
     gemm_rowmajor(st.rows_at(p), q1 - q0, G, dg + st.offset_at(p) * G, G, whh + q0, P, dh + q0, P, false);
   };
   auto pointwise = [&](int64_t p, int64_t k0, int64_t k1, const scalar_t* dh_a, int64_t ld_a, bool add_dy) {
-    const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
     const int64_t off_prev = p > 0 ? st.offset_at(p - 1) : 0;
-    for (int64_t b = 0; b < n; ++b) {
-      const scalar_t* c_prev_row = b < n_prev ? cs + (off_prev + b) * H : c0 + b * H;
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t u = block_first_unit(k), w = block_width(k, H), col = block_first_col(k);
-        lstm_pointwise_backward<scalar_t>(w, w, a + (off + b) * G + col, cs + (off + b) * H + u, c_prev_row + u,
-                                          dh_a + b * ld_a + u, add_dy ? dy + (off + b) * P + u : nullptr,
-                                          dc + b * H + u, dg + (off + b) * G + col);
-      }
-    }
+    lstm_backward_tile<scalar_t>(layout, n, k0, k1, a + off * G, G, cs + off * H, cs + off_prev * H,
+                                 st.rows_at(p - 1), c0, dh_a, add_dy ? dy + off * P : nullptr, ld_a, dc,
+                                 dg + off * G);
   };
 
   for (int64_t p = st.T - 1; p >= 0; --p) {
@@ -495,11 +528,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       const scalar_t* c = cs.const_data_ptr<scalar_t>();
       scalar_t* h = hfull.data_ptr<scalar_t>();
       at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t k = 0; k < num_unit_blocks(H); ++k) {
-            const int64_t u = block_first_unit(k), w = block_width(k, H);
-            lstm_pointwise_hidden<scalar_t>(w, w, a + r * G + block_first_col(k), c + r * H + u, h + r * H + u);
-          }
+        lstm_hidden_tile<scalar_t>(GateLayout{H, true}, r1 - r0, a + r0 * G, G, c + r0 * H, h + r0 * H);
       });
     });
     grad_w_hr = at::mm(dh_proj.t(), hfull);

@@ -1,102 +1,197 @@
-// Instantiations of the pointwise loops declared in pointwise.h; float gets per-ISA clones.
+// Instantiations of the pointwise tiles declared in pointwise.h; float gets per-ISA clones.
 #include "cpu/pointwise.h"
 
 #include "kernels/lstm.h"
+#include "kernels/lstm_layout.h"
 
-#define RNNEXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define RNNEXT_CLONES __attribute__((target_clones("avx2", "default")))
 
 namespace rnnext::cpu {
+
+// pointwise_avx512.cpp
+void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
+                              const float* bias, const float* c_prev, float* c_out, float* c_save, float* h,
+                              int64_t ld_h, float* y, int64_t ld_y);
+void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
+                               const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
+                               const float* dh_a, const float* dh_b, int64_t ld_dh, float* dc, float* dgates);
+
 namespace {
 
-template <typename T>
-RNNEXT_HD void forward_body(int64_t w, int64_t gs, T* __restrict__ gates, const T* c_prev, T* c_out,
-                            T* __restrict__ c_save, T* __restrict__ h_out, T* __restrict__ h_out2) {
-  T* gi = gates;
-  T* gf = gates + gs;
-  T* gg = gates + 2 * gs;
-  T* go = gates + 3 * gs;
-  T hbuf[64];
-  for (int64_t u0 = 0; u0 < w; u0 += 64) {
-    const int64_t n = w - u0 < 64 ? w - u0 : 64;
+bool has_avx512() {
+  static const bool has = [] {
+    __builtin_cpu_init();  // may not have run yet when called from a static initializer
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+}
+
+struct Block {
+  int64_t unit, col, width;  // first unit, first gate column, units (= gate stride)
+};
+
+RNNEXT_HD Block block_of(const GateLayout& l, int64_t k) {
+  if (!l.blocked) return {0, 0, l.H};
+  return {kernels::block_first_unit(k), kernels::block_first_col(k), kernels::block_width(k, l.H)};
+}
+
+// One row of one block; W > 0 is the block width known at compile time, W == 0 takes it from w.
+template <int W, typename T>
+RNNEXT_HD void forward_block(int64_t w_rt, T* __restrict__ g, const T* __restrict__ bias, const T* c_prev, T* c_out,
+                             T* __restrict__ c_save, T* __restrict__ h, T* __restrict__ y) {
+  const int64_t w = W > 0 ? W : w_rt;
 #pragma omp simd
-    for (int64_t u = 0; u < n; ++u) {
-      const int64_t j = u0 + u;
-      T i, f, g, o, c, h;
-      kernels::lstm_forward_elem(gi[j], gf[j], gg[j], go[j], c_prev[j], i, f, g, o, c, h);
-      gi[j] = i;
-      gf[j] = f;
-      gg[j] = g;
-      go[j] = o;
-      c_out[j] = c;
-      hbuf[u] = h;
+  for (int64_t u = 0; u < w; ++u) {
+    T pi = g[u], pf = g[w + u], pg = g[2 * w + u], po = g[3 * w + u];
+    if (bias != nullptr) {
+      pi += bias[u];
+      pf += bias[w + u];
+      pg += bias[2 * w + u];
+      po += bias[3 * w + u];
     }
-    for (int64_t u = 0; u < n; ++u) h_out[u0 + u] = hbuf[u];
-    if (c_save != nullptr)
-      for (int64_t u = 0; u < n; ++u) c_save[u0 + u] = c_out[u0 + u];
-    if (h_out2 != nullptr)
-      for (int64_t u = 0; u < n; ++u) h_out2[u0 + u] = hbuf[u];
+    T i, f, gg, o, c, hh;
+    kernels::lstm_forward_elem(pi, pf, pg, po, c_prev[u], i, f, gg, o, c, hh);
+    g[u] = i;
+    g[w + u] = f;
+    g[2 * w + u] = gg;
+    g[3 * w + u] = o;
+    c_out[u] = c;
+    h[u] = hh;
   }
+  if (c_save != nullptr)
+    for (int64_t u = 0; u < w; ++u) c_save[u] = c_out[u];
+  if (y != nullptr)
+    for (int64_t u = 0; u < w; ++u) y[u] = h[u];
 }
 
 template <typename T>
-RNNEXT_HD void backward_body(int64_t w, int64_t gs, const T* __restrict__ acts, const T* __restrict__ c,
-                             const T* __restrict__ c_prev, const T* __restrict__ dh_a, const T* __restrict__ dh_b,
-                             T* __restrict__ dc, T* __restrict__ dgates) {
+RNNEXT_HD void forward_tile(GateLayout l, int64_t rows, int64_t k0, int64_t k1, T* gates, int64_t ld_g,
+                            const T* bias, const T* c_prev, T* c_out, T* c_save, T* h, int64_t ld_h, T* y,
+                            int64_t ld_y) {
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const Block bl = block_of(l, k);
+      T* g = gates + b * ld_g + bl.col;
+      const T* bi = bias != nullptr ? bias + bl.col : nullptr;
+      const int64_t cu = b * l.H + bl.unit;
+      T* cs = c_save != nullptr ? c_save + cu : nullptr;
+      T* yy = y != nullptr ? y + b * ld_y + bl.unit : nullptr;
+      T* hh = h + b * ld_h + bl.unit;
+      if (bl.width == kernels::kUnitBlock)
+        forward_block<kernels::kUnitBlock>(bl.width, g, bi, c_prev + cu, c_out + cu, cs, hh, yy);
+      else
+        forward_block<0>(bl.width, g, bi, c_prev + cu, c_out + cu, cs, hh, yy);
+    }
+  }
+}
+
+template <int W, typename T>
+RNNEXT_HD void backward_block(int64_t w_rt, const T* __restrict__ a, const T* __restrict__ c,
+                              const T* __restrict__ c_prev, const T* __restrict__ dh_a, const T* __restrict__ dh_b,
+                              T* __restrict__ dc, T* __restrict__ dg) {
+  const int64_t w = W > 0 ? W : w_rt;
 #pragma omp simd
   for (int64_t u = 0; u < w; ++u) {
     const T dh = dh_b != nullptr ? dh_a[u] + dh_b[u] : dh_a[u];
-    T di, df, dg, dout, dcp;
-    kernels::lstm_backward_elem(acts[u], acts[gs + u], acts[2 * gs + u], acts[3 * gs + u], c[u], c_prev[u], dh,
-                                dc[u], di, df, dg, dout, dcp);
-    dgates[u] = di;
-    dgates[gs + u] = df;
-    dgates[2 * gs + u] = dg;
-    dgates[3 * gs + u] = dout;
+    T di, df, dgg, dout, dcp;
+    kernels::lstm_backward_elem(a[u], a[w + u], a[2 * w + u], a[3 * w + u], c[u], c_prev[u], dh, dc[u], di, df, dgg,
+                                dout, dcp);
+    dg[u] = di;
+    dg[w + u] = df;
+    dg[2 * w + u] = dgg;
+    dg[3 * w + u] = dout;
     dc[u] = dcp;
   }
 }
 
 template <typename T>
-RNNEXT_HD void hidden_body(int64_t w, int64_t gs, const T* __restrict__ acts, const T* __restrict__ c,
-                           T* __restrict__ h) {
+RNNEXT_HD void backward_tile(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const T* acts, int64_t ld_g,
+                             const T* c, const T* c_prev_a, int64_t n_prev_a, const T* c_prev_b, const T* dh_a,
+                             const T* dh_b, int64_t ld_dh, T* dc, T* dgates) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* cp = b < n_prev_a ? c_prev_a : c_prev_b;
+    for (int64_t k = k0; k < k1; ++k) {
+      const Block bl = block_of(l, k);
+      const int64_t cu = b * l.H + bl.unit, du = b * ld_dh + bl.unit, gc = b * ld_g + bl.col;
+      const T* dhb = dh_b != nullptr ? dh_b + du : nullptr;
+      if (bl.width == kernels::kUnitBlock)
+        backward_block<kernels::kUnitBlock>(bl.width, acts + gc, c + cu, cp + cu, dh_a + du, dhb, dc + cu, dgates + gc);
+      else
+        backward_block<0>(bl.width, acts + gc, c + cu, cp + cu, dh_a + du, dhb, dc + cu, dgates + gc);
+    }
+  }
+}
+
+template <typename T>
+RNNEXT_HD void hidden_tile(GateLayout l, int64_t rows, const T* acts, int64_t ld_g, const T* c, T* h) {
+  const int64_t nb = l.blocked ? kernels::num_unit_blocks(l.H) : 1;
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < nb; ++k) {
+      const Block bl = block_of(l, k);
+      const T* o = acts + b * ld_g + bl.col + 3 * bl.width;
+      const T* cc = c + b * l.H + bl.unit;
+      T* hh = h + b * l.H + bl.unit;
 #pragma omp simd
-  for (int64_t u = 0; u < w; ++u) h[u] = acts[3 * gs + u] * kernels::tanh_act(c[u]);
+      for (int64_t u = 0; u < bl.width; ++u) hh[u] = o[u] * kernels::tanh_act(cc[u]);
+    }
 }
 
 }  // namespace
 
-template <>
-RNNEXT_CLONES void lstm_pointwise_forward<float>(int64_t w, int64_t gs, float* gates, const float* c_prev,
-                                                 float* c_out, float* c_save, float* h_out, float* h_out2) {
-  forward_body(w, gs, gates, c_prev, c_out, c_save, h_out, h_out2);
+RNNEXT_CLONES void forward_tile_f32(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
+                                    const float* bias, const float* c_prev, float* c_out, float* c_save, float* h,
+                                    int64_t ld_h, float* y, int64_t ld_y) {
+  forward_tile(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
 }
 template <>
-void lstm_pointwise_forward<double>(int64_t w, int64_t gs, double* gates, const double* c_prev, double* c_out,
-                                    double* c_save, double* h_out, double* h_out2) {
-  forward_body(w, gs, gates, c_prev, c_out, c_save, h_out, h_out2);
+void lstm_forward_tile<float>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
+                              const float* bias, const float* c_prev, float* c_out, float* c_save, float* h,
+                              int64_t ld_h, float* y, int64_t ld_y) {
+  if (has_avx512())
+    lstm_forward_tile_avx512(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
+  else
+    forward_tile_f32(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
+}
+template <>
+void lstm_forward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, double* gates, int64_t ld_g,
+                               const double* bias, const double* c_prev, double* c_out, double* c_save, double* h,
+                               int64_t ld_h, double* y, int64_t ld_y) {
+  forward_tile(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
+}
+
+RNNEXT_CLONES void backward_tile_f32(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts,
+                                     int64_t ld_g, const float* c, const float* c_prev_a, int64_t n_prev_a,
+                                     const float* c_prev_b, const float* dh_a, const float* dh_b, int64_t ld_dh,
+                                     float* dc, float* dgates) {
+  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
+}
+template <>
+void lstm_backward_tile<float>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
+                               const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
+                               const float* dh_a, const float* dh_b, int64_t ld_dh, float* dc, float* dgates) {
+  if (has_avx512())
+    lstm_backward_tile_avx512(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc,
+                              dgates);
+  else
+    backward_tile_f32(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
+}
+template <>
+void lstm_backward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const double* acts,
+                                int64_t ld_g, const double* c, const double* c_prev_a, int64_t n_prev_a,
+                                const double* c_prev_b, const double* dh_a, const double* dh_b, int64_t ld_dh,
+                                double* dc, double* dgates) {
+  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
 }
 
 template <>
-RNNEXT_CLONES void lstm_pointwise_backward<float>(int64_t w, int64_t gs, const float* acts, const float* c,
-                                                  const float* c_prev, const float* dh_a, const float* dh_b,
-                                                  float* dc, float* dgates) {
-  backward_body(w, gs, acts, c, c_prev, dh_a, dh_b, dc, dgates);
+RNNEXT_CLONES void lstm_hidden_tile<float>(GateLayout l, int64_t rows, const float* acts, int64_t ld_g,
+                                           const float* c, float* h) {
+  hidden_tile(l, rows, acts, ld_g, c, h);
 }
 template <>
-void lstm_pointwise_backward<double>(int64_t w, int64_t gs, const double* acts, const double* c,
-                                     const double* c_prev, const double* dh_a, const double* dh_b, double* dc,
-                                     double* dgates) {
-  backward_body(w, gs, acts, c, c_prev, dh_a, dh_b, dc, dgates);
-}
-
-template <>
-RNNEXT_CLONES void lstm_pointwise_hidden<float>(int64_t w, int64_t gs, const float* acts, const float* c,
-                                                float* h) {
-  hidden_body(w, gs, acts, c, h);
-}
-template <>
-void lstm_pointwise_hidden<double>(int64_t w, int64_t gs, const double* acts, const double* c, double* h) {
-  hidden_body(w, gs, acts, c, h);
+void lstm_hidden_tile<double>(GateLayout l, int64_t rows, const double* acts, int64_t ld_g, const double* c,
+                              double* h) {
+  hidden_tile(l, rows, acts, ld_g, c, h);
 }
 
 }  // namespace rnnext::cpu

@@ -1,26 +1,38 @@
-// Vectorized pointwise loops of the CPU kernels (one row of one block of units at a time). They live in
-// their own translation unit, free of ATen headers, and are compiled for several instruction sets
-// (AVX-512, AVX2, baseline) with the best one picked at load time.
+// Vectorized pointwise loops of the CPU kernels. They live in their own translation unit, free of ATen
+// headers, and are compiled for several instruction sets (AVX-512, AVX2, baseline), the best one picked at
+// load time. Each call covers a tile (rows x unit blocks) so that the call overhead is paid once per tile.
 #pragma once
 #include <cstdint>
 
 namespace rnnext::cpu {
 
-// LSTM forward for w units of one row. `gates` holds the four pre-activations at stride gs (i at 0, f at gs,
-// g at 2 gs, o at 3 gs) and is overwritten with the activations. c_out may alias c_prev.
-// c_save and h_out2 may be null.
-template <typename T>
-void lstm_pointwise_forward(int64_t w, int64_t gs, T* gates, const T* c_prev, T* c_out, T* c_save, T* h_out,
-                            T* h_out2);
+// Where the gates of unit block k sit in a row of 4H gate columns. Blocked: the layout of
+// kernels/lstm_layout.h (blocks of kUnitBlock units, a block's four gates adjacent). Standard: PyTorch's
+// (one block of all H units, gate g at column g * H).
+struct GateLayout {
+  int64_t H;
+  bool blocked;
+};
 
-// LSTM backward for w units of one row: dh = dh_a + dh_b (dh_b may be null); dc holds the incoming dc and
-// is overwritten with dc_prev; dgates receives the four pre-activation gradients at stride gs.
+// LSTM forward over rows [0, rows) and unit blocks [k0, k1). `gates` (row stride ld_g) holds the gate
+// pre-activations, without the bias when `bias` (4H, same layout) is given, and is overwritten with the
+// activations. c_prev and c_out (row stride H) may alias. c_save (row stride H) and y (row stride ld_y) may
+// be null; h has row stride ld_h.
 template <typename T>
-void lstm_pointwise_backward(int64_t w, int64_t gs, const T* acts, const T* c, const T* c_prev, const T* dh_a,
-                             const T* dh_b, T* dc, T* dgates);
+void lstm_forward_tile(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, T* gates, int64_t ld_g,
+                       const T* bias, const T* c_prev, T* c_out, T* c_save, T* h, int64_t ld_h, T* y, int64_t ld_y);
 
-// h = o * tanh(c) from saved activations (for recomputing the unprojected h of an LSTM with proj_size).
+// LSTM backward over rows [0, rows) and unit blocks [k0, k1). acts (ld_g) and c (row stride H) are the saved
+// activations and cell states of the step; row b's previous cell state is row b of c_prev_a if b < n_prev_a,
+// else row b of c_prev_b (both row stride H). dh = dh_a (ld_dh) + dh_b (ld_dh, may be null). dc (row stride
+// H) holds the incoming dc and is overwritten with dc_prev; dgates (ld_g) receives the pre-activation grads.
 template <typename T>
-void lstm_pointwise_hidden(int64_t w, int64_t gs, const T* acts, const T* c, T* h);
+void lstm_backward_tile(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, const T* acts, int64_t ld_g,
+                        const T* c, const T* c_prev_a, int64_t n_prev_a, const T* c_prev_b, const T* dh_a,
+                        const T* dh_b, int64_t ld_dh, T* dc, T* dgates);
+
+// h = o * tanh(c) over rows [0, rows), all units (recomputes the unprojected h when proj_size > 0).
+template <typename T>
+void lstm_hidden_tile(GateLayout layout, int64_t rows, const T* acts, int64_t ld_g, const T* c, T* h);
 
 }  // namespace rnnext::cpu

@@ -214,6 +214,9 @@ class LSTM(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
+            # The op copies a strided input anyway; doing it here also keeps what autograd saves in the layout
+            # torch.compile traced.
+            x = x.contiguous()
             batch_sizes = sorted_indices = unsorted_indices = None
             batch = x.size(1)
         if x.size(-1) != self.input_size:

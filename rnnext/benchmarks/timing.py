@@ -1,0 +1,106 @@
+"""Timing helpers shared by every rnnext benchmark: interleaved runs and medians, GEMM rooflines, and the
+bytes an autograd graph keeps for its backward."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3) -> Dict[str, float]:
+    """Median wall time (ms) of each callable, the callables alternating within every round so that the
+    machine's drift and noise hit all of them alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    samples: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            samples[n].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+@dataclass
+class Row:
+    """One benchmark case: stock and rnnext medians, their ratio, and the GEMM roofline."""
+
+    case: str
+    stock_ms: float
+    rnnext_ms: float
+    gemm_ms: Optional[float] = None  # the unavoidable GEMMs timed alone
+    gflop: Optional[float] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.stock_ms / self.rnnext_ms
+
+    def as_dict(self) -> Dict[str, object]:
+        d = asdict(self)
+        d["speedup"] = self.speedup
+        if self.gemm_ms is not None:
+            d["roofline_share_rnnext"] = self.gemm_ms / self.rnnext_ms
+            d["roofline_share_stock"] = self.gemm_ms / self.stock_ms
+        return d
+
+
+def format_table(rows: List[Row], title: str = "") -> str:
+    head = f"{'case':<38} {'stock ms':>9} {'rnnext ms':>9} {'speedup':>8} {'GEMM ms':>8} {'GEMM/stock':>10} {'GEMM/rnnext':>11}"
+    lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
+    for r in rows:
+        if r.gemm_ms is not None:
+            g = f"{r.gemm_ms:8.2f} {r.gemm_ms / r.stock_ms:10.0%} {r.gemm_ms / r.rnnext_ms:11.0%}"
+        else:
+            g = f"{'-':>8} {'-':>10} {'-':>11}"
+        lines.append(f"{r.case:<38} {r.stock_ms:9.2f} {r.rnnext_ms:9.2f} {r.speedup:7.2f}x {g}")
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+class SavedBytes:
+    """Context manager that sums the bytes of the distinct tensors autograd saves for backward, leaving out
+    the tensors given as `exclude` (inputs and parameters, which exist anyway)."""
+
+    def __init__(self, exclude=()):
+        self._exclude = {t.untyped_storage().data_ptr() for t in exclude if t is not None}
+        self._seen = set()
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda x: x)
+
+    def _pack(self, t):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._exclude and key not in self._seen:
+            self._seen.add(key)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        return False
