@@ -69,7 +69,7 @@ def _write_build_info(with_cuda):
 
 def extensions():
     with_cuda = _want_cuda()
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fno-trapping-math and -fno-math-errno (as torch itself builds) let the activation loops vectorize.
     cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-DPy_LIMITED_API=0x03090000"]
     link = ["-fopenmp"]

@@ -1,15 +1,8 @@
 // The rnnext op catalogue: every schema, in one TORCH_LIBRARY block. Kernels register per backend in
 // cpu/<topic>.cpp and cuda/<topic>.cu; autograd and fake (meta) kernels are registered in rnnext/_ops.py.
-#include <Python.h>
 #include <torch/library.h>
 
-// An empty Python module, so that `import rnnext._C` loads this library and runs the registrations below.
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
+#include <vector>
 
 TORCH_LIBRARY(rnnext, m) {
   // Inductor must hand the ops their inputs with the strides seen when tracing (autograd saves some inputs
