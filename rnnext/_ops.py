@@ -5,6 +5,9 @@ Everything else in rnnext calls the ops through ``torch.ops.rnnext``; nothing re
 
 from __future__ import annotations
 
+import glob
+import os
+
 import torch
 
 _REBUILD = (
@@ -35,6 +38,14 @@ def _load_library() -> None:
     try:
         from . import _C  # noqa: F401  (loading it runs the TORCH_LIBRARY registrations)
     except ImportError as e:
+        here = os.path.dirname(os.path.abspath(__file__))
+        if not glob.glob(os.path.join(here, "_C*.so")) and os.path.exists(os.path.join(here, "..", "setup.py")):
+            raise ImportError(
+                f"rnnext was imported from its source tree ({here}), which holds no compiled library: the source "
+                "tree shadows the installed package. Run from another directory (e.g. `pytest tests`, not "
+                "`python -m pytest`, from the repository root), or build in place with "
+                "`python setup.py build_ext --inplace`."
+            ) from e
         raise ImportError(f"rnnext's compiled library (rnnext._C) failed to load: {e}. {_REBUILD}") from e
 
 
