@@ -82,10 +82,15 @@ def _lstm_cell_setup_context(ctx, inputs, output):
     hy, cy, gates = output
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused `gates` output
 
 
 def _lstm_cell_backward(ctx, grad_hy, grad_cy, grad_gates):
     input, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    if grad_hy is None and grad_cy is None:
+        return (None,) * 7
+    grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(cy)
+    grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cy)
     has_bias = any(ctx.bias)
     g_in, g_hx, g_cx, g_wih, g_whh, g_b = ops.lstm_cell_backward(
         grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias
@@ -136,15 +141,21 @@ def _lstm_layer_setup_context(ctx, inputs, output):
     ctx.train = train
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused workspace outputs
 
 
 def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_cells):
+    if grad_output is None and grad_hy is None and grad_cy is None:
+        return (None,) * 11
     if not ctx.train:
         raise RuntimeError(
             "rnnext::lstm_layer was run with train=False, which keeps no state for the backward pass; "
             "call it with train=True to differentiate it"
         )
     input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
+    grad_output = grad_output if grad_output is not None else torch.zeros_like(out)
+    grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(hx)
+    grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cx)
     g_in, g_hx, g_cx, g_wih, g_whh, g_b, g_whr = ops.lstm_layer_backward(
         grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells,
         ctx.reverse, any(ctx.bias),

@@ -435,3 +435,30 @@ def test_refuses_other_torch_version(monkeypatch):
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
     with pytest.raises(ImportError, match="compiled against torch 1.0.0.*Rebuild"):
         _ops._load_library()
+
+
+@pytest.mark.parametrize("batch", [3, 40], ids=["split-by-units", "split-by-rows"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("proj", [0, 4])
+def test_lstm_thread_splits_match_torch(batch, threads, proj):
+    """Small batches share each step's hidden units among threads; large ones give each thread its own rows
+    (no synchronization). Both, with one thread and two, packed and dense, both directions, match torch."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        stock, ours = make_pair(6, 20, torch.float64, bidirectional=True, proj_size=proj)
+        g = torch.Generator().manual_seed(batch)
+        x = torch.randn(9, batch, 6, dtype=torch.float64, generator=g)
+        lengths = torch.randint(1, 10, (batch,), generator=g)
+        for kind in ("dense", "packed"):
+            res = []
+            for m in (stock, ours):
+                xi = x.clone().requires_grad_()
+                outs, loss = run_lstm(m, kind, xi, lengths, None, False, False)
+                loss.backward()
+                res.append(outs + [xi.grad] + [p.grad.clone() for p in m.parameters()])
+                m.zero_grad()
+            for a, b in zip(res[1], res[0]):
+                close(a, b, torch.float64, kind)
+    finally:
+        torch.set_num_threads(old)

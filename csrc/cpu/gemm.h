@@ -13,3 +13,47 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda
                    double* C, int64_t ldc, bool accumulate);
 
 }  // namespace rnnext::cpu
+
+#include <ATen/Parallel.h>
+
+#include <initializer_list>
+
+namespace rnnext::cpu {
+
+// One GEMM of a batch run by gemm_batch_parallel: C = (accumulate ? C : 0) + A[M, K] @ B[K, N], row-major.
+template <typename T>
+struct GemmTask {
+  int64_t M, N, K;
+  const T* A;
+  int64_t lda;
+  const T* B;
+  int64_t ldb;
+  T* C;
+  int64_t ldc;
+  bool accumulate;
+  bool split_rows;  // threads share the work by rows of C (else by columns)
+};
+
+// Runs every task with all threads in one parallel region: each thread takes its slice (rows or columns,
+// in multiples of 16) of every task.
+template <typename T>
+void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
+  int64_t work = 0;
+  for (const auto& t : tasks) work += t.M * t.N * t.K;
+  const int64_t nt = work < (1 << 16) ? 1 : at::get_num_threads();
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th)
+      for (const auto& t : tasks) {
+        const int64_t len = t.split_rows ? t.M : t.N;
+        const int64_t chunks = (len + 15) / 16;
+        const int64_t a = std::min(len, chunks * th / nt * 16), b = std::min(len, chunks * (th + 1) / nt * 16);
+        if (a >= b) continue;
+        if (t.split_rows)
+          gemm_rowmajor(b - a, t.N, t.K, t.A + a * t.lda, t.lda, t.B, t.ldb, t.C + a * t.ldc, t.ldc, t.accumulate);
+        else
+          gemm_rowmajor(t.M, b - a, t.K, t.A, t.lda, t.B + a, t.ldb, t.C + a, t.ldc, t.accumulate);
+      }
+  });
+}
+
+}  // namespace rnnext::cpu

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/index_copy.h>
@@ -33,6 +34,8 @@ using kernels::num_unit_blocks;
 
 // Below this many multiply-adds per step, threads cost more than they give.
 constexpr int64_t kParallelStepWork = 1 << 15;
+// Unit blocks whose gates one GEMM call produces before the pointwise step consumes them.
+constexpr int64_t kBlocksPerChunk = 4;
 
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
 
@@ -67,35 +70,41 @@ void check_cell_args(const Tensor& input, const Tensor& hx, const Tensor& cx, co
   }
 }
 
-Tensor input_gates(const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
-                   const std::optional<Tensor>& b_hh) {
-  if (b_ih.has_value() || b_hh.has_value()) {
-    Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
-    return at::addmm(bias, input, w_ih.t());
-  }
-  return at::mm(input, w_ih.t());
-}
-
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx, const Tensor& cx,
                                                  const Tensor& w_ih, const Tensor& w_hh,
                                                  const std::optional<Tensor>& b_ih,
                                                  const std::optional<Tensor>& b_hh) {
   check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  const int64_t B = input.size(0), H = w_hh.size(1);
-  Tensor gates = input_gates(input, w_ih, b_ih, b_hh);
-  gates.addmm_(hx, w_hh.t());
+  const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
+  // gates^T (4H, B) = W_ih x^T + W_hh h^T: the weights are the GEMMs' row-major left operands as they are, and
+  // only the small activations get transposed (the JIT GEMM takes no transposed operand).
+  const Tensor x_t = input.t().contiguous(), h_t = hx.t().contiguous();
+  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  Tensor gates_t = at::empty({G, B}, input.options());
+  Tensor bias;
+  if (b_ih.has_value() || b_hh.has_value())
+    bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
+    scalar_t* gt = gates_t.data_ptr<scalar_t>();
+    gemm_batch_parallel<scalar_t>({
+        {G, B, I, wi.const_data_ptr<scalar_t>(), I, x_t.const_data_ptr<scalar_t>(), B, gt, B, false, true},
+        {G, B, H, wh.const_data_ptr<scalar_t>(), H, h_t.const_data_ptr<scalar_t>(), B, gt, B, true, true},
+    });
+  });
+  Tensor gates = gates_t.t().contiguous();
   Tensor cxc = cx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
   Tensor cy = at::empty({B, H}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell", [&] {
     scalar_t* g = gates.data_ptr<scalar_t>();
+    const scalar_t* bi = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* c0 = cxc.const_data_ptr<scalar_t>();
     scalar_t* h1 = hy.data_ptr<scalar_t>();
     scalar_t* c1 = cy.data_ptr<scalar_t>();
     const GateLayout layout{H, false};
     at::parallel_for(0, B, grain_for(B, B * H * 16), [&](int64_t b0, int64_t b1) {
-      lstm_forward_tile<scalar_t>(layout, b1 - b0, 0, 1, g + b0 * 4 * H, 4 * H, nullptr, c0 + b0 * H, c1 + b0 * H,
-                                  nullptr, h1 + b0 * H, H, nullptr, 0);
+      lstm_forward_tile<scalar_t>(layout, b1 - b0, 0, 1, g + b0 * G, G, bi, c0 + b0 * H, c1 + b0 * H, nullptr,
+                                  h1 + b0 * H, H, nullptr, 0);
     });
   });
   return {hy, cy, gates};
@@ -132,10 +141,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
                                    nullptr, dhp + b0 * H, nullptr, H, dcp + b0 * H, dg + b0 * 4 * H);
     });
   });
-  Tensor grad_input = at::mm(dgates, w_ih);
-  Tensor grad_hx = at::mm(dgates, w_hh);
-  Tensor grad_w_ih = at::mm(dgates.t(), input);
-  Tensor grad_w_hh = at::mm(dgates.t(), hx);
+  const int64_t I = input.size(1), G = 4 * H;
+  const Tensor dgates_t = dgates.t().contiguous();
+  const Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  Tensor grad_input = at::empty({B, I}, input.options());
+  Tensor grad_hx = at::empty({B, H}, input.options());
+  Tensor grad_w_ih = at::empty({G, I}, input.options());
+  Tensor grad_w_hh = at::empty({G, H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward_gemms", [&] {
+    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
+    const scalar_t* dgt = dgates_t.const_data_ptr<scalar_t>();
+    gemm_batch_parallel<scalar_t>({
+        {B, I, G, dg, G, wi.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I, false, false},
+        {B, H, G, dg, G, wh.const_data_ptr<scalar_t>(), H, grad_hx.data_ptr<scalar_t>(), H, false, false},
+        {G, I, B, dgt, B, x.const_data_ptr<scalar_t>(), I, grad_w_ih.data_ptr<scalar_t>(), I, false, true},
+        {G, H, B, dgt, B, h.const_data_ptr<scalar_t>(), H, grad_w_hh.data_ptr<scalar_t>(), H, false, true},
+    });
+  });
   Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
   return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
 }
@@ -250,10 +272,9 @@ Tensor unblock_rows(const Tensor& blocked, const Tensor& perm) {
 // Weights of one layer rearranged for the kernels: rows in the blocked gate layout, transposed where the
 // kernel multiplies by them from the right.
 struct BlockedWeights {
-  Tensor perm;       // blocked column -> PyTorch row
-  Tensor w_ih_t;     // (I, 4H) blocked columns
-  Tensor w_hh_t;     // (P, 4H) blocked columns
-  Tensor bias;       // (4H) blocked, b_ih + b_hh, or undefined
+  Tensor perm;   // blocked column -> PyTorch row
+  Tensor w_t;    // (I + P, 4H) = [W_ih W_hh]^T, blocked columns
+  Tensor bias;   // (4H) blocked, b_ih + b_hh, or undefined
 };
 
 // (K, 4H) = w^T with its columns in the blocked gate layout (w is PyTorch's (4H, K) gate-major weight).
@@ -283,8 +304,7 @@ BlockedWeights block_weights(const Tensor& w_ih, const Tensor& w_hh, const std::
                              const std::optional<Tensor>& b_hh) {
   BlockedWeights bw;
   bw.perm = blocked_gate_perm(w_hh.size(0) / 4);
-  bw.w_ih_t = blocked_transpose(w_ih);
-  bw.w_hh_t = blocked_transpose(w_hh);
+  bw.w_t = blocked_transpose(at::cat({w_ih, w_hh}, 1));
   if (b_ih.has_value() || b_hh.has_value()) {
     const Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
     bw.bias = bias.index_select(0, bw.perm).contiguous();
@@ -292,67 +312,185 @@ BlockedWeights block_weights(const Tensor& w_ih, const Tensor& w_hh, const std::
   return bw;
 }
 
-// The recurrence. Every step, each thread owns a range of unit blocks: it computes its gate columns
-// (x_t W_ih^T + h_{t-1} W_hh^T, two GEMMs into the step's gate rows) and then the pointwise step of its units,
-// so a step needs one barrier. With proj_size, a second phase projects h (threads own columns of P).
+// Two ways to share a layer's recurrence among threads:
+//  - by rows (batch entries): the rows of a batch never interact, so each thread runs the whole sequence for
+//    its own rows with no synchronization at all (used when every thread gets at least kMinRowsPerThread rows);
+//  - by columns (hidden units): all threads work on every step, one barrier per step (small batches).
+
+// Splits the rows [0, B) into nt contiguous ranges of about equal work (a row's work is its number of steps).
+std::vector<int64_t> balanced_row_split(const Steps& st, int64_t B, int64_t nt) {
+  std::vector<int64_t> steps_of_row(B, 0);
+  for (int64_t t = 0; t < st.T; ++t)
+    for (int64_t b = 0; b < st.rows[t]; ++b) ++steps_of_row[b];
+  int64_t total = 0;
+  for (int64_t v : steps_of_row) total += v;
+  std::vector<int64_t> bounds{0};
+  int64_t acc = 0, b = 0;
+  for (int64_t th = 1; th < nt; ++th) {
+    while (b < B && acc * nt < total * th) acc += steps_of_row[b++];
+    bounds.push_back(b);
+  }
+  bounds.push_back(B);
+  return bounds;
+}
+
+constexpr int64_t kMinRowsPerThread = 16;
+
+int64_t row_split_threads(int64_t B) {
+  const int64_t nt = at::get_num_threads();
+  return B >= kMinRowsPerThread * nt ? nt : 0;
+}
+
 template <typename scalar_t>
-void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& x, const BlockedWeights& bw,
-                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& gates,
-                   bool gates_per_step, Tensor& output, Tensor& hy, Tensor& cy, scalar_t* c_save) {
-  const int64_t B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H, NB = num_unit_blocks(H);
+void layer_forward_rows(const LayerShapes& s, const Steps& st, const Tensor& x, const BlockedWeights& bw,
+                        const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& gates,
+                        bool gates_per_step, Tensor& output, Tensor& hy, Tensor& cy, scalar_t* c_save, int64_t nt) {
+  const int64_t B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H, NB = num_unit_blocks(H), K = I + P;
   const bool proj = w_hr.has_value();
   const GateLayout layout{H, true};
-  // h ping-pongs between two buffers (a step's GEMM reads every unit of the previous h); c is updated in place
-  // by the thread that owns its units. Rows that join late (reverse direction) find hx and cx there.
-  Tensor hbuf = at::empty({2, B, P}, hx.options());
-  hbuf[0].copy_(hx);
-  hbuf[1].copy_(hx);
+  // As in layer_forward_cols, but every thread only ever touches its own rows of these buffers.
+  Tensor xh = at::empty({2, B, K}, hx.options());
+  xh.narrow(2, I, P).copy_(hx.unsqueeze(0).expand({2, B, P}));
   Tensor cbuf = cx.contiguous().clone();
   Tensor hfull = proj ? at::empty({B, H}, hx.options()) : Tensor();
   Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* wih = bw.w_ih_t.const_data_ptr<scalar_t>();
-  const scalar_t* whh = bw.w_hh_t.const_data_ptr<scalar_t>();
+  const scalar_t* wt = bw.w_t.const_data_ptr<scalar_t>();
   const scalar_t* bias = bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* g = gates.data_ptr<scalar_t>();
-  scalar_t* h2 = hbuf.data_ptr<scalar_t>();
+  scalar_t* xh2 = xh.data_ptr<scalar_t>();
   scalar_t* c = cbuf.data_ptr<scalar_t>();
   scalar_t* y = output.data_ptr<scalar_t>();
   scalar_t* hn = hy.data_ptr<scalar_t>();
   scalar_t* cn = cy.data_ptr<scalar_t>();
   scalar_t* hf = proj ? hfull.data_ptr<scalar_t>() : nullptr;
   const scalar_t* whr = proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr;
+  const std::vector<int64_t> bounds = balanced_row_split(st, B, nt);
+
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      const int64_t r0 = bounds[th], r1 = bounds[th + 1];
+      auto copy_x = [&](int64_t p, scalar_t* buf, int64_t end) {  // x of step p into rows [r0, end) of buf
+        const scalar_t* src = xp + st.offset_at(p) * I;
+        for (int64_t b = r0; b < end; ++b) std::copy(src + b * I, src + (b + 1) * I, buf + b * K);
+      };
+      if (r0 >= r1 || st.T == 0) continue;
+      copy_x(0, xh2, std::min(r1, st.rows_at(0)));
+      for (int64_t p = 0; p < st.T; ++p) {
+        const int64_t n = st.rows_at(p), n_next = st.rows_at(p + 1), off = st.offset_at(p);
+        const int64_t end = std::min(r1, n), m = end - r0;
+        if (m <= 0) continue;
+        const scalar_t* xr = xh2 + (p % 2) * B * K + r0 * K;
+        scalar_t* xw = xh2 + ((p + 1) % 2) * B * K;
+        if (p + 1 < st.T) copy_x(p + 1, xw, std::min(r1, n_next));
+        scalar_t* hw = xw + r0 * K + I;
+        scalar_t* gp = (gates_per_step ? g : g + off * G) + r0 * G;
+        scalar_t* cr = c + r0 * H;
+        scalar_t* cs = c_save != nullptr ? c_save + (off + r0) * H : nullptr;
+        for (int64_t j0 = 0; j0 < NB; j0 += kBlocksPerChunk) {
+          const int64_t j1 = std::min(NB, j0 + kBlocksPerChunk);
+          const int64_t d0 = block_first_col(j0), d1 = 4 * (block_first_unit(j1 - 1) + block_width(j1 - 1, H));
+          gemm_rowmajor(m, d1 - d0, K, xr, K, wt + d0, G, gp + d0, G, /*accumulate=*/false);
+          if (proj)
+            lstm_forward_tile<scalar_t>(layout, m, j0, j1, gp, G, bias, cr, cr, cs, hf + r0 * H, H, nullptr, 0);
+          else
+            lstm_forward_tile<scalar_t>(layout, m, j0, j1, gp, G, bias, cr, cr, cs, hw, K, y + (off + r0) * P, P);
+        }
+        if (proj) {
+          gemm_rowmajor(m, P, H, hf + r0 * H, H, whr, P, hw, K, /*accumulate=*/false);
+          for (int64_t b = 0; b < m; ++b) std::copy(hw + b * K, hw + b * K + P, y + (off + r0 + b) * P);
+        }
+        for (int64_t b = std::max(r0, n_next); b < end; ++b) {  // rows whose last step this is
+          std::copy(hw + (b - r0) * K, hw + (b - r0) * K + P, hn + b * P);
+          std::copy(c + b * H, c + (b + 1) * H, cn + b * H);
+        }
+      }
+    }
+  });
+}
+
+// The recurrence by columns. Every step, each thread owns a range of unit blocks: it computes its gate columns,
+// [x_t h_{t-1}] [W_ih W_hh]^T as one GEMM into the step's gate rows, then the pointwise step of its units, so a
+// step needs one barrier. With proj_size, a second phase projects h (threads own columns of P).
+template <typename scalar_t>
+void layer_forward_cols(const LayerShapes& s, const Steps& st, const Tensor& x, const BlockedWeights& bw,
+                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& gates,
+                   bool gates_per_step, Tensor& output, Tensor& hy, Tensor& cy, scalar_t* c_save) {
+  const int64_t B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H, NB = num_unit_blocks(H), K = I + P;
+  const bool proj = w_hr.has_value();
+  const GateLayout layout{H, true};
+  // Rows [x_t | h_{t-1}] ping-pong between two buffers: a step reads one (its GEMM needs every unit of h) and
+  // writes h_t and x_{t+1} into the other. c is updated in place by the thread that owns its units. Rows that
+  // join late (reverse direction) find hx and cx there.
+  Tensor xh = at::empty({2, B, K}, hx.options());
+  xh.narrow(2, I, P).copy_(hx.unsqueeze(0).expand({2, B, P}));
+  Tensor cbuf = cx.contiguous().clone();
+  Tensor hfull = proj ? at::empty({B, H}, hx.options()) : Tensor();
+  Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wt = bw.w_t.const_data_ptr<scalar_t>();
+  const scalar_t* bias = bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* g = gates.data_ptr<scalar_t>();
+  scalar_t* xh2 = xh.data_ptr<scalar_t>();
+  scalar_t* c = cbuf.data_ptr<scalar_t>();
+  scalar_t* y = output.data_ptr<scalar_t>();
+  scalar_t* hn = hy.data_ptr<scalar_t>();
+  scalar_t* cn = cy.data_ptr<scalar_t>();
+  scalar_t* hf = proj ? hfull.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* whr = proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr;
+  auto copy_x = [&](int64_t p, scalar_t* dst, int64_t r0, int64_t r1) {  // x of step p into dst rows [r0, r1)
+    const scalar_t* src = xp + st.offset_at(p) * I;
+    for (int64_t b = r0; b < r1; ++b) std::copy(src + b * I, src + (b + 1) * I, dst + b * K);
+  };
+  if (st.T > 0) copy_x(0, xh2, 0, st.rows_at(0));
 
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t n = st.rows_at(p), n_next = st.rows_at(p + 1), off = st.offset_at(p);
-    const scalar_t* hr = h2 + (p % 2) * B * P;
-    scalar_t* hw = h2 + ((p + 1) % 2) * B * P;
+    const scalar_t* xr = xh2 + (p % 2) * B * K;
+    scalar_t* xw = xh2 + ((p + 1) % 2) * B * K;
+    scalar_t* hw = xw + I;  // h_t, row stride K
     scalar_t* gp = gates_per_step ? g : g + off * G;
-    at::parallel_for(0, NB, grain_for(NB, n * G * (P + I)), [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, NB, grain_for(NB, n * G * K), [&](int64_t k0, int64_t k1) {
       const int64_t c0 = block_first_col(k0), c1 = 4 * (block_first_unit(k1 - 1) + block_width(k1 - 1, H));
       const int64_t u0 = block_first_unit(k0), u1 = c1 / 4;
-      gemm_rowmajor(n, c1 - c0, I, xp + off * I, I, wih + c0, G, gp + c0, G, /*accumulate=*/false);
-      gemm_rowmajor(n, c1 - c0, P, hr, P, whh + c0, G, gp + c0, G, /*accumulate=*/true);
+      if (p + 1 < st.T) copy_x(p + 1, xw, n_next * k0 / NB, n_next * k1 / NB);
       scalar_t* cs = c_save != nullptr ? c_save + off * H : nullptr;
-      if (proj) {
-        lstm_forward_tile<scalar_t>(layout, n, k0, k1, gp, G, bias, c, c, cs, hf, H, nullptr, 0);
-      } else {
-        lstm_forward_tile<scalar_t>(layout, n, k0, k1, gp, G, bias, c, c, cs, hw, P, y + off * P, P);
+      // GEMM and pointwise chunk by chunk, so that a chunk's gates are still in cache for the pointwise step.
+      for (int64_t j0 = k0; j0 < k1; j0 += kBlocksPerChunk) {
+        const int64_t j1 = std::min(k1, j0 + kBlocksPerChunk);
+        const int64_t d0 = block_first_col(j0), d1 = 4 * (block_first_unit(j1 - 1) + block_width(j1 - 1, H));
+        gemm_rowmajor(n, d1 - d0, K, xr, K, wt + d0, G, gp + d0, G, /*accumulate=*/false);
+        if (proj)
+          lstm_forward_tile<scalar_t>(layout, n, j0, j1, gp, G, bias, c, c, cs, hf, H, nullptr, 0);
+        else
+          lstm_forward_tile<scalar_t>(layout, n, j0, j1, gp, G, bias, c, c, cs, hw, K, y + off * P, P);
+      }
+      if (!proj) {
         for (int64_t b = n_next; b < n; ++b)  // rows whose last step this is
-          std::copy(hw + b * P + u0, hw + b * P + u1, hn + b * P + u0);
+          std::copy(hw + b * K + u0, hw + b * K + u1, hn + b * P + u0);
       }
       for (int64_t b = n_next; b < n; ++b) std::copy(c + b * H + u0, c + b * H + u1, cn + b * H + u0);
     });
     if (proj) {
       at::parallel_for(0, P, grain_for(P, n * H * P), [&](int64_t q0, int64_t q1) {
-        gemm_rowmajor(n, q1 - q0, H, hf, H, whr + q0, P, hw + q0, P, /*accumulate=*/false);
+        gemm_rowmajor(n, q1 - q0, H, hf, H, whr + q0, P, hw + q0, K, /*accumulate=*/false);
         for (int64_t b = 0; b < n; ++b) {
-          std::copy(hw + b * P + q0, hw + b * P + q1, y + (off + b) * P + q0);
-          if (b >= n_next) std::copy(hw + b * P + q0, hw + b * P + q1, hn + b * P + q0);
+          std::copy(hw + b * K + q0, hw + b * K + q1, y + (off + b) * P + q0);
+          if (b >= n_next) std::copy(hw + b * K + q0, hw + b * K + q1, hn + b * P + q0);
         }
       });
     }
   }
+}
+
+template <typename scalar_t>
+void layer_forward(const LayerShapes& s, const Steps& st, const Tensor& x, const BlockedWeights& bw,
+                   const std::optional<Tensor>& w_hr, const Tensor& hx, const Tensor& cx, Tensor& gates,
+                   bool gates_per_step, Tensor& output, Tensor& hy, Tensor& cy, scalar_t* c_save) {
+  if (const int64_t nt = row_split_threads(s.B))
+    layer_forward_rows<scalar_t>(s, st, x, bw, w_hr, hx, cx, gates, gates_per_step, output, hy, cy, c_save, nt);
+  else
+    layer_forward_cols<scalar_t>(s, st, x, bw, w_hr, hx, cx, gates, gates_per_step, output, hy, cy, c_save);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
@@ -387,7 +525,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
 }
 
 template <typename scalar_t>
-void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, const Tensor& cells,
+void layer_backward_cols(const LayerShapes& s, const Steps& st, const Tensor& acts, const Tensor& cells,
                     const Tensor& cx, const Tensor& w_hh_blocked, const std::optional<Tensor>& w_hr,
                     const Tensor& grad_output, Tensor& dgates, Tensor& dh_state, Tensor& dc_state,
                     Tensor& dh_proj) {
@@ -447,6 +585,78 @@ void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, c
   at::parallel_for(0, P, grain_for(P, st.rows_at(0) * G * P), [&](int64_t q0, int64_t q1) {
     recurrent_grad(0, q0, q1);
   });
+}
+
+template <typename scalar_t>
+void layer_backward_rows(const LayerShapes& s, const Steps& st, const Tensor& acts, const Tensor& cells,
+                         const Tensor& cx, const Tensor& w_hh_blocked, const std::optional<Tensor>& w_hr,
+                         const Tensor& grad_output, Tensor& dgates, Tensor& dh_state, Tensor& dc_state,
+                         Tensor& dh_proj, int64_t nt) {
+  const int64_t H = s.H, P = s.P, G = 4 * H, NB = num_unit_blocks(H);
+  const bool proj = w_hr.has_value();
+  const GateLayout layout{H, true};
+  const scalar_t* a = acts.const_data_ptr<scalar_t>();
+  const scalar_t* cs = cells.const_data_ptr<scalar_t>();
+  const scalar_t* c0 = cx.const_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh_blocked.const_data_ptr<scalar_t>();
+  const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+  const scalar_t* whr = proj ? w_hr->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dg = dgates.data_ptr<scalar_t>();
+  scalar_t* dh = dh_state.data_ptr<scalar_t>();
+  scalar_t* dc = dc_state.data_ptr<scalar_t>();
+  scalar_t* dhp = proj ? dh_proj.data_ptr<scalar_t>() : nullptr;
+  Tensor dhfull_t = proj ? at::empty({s.B, H}, cx.options()) : Tensor();
+  scalar_t* dhf = proj ? dhfull_t.data_ptr<scalar_t>() : nullptr;
+  const std::vector<int64_t> bounds = balanced_row_split(st, s.B, nt);
+
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      const int64_t r0 = bounds[th], r1 = bounds[th + 1];
+      if (r0 >= r1) continue;
+      // dh[rows] = dgates(step p) @ W_hh for this thread's rows active at step p.
+      auto recurrent_grad = [&](int64_t p) {
+        const int64_t m = std::min(r1, st.rows_at(p)) - r0;
+        if (p < st.T && m > 0)
+          gemm_rowmajor(m, P, G, dg + (st.offset_at(p) + r0) * G, G, whh, P, dh + r0 * P, P, false);
+      };
+      for (int64_t p = st.T - 1; p >= 0; --p) {
+        const int64_t n = st.rows_at(p), off = st.offset_at(p), m = std::min(r1, n) - r0;
+        if (m <= 0) continue;
+        const int64_t off_prev = p > 0 ? st.offset_at(p - 1) : 0;
+        const int64_t n_prev = std::max<int64_t>(0, st.rows_at(p - 1) - r0);
+        recurrent_grad(p + 1);
+        const scalar_t* dh_a = dh + r0 * P;
+        const scalar_t* dh_b = dy + (off + r0) * P;
+        int64_t ld = P;
+        if (proj) {
+          scalar_t* dhp_rows = dhp + (off + r0) * P;
+          for (int64_t b = 0; b < m; ++b)
+            for (int64_t q = 0; q < P; ++q) dhp_rows[b * P + q] = dh[(r0 + b) * P + q] + dy[(off + r0 + b) * P + q];
+          gemm_rowmajor(m, H, P, dhp_rows, P, whr, H, dhf + r0 * H, H, false);
+          dh_a = dhf + r0 * H;
+          dh_b = nullptr;
+          ld = H;
+        }
+        lstm_backward_tile<scalar_t>(layout, m, 0, NB, a + (off + r0) * G, G, cs + (off + r0) * H,
+                                     cs + (off_prev + r0) * H, n_prev, c0 + r0 * H, dh_a, dh_b, ld, dc + r0 * H,
+                                     dg + (off + r0) * G);
+      }
+      recurrent_grad(0);
+    }
+  });
+}
+
+template <typename scalar_t>
+void layer_backward(const LayerShapes& s, const Steps& st, const Tensor& acts, const Tensor& cells,
+                    const Tensor& cx, const Tensor& w_hh_blocked, const std::optional<Tensor>& w_hr,
+                    const Tensor& grad_output, Tensor& dgates, Tensor& dh_state, Tensor& dc_state,
+                    Tensor& dh_proj) {
+  if (const int64_t nt = row_split_threads(s.B))
+    layer_backward_rows<scalar_t>(s, st, acts, cells, cx, w_hh_blocked, w_hr, grad_output, dgates, dh_state,
+                                  dc_state, dh_proj, nt);
+  else
+    layer_backward_cols<scalar_t>(s, st, acts, cells, cx, w_hh_blocked, w_hr, grad_output, dgates, dh_state,
+                                  dc_state, dh_proj);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cpu(

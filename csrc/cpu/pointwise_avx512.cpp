@@ -39,7 +39,7 @@ inline void store(__mmask16 m, float* p, __m512 x) {
     _mm512_mask_storeu_ps(p, m, x);
 }
 
-constexpr int kGroup = 2;  // vectors processed together (independent dependency chains)
+constexpr int kGroup = 1;  // vectors processed together (independent dependency chains)
 alignas(64) const float kZeros[16] = {};
 alignas(64) float kSink[16];  // target of the stores of unused group slots (never stored: mask 0)
 

@@ -5,13 +5,19 @@
 
 namespace rnnext::kernels {
 
-// Pre-activations (pi, pf, pg, po) and the previous cell state in; activations, c and h out.
+// The four gate activations. (A vector type may overload this to evaluate the four together.)
 template <typename T>
-RNNEXT_HD void lstm_forward_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c, T& h) {
+RNNEXT_HD void lstm_gate_activations(T pi, T pf, T pg, T po, T& i, T& f, T& g, T& o) {
   i = sigmoid(pi);
   f = sigmoid(pf);
   g = tanh_act(pg);
   o = sigmoid(po);
+}
+
+// Pre-activations (pi, pf, pg, po) and the previous cell state in; activations, c and h out.
+template <typename T>
+RNNEXT_HD void lstm_forward_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c, T& h) {
+  lstm_gate_activations(pi, pf, pg, po, i, f, g, o);
   c = f * c_prev + i * g;
   h = o * tanh_act(c);
 }
