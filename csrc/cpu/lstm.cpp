@@ -374,15 +374,15 @@ void layer_forward_rows(const LayerShapes& s, const Steps& st, const Tensor& x, 
         const scalar_t* src = xp + st.offset_at(p) * I;
         for (int64_t b = r0; b < end; ++b) std::copy(src + b * I, src + (b + 1) * I, buf + b * K);
       };
-      if (r0 >= r1 || st.T == 0) continue;
-      copy_x(0, xh2, std::min(r1, st.rows_at(0)));
+      if (r0 >= r1) continue;
       for (int64_t p = 0; p < st.T; ++p) {
         const int64_t n = st.rows_at(p), n_next = st.rows_at(p + 1), off = st.offset_at(p);
         const int64_t end = std::min(r1, n), m = end - r0;
         if (m <= 0) continue;
-        const scalar_t* xr = xh2 + (p % 2) * B * K + r0 * K;
+        scalar_t* xr_all = xh2 + (p % 2) * B * K;
+        copy_x(p, xr_all, end);
+        const scalar_t* xr = xr_all + r0 * K;
         scalar_t* xw = xh2 + ((p + 1) % 2) * B * K;
-        if (p + 1 < st.T) copy_x(p + 1, xw, std::min(r1, n_next));
         scalar_t* hw = xw + r0 * K + I;
         scalar_t* gp = (gates_per_step ? g : g + off * G) + r0 * G;
         scalar_t* cr = c + r0 * H;
