@@ -694,7 +694,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
             has_bias ? at::zeros({G}, opts) : empty, w_hr.has_value() ? at::zeros_like(*w_hr) : empty};
   }
   const Tensor perm = blocked_gate_perm(H);
-  const Tensor w_ih_blocked = w_ih.index_select(0, perm);
+  const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
   const Tensor w_hh_blocked = w_hh.index_select(0, perm).contiguous();
   const Tensor acts = gates.contiguous(), cs = cells.contiguous(), c0 = cx.contiguous();
   const Tensor dy = grad_output.contiguous().view({N, P});
@@ -706,29 +706,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     layer_backward<scalar_t>(s, st, acts, cs, c0, w_hh_blocked, w_hr_c, dy, dgates, dh_state, dc_state, dh_proj);
   });
 
-  // The weight gradients as a few large GEMMs over all steps.
-  const Tensor x2d = input.reshape({N, s.I});
-  const Tensor y2d = output.reshape({N, P});
-  Tensor h_prev = at::empty({N, P}, opts);  // the h each packed row's step read
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_hprev", [&] {
+  // The weight gradients as large GEMMs over all steps: [dW_ih dW_hh db] = dgates^T [x h_prev 1], where
+  // h_prev is the h each packed row's step read and the column of ones gives the bias gradient for free.
+  const int64_t I = s.I, KX = I + P + 1;
+  const Tensor x2d = input.reshape({N, I}).contiguous();
+  const Tensor y2d = output.reshape({N, P}).contiguous();
+  Tensor xh1 = at::empty({N, KX}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_xh", [&] {
+    const scalar_t* xp = x2d.const_data_ptr<scalar_t>();
     const scalar_t* y = y2d.const_data_ptr<scalar_t>();
     const Tensor h0c = hx.contiguous();
     const scalar_t* h0 = h0c.const_data_ptr<scalar_t>();
-    scalar_t* hp = h_prev.data_ptr<scalar_t>();
+    scalar_t* dst = xh1.data_ptr<scalar_t>();
     at::parallel_for(0, st.T, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
         for (int64_t b = 0; b < n; ++b) {
-          const scalar_t* src = b < n_prev ? y + (st.offset_at(p - 1) + b) * P : h0 + b * P;
-          std::copy(src, src + P, hp + (off + b) * P);
+          scalar_t* row = dst + (off + b) * KX;
+          std::copy(xp + (off + b) * I, xp + (off + b + 1) * I, row);
+          const scalar_t* h = b < n_prev ? y + (st.offset_at(p - 1) + b) * P : h0 + b * P;
+          std::copy(h, h + P, row + I);
+          row[I + P] = scalar_t(1);
         }
       }
     });
   });
-  Tensor grad_input = at::mm(dgates, w_ih_blocked).view(input.sizes());
-  Tensor grad_w_ih = unblock_rows(at::mm(dgates.t(), x2d), perm);
-  Tensor grad_w_hh = unblock_rows(at::mm(dgates.t(), h_prev), perm);
-  Tensor grad_bias = has_bias ? unblock_rows(at::sum(dgates, {0}), perm) : empty;
+  const Tensor grad_cat = unblock_rows(at::mm(dgates.t(), xh1), perm);  // (4H, I + P + 1)
+  Tensor grad_w_ih = grad_cat.narrow(1, 0, I).contiguous();
+  Tensor grad_w_hh = grad_cat.narrow(1, I, P).contiguous();
+  Tensor grad_bias = has_bias ? grad_cat.select(1, I + P).contiguous() : empty;
+  // grad_input = dgates @ W_ih (the blocked rows of W_ih match the blocked columns of dgates).
+  Tensor grad_input = at::empty({N, I}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_dx", [&] {
+    gemm_batch_parallel<scalar_t>({{N, I, G, dgates.const_data_ptr<scalar_t>(), G,
+                                    w_ih_blocked.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I,
+                                    false, true}});
+  });
+  grad_input = grad_input.view(input.sizes());
   Tensor grad_w_hr = empty;
   if (w_hr.has_value()) {
     // Recompute the unprojected h = o * tanh(c) of every step.
