@@ -20,12 +20,13 @@ def main():
     res = lstm.run(rounds=args.rounds)
     print(machine_description())
     print(f"config: {res['config']}")
+    print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, timed between the cases' runs; median over cases)")
     print(format_table(res["rows"]))
     s = res["saved_bytes"]
     print(f"bytes saved for backward (dense forward): stock {s['stock'] / 2**20:.1f} MiB, "
           f"rnnext {s['rnnext'] / 2**20:.1f} MiB")
     if args.json:
-        out = {"machine": machine_description(), "config": res["config"], "saved_bytes": s,
+        out = {"machine": machine_description(), "config": res["config"], "saved_bytes": s, "gemm_peak_gflops": res["gemm_peak_gflops"],
                "rows": [r.as_dict() for r in res["rows"]]}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -21,12 +21,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"rnnext bench on {machine_description()}", flush=True)
     res = lstm.run(rounds=args.rounds, quick=args.quick)
     print(f"LSTM config: {res['config']}")
+    print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, timed between the cases' runs; median over cases)")
     print(format_table(res["rows"]))
     s = res["saved_bytes"]
     print(f"bytes saved for backward by one dense LSTM forward: stock {s['stock'] / 2**20:.1f} MiB, "
           f"rnnext {s['rnnext'] / 2**20:.1f} MiB")
     if args.json:
-        out = {"machine": machine_description(), "lstm": {"config": res["config"], "saved_bytes": s,
+        out = {"machine": machine_description(), "lstm": {"config": res["config"], "saved_bytes": s, "gemm_peak_gflops": res["gemm_peak_gflops"],
                                                          "rows": [r.as_dict() for r in res["rows"]]}}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .timing import Row, SavedBytes, time_interleaved
+from .timing import GemmProbe, Row, SavedBytes, time_interleaved
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -23,50 +23,11 @@ def _lstm_pair(I, H, **kw):
     return stock, ours
 
 
-def _gemm_roofline_layer(rows_per_step: List[int], I: int, H: int, backward: bool):
-    """Callable running the unavoidable GEMMs of one LSTM layer (torch.mm into preallocated outputs), and their
-    GFLOP: input projection for all rows; per step h W_hh^T; backward: dgates W_hh per step, dX, dW_ih, dW_hh."""
-    N, Bmax, G = sum(rows_per_step), max(rows_per_step), 4 * H
-    X, W_ih, W_hh = torch.randn(N, I), torch.randn(G, I), torch.randn(G, H)
-    h, gates = torch.randn(Bmax, H), torch.empty(N, G)
-    dG, dh, dX = torch.randn(N, G), torch.empty(Bmax, H), torch.empty(N, I)
-    dW_ih, dW_hh, Hall = torch.empty(G, I), torch.empty(G, H), torch.randn(N, H)
-    offs = [0]
-    for n in rows_per_step:
-        offs.append(offs[-1] + n)
-
-    def run():
-        torch.mm(X, W_ih.t(), out=gates)
-        for t, n in enumerate(rows_per_step):
-            torch.mm(h[:n], W_hh.t(), out=gates[offs[t]:offs[t + 1]])
-        if backward:
-            for t, n in enumerate(rows_per_step):
-                torch.mm(dG[offs[t]:offs[t + 1]], W_hh, out=dh[:n])
-            torch.mm(dG, W_ih, out=dX)
-            torch.mm(dG.t(), X, out=dW_ih)
-            torch.mm(dG.t(), Hall, out=dW_hh)
-
-    flop = 2 * N * G * (I + H) * (3 if backward else 1)
-    return run, flop / 1e9
-
-
-def _gemm_roofline_cell_loop(T, B, I, H):
-    G = 4 * H
-    x, h, W_ih, W_hh = torch.randn(B, I), torch.randn(B, H), torch.randn(G, I), torch.randn(G, H)
-    g, dG = torch.empty(B, G), torch.randn(B, G)
-    dx, dh, dW_ih, dW_hh = torch.empty(B, I), torch.empty(B, H), torch.empty(G, I), torch.empty(G, H)
-
-    def run():
-        for _ in range(T):
-            torch.mm(x, W_ih.t(), out=g)
-            torch.addmm(g, h, W_hh.t(), out=g)
-        for _ in range(T):
-            torch.mm(dG, W_ih, out=dx)
-            torch.mm(dG, W_hh, out=dh)
-            torch.mm(dG.t(), x, out=dW_ih)
-            torch.mm(dG.t(), h, out=dW_hh)
-
-    return run, 3 * 2 * T * B * G * (I + H) / 1e9
+def _layer_gflop(rows_per_step: List[int], I: int, H: int, backward: bool) -> float:
+    """The unavoidable GEMM work of one LSTM layer: the input and recurrent projections of every real row
+    (2 N 4H (I + H) FLOP), three times that with the backward (input, hidden and weight gradients)."""
+    N = sum(rows_per_step)
+    return 2 * N * 4 * H * (I + H) * (3 if backward else 1) / 1e9
 
 
 def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
@@ -91,13 +52,22 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
                 m(x)
         return f
 
-    roof_fb, gf_fb = _gemm_roofline_layer([B] * T, I, H, backward=True)
-    t = time_interleaved({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours), "gemm": roof_fb}, rounds)
-    rows.append(Row("LSTM dense fwd+bwd", t["stock"], t["rnnext"], t["gemm"], gf_fb))
+    probe = GemmProbe()
+    rates = []
 
-    roof_inf, gf_inf = _gemm_roofline_layer([B] * T, I, H, backward=False)
-    t = time_interleaved({"stock": infer(stock), "rnnext": infer(ours), "gemm": roof_inf}, rounds)
-    rows.append(Row("LSTM dense inference", t["stock"], t["rnnext"], t["gemm"], gf_inf))
+    def timed(fns, gflop):
+        """Times the two sides with the GEMM probe interleaved; returns the medians and the roofline ms."""
+        t = time_interleaved({**fns, "gemm": probe}, rounds)
+        rates.append(probe.gflop / t["gemm"] * 1e3)
+        return t, probe.roofline_ms(gflop, t["gemm"])
+
+    gf = _layer_gflop([B] * T, I, H, backward=True)
+    t, roof = timed({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours)}, gf)
+    rows.append(Row("LSTM dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
+
+    gf = _layer_gflop([B] * T, I, H, backward=False)
+    t, roof = timed({"stock": infer(stock), "rnnext": infer(ours)}, gf)
+    rows.append(Row("LSTM dense inference", t["stock"], t["rnnext"], roof, gf))
 
     # Packed: lengths uniform in [min_len, T], the PackedSequence built once (outside the timing).
     g = torch.Generator().manual_seed(1)
@@ -113,10 +83,10 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             y.data.sum().backward()
         return f
 
-    roof_p, gf_p = _gemm_roofline_layer(packed0.batch_sizes.tolist(), I, H, backward=True)
-    t = time_interleaved({"stock": packed_fb(stock), "rnnext": packed_fb(ours), "gemm": roof_p}, rounds)
+    gf = _layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
+    t, roof = timed({"stock": packed_fb(stock), "rnnext": packed_fb(ours)}, gf)
     real = float(lengths.sum()) / (T * B)
-    rows.append(Row("LSTM packed fwd+bwd", t["stock"], t["rnnext"], t["gemm"], gf_p, {"real_token_share": real}))
+    rows.append(Row("LSTM packed fwd+bwd", t["stock"], t["rnnext"], roof, gf, {"real_token_share": real}))
 
     # LSTMCell in a Python loop over T steps, forward + backward.
     torch.manual_seed(0)
@@ -135,9 +105,9 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             total.backward()
         return f
 
-    roof_c, gf_c = _gemm_roofline_cell_loop(T, B, I, H)
-    t = time_interleaved({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r), "gemm": roof_c}, rounds)
-    rows.append(Row(f"LSTMCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], t["gemm"], gf_c))
+    gf = _layer_gflop([B] * T, I, H, backward=True)
+    t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
+    rows.append(Row(f"LSTMCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
 
     # Bytes kept for backward by one dense forward (inputs and parameters left out).
     saved = {}
@@ -146,4 +116,4 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             y, _ = m(x)
         saved[name] = sb.bytes
         del y
-    return {"config": c, "rows": rows, "saved_bytes": saved}
+    return {"config": c, "rows": rows, "saved_bytes": saved, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}

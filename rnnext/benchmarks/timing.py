@@ -35,7 +35,7 @@ class Row:
     case: str
     stock_ms: float
     rnnext_ms: float
-    gemm_ms: Optional[float] = None  # the unavoidable GEMMs timed alone
+    gemm_ms: Optional[float] = None  # the unavoidable GEMMs' FLOPs at the machine's GEMM rate (GemmProbe)
     gflop: Optional[float] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
@@ -50,6 +50,22 @@ class Row:
             d["roofline_share_rnnext"] = self.gemm_ms / self.rnnext_ms
             d["roofline_share_stock"] = self.gemm_ms / self.stock_ms
         return d
+
+
+class GemmProbe:
+    """A square float32 torch.mm to time alongside a benchmark's two sides (same rounds, same machine noise):
+    its rate is the GEMM roofline the case is compared against."""
+
+    def __init__(self, n: int = 1024):
+        self.a, self.b, self.c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        self.gflop = 2 * n**3 / 1e9
+
+    def __call__(self):
+        torch.mm(self.a, self.b, out=self.c)
+
+    def roofline_ms(self, gflop: float, probe_ms: float) -> float:
+        """Time of `gflop` of GEMM work at the probe's rate."""
+        return gflop / (self.gflop / probe_ms)
 
 
 def format_table(rows: List[Row], title: str = "") -> str:
