@@ -4,7 +4,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/index_copy.h>
@@ -277,22 +276,26 @@ struct BlockedWeights {
   Tensor bias;   // (4H) blocked, b_ih + b_hh, or undefined
 };
 
-// (K, 4H) = w^T with its columns in the blocked gate layout (w is PyTorch's (4H, K) gate-major weight).
-Tensor blocked_transpose(const Tensor& w) {
-  const Tensor wc = w.contiguous();
-  const int64_t G = wc.size(0), H = G / 4, K = wc.size(1);
-  Tensor out = at::empty({K, G}, wc.options());
-  AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "blocked_transpose", [&] {
-    const scalar_t* src = wc.const_data_ptr<scalar_t>();
+// [w_ih w_hh]^T, (I + P, 4H), with its columns in the blocked gate layout (w_ih and w_hh are PyTorch's
+// gate-major (4H, I) and (4H, P) weights).
+Tensor blocked_transpose(const Tensor& w_ih, const Tensor& w_hh) {
+  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  const int64_t G = wi.size(0), H = G / 4, I = wi.size(1), P = wh.size(1), NB = num_unit_blocks(H);
+  Tensor out = at::empty({I + P, G}, wi.options());
+  AT_DISPATCH_FLOATING_TYPES(wi.scalar_type(), "blocked_transpose", [&] {
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, num_unit_blocks(H), grain_for(num_unit_blocks(H), G * K / 4), [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, NB, grain_for(NB, G * (I + P) / 4), [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t w = block_width(k, H);
         for (int64_t g = 0; g < 4; ++g) {
-          const scalar_t* rows = src + (g * H + block_first_unit(k)) * K;
+          const int64_t row0 = g * H + block_first_unit(k);
           scalar_t* cols = dst + block_first_col(k) + g * w;
-          for (int64_t kk = 0; kk < K; ++kk)
-            for (int64_t u = 0; u < w; ++u) cols[kk * G + u] = rows[u * K + kk];
+          for (const auto& [src, K, kofs] : {std::make_tuple(wi.const_data_ptr<scalar_t>(), I, int64_t(0)),
+                                             std::make_tuple(wh.const_data_ptr<scalar_t>(), P, I)}) {
+            const scalar_t* rows = src + row0 * K;
+            for (int64_t kk = 0; kk < K; ++kk)
+              for (int64_t u = 0; u < w; ++u) cols[(kofs + kk) * G + u] = rows[u * K + kk];
+          }
         }
       }
     });
@@ -304,7 +307,7 @@ BlockedWeights block_weights(const Tensor& w_ih, const Tensor& w_hh, const std::
                              const std::optional<Tensor>& b_hh) {
   BlockedWeights bw;
   bw.perm = blocked_gate_perm(w_hh.size(0) / 4);
-  bw.w_t = blocked_transpose(at::cat({w_ih, w_hh}, 1));
+  bw.w_t = blocked_transpose(w_ih, w_hh);
   if (b_ih.has_value() || b_hh.has_value()) {
     const Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
     bw.bias = bias.index_select(0, bw.perm).contiguous();

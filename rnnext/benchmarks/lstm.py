@@ -99,8 +99,9 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             h = torch.zeros(B, H)
             cc = torch.zeros(B, H)
             total = 0
-            for step in range(T):
-                h, cc = cell(x[step], (h, cc))
+            # unbind: one backward node for all steps (x[step] would zero-fill a full-size gradient per step).
+            for x_t in x.unbind(0):
+                h, cc = cell(x_t, (h, cc))
                 total = total + h.sum()
             total.backward()
         return f
