@@ -27,4 +27,14 @@ TORCH_LIBRARY(rnnext, m) {
         " Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, Tensor output, Tensor gates,"
         " Tensor cells, bool reverse, bool has_bias)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
+
+  // ---- Packed sequences (csrc/cpu/packing.cpp) ----
+  // Padded (T, B, *) (or (B, T, *) with batch_first) -> PackedSequence data (total_rows, *): step t takes the
+  // batch entries sorted_indices[0 .. batch_sizes[t]) (identity when absent). Its backward is packed_scatter.
+  m.def("packed_gather(Tensor input, Tensor batch_sizes, Tensor? sorted_indices, bool batch_first,"
+        " SymInt total_rows) -> Tensor", fixed);
+  // PackedSequence data (N, *) -> padded (total_length, batch, *) (or batch-first), padding_value elsewhere.
+  // Its backward is packed_gather.
+  m.def("packed_scatter(Tensor data, Tensor batch_sizes, Tensor? sorted_indices, bool batch_first,"
+        " Scalar padding_value, SymInt batch, SymInt total_length) -> Tensor", fixed);
 }

@@ -5,9 +5,9 @@ missing or was built for another torch.
 """
 
 from . import _ops  # noqa: F401  (loads the library, registers fake kernels and autograd)
-from . import nn
+from . import nn, utils
 from .nn import replace_rnns
 
 __version__ = "0.1.0"
 
-__all__ = ["nn", "replace_rnns", "__version__"]
+__all__ = ["nn", "utils", "replace_rnns", "__version__"]

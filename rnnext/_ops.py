@@ -167,3 +167,55 @@ def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_ce
 
 
 torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Packed sequences: gather and scatter, each the other's backward
+
+
+@torch.library.register_fake("rnnext::packed_gather")
+def _packed_gather_fake(input, batch_sizes, sorted_indices, batch_first, total_rows):
+    return input.new_empty((total_rows, *input.shape[2:]))
+
+
+@torch.library.register_fake("rnnext::packed_scatter")
+def _packed_scatter_fake(data, batch_sizes, sorted_indices, batch_first, padding_value, batch, total_length):
+    lead = (batch, total_length) if batch_first else (total_length, batch)
+    return data.new_empty((*lead, *data.shape[1:]))
+
+
+def _packed_gather_setup_context(ctx, inputs, output):
+    input, batch_sizes, sorted_indices, batch_first, total_rows = inputs
+    ctx.batch_first = batch_first
+    ctx.batch = input.shape[0 if batch_first else 1]
+    ctx.length = input.shape[1 if batch_first else 0]
+    ctx.save_for_backward(batch_sizes, sorted_indices)
+
+
+def _packed_gather_backward(ctx, grad):
+    batch_sizes, sorted_indices = ctx.saved_tensors
+    g = ops.packed_scatter(grad, batch_sizes, sorted_indices, ctx.batch_first, 0, ctx.batch, ctx.length)
+    return g, None, None, None, None
+
+
+torch.library.register_autograd(
+    "rnnext::packed_gather", _packed_gather_backward, setup_context=_packed_gather_setup_context
+)
+
+
+def _packed_scatter_setup_context(ctx, inputs, output):
+    data, batch_sizes, sorted_indices, batch_first, padding_value, batch, total_length = inputs
+    ctx.batch_first = batch_first
+    ctx.rows = data.shape[0]
+    ctx.save_for_backward(batch_sizes, sorted_indices)
+
+
+def _packed_scatter_backward(ctx, grad):
+    batch_sizes, sorted_indices = ctx.saved_tensors
+    g = ops.packed_gather(grad, batch_sizes, sorted_indices, ctx.batch_first, ctx.rows)
+    return g, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "rnnext::packed_scatter", _packed_scatter_backward, setup_context=_packed_scatter_setup_context
+)

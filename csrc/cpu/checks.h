@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <vector>
 
 namespace rnnext::cpu {
@@ -54,6 +55,27 @@ inline std::vector<int64_t> check_batch_sizes(const char* op, const at::Tensor& 
               "), got ", sum);
   TORCH_CHECK(T == 0 || out[0] == batch, op, ": expected batch_sizes[0] to equal the batch size of hx (", batch,
               "), got ", T == 0 ? 0 : out[0]);
+  return out;
+}
+
+// An optional permutation of [0, n) (1-D int64 on the CPU, every value once). Returns it as a vector, empty
+// when absent.
+inline std::vector<int64_t> check_permutation(const char* op, const char* name, const std::optional<at::Tensor>& perm,
+                                              int64_t n) {
+  if (!perm.has_value()) return {};
+  const at::Tensor& p = *perm;
+  TORCH_CHECK(p.dim() == 1 && p.size(0) == n, op, ": expected ", name, " to be 1-D of size ", n, ", got shape ",
+              p.sizes());
+  TORCH_CHECK(p.scalar_type() == at::kLong, op, ": expected ", name, " to be int64, got ", p.scalar_type());
+  TORCH_CHECK(p.device().is_cpu(), op, ": expected ", name, " on the CPU, got ", p.device());
+  const at::Tensor pc = p.contiguous();
+  std::vector<int64_t> out(pc.const_data_ptr<int64_t>(), pc.const_data_ptr<int64_t>() + n);
+  std::vector<char> seen(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(out[i] >= 0 && out[i] < n && !seen[out[i]], op, ": expected ", name, " to be a permutation of 0..",
+                n - 1, ", got ", name, "[", i, "] = ", out[i]);
+    seen[out[i]] = 1;
+  }
   return out;
 }
 
