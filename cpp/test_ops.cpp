@@ -54,10 +54,11 @@ int main() {
                    .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, bool)>();
+                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                       const std::optional<at::Tensor>&, bool, bool, bool)>();
   for (const bool reverse : {false, true}) {
-    auto [y, hT, cT, g, cells] = layer.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, reverse,
-                                            /*train=*/false);
+    auto [y, hT, cT, g, cells] = layer.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, std::nullopt,
+                                            /*batch_first=*/false, reverse, /*train=*/false);
     at::Tensor h = h0, c = c0;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -72,8 +73,8 @@ int main() {
   // A bad argument is an exception with a message, not a crash.
   bool threw = false;
   try {
-    layer.call(x, h0, c0, w_ih, at::randn({4 * H, H + 1}, opts), b_ih, b_hh, std::nullopt, std::nullopt, false,
-               false);
+    layer.call(x, h0, c0, w_ih, at::randn({4 * H, H + 1}, opts), b_ih, b_hh, std::nullopt, std::nullopt,
+               std::nullopt, false, false, false);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("expected w_hh of shape") != std::string::npos;
   }

@@ -29,7 +29,17 @@ def make_pair(input_size, hidden_size, dtype, **kw):
 
 
 def run_lstm(module, kind, x, lengths, hx, enforce_sorted, batch_first):
-    """Runs module on x in the given input kind; returns (tensors to compare, their names, loss)."""
+    """Runs module on x in the given input kind; returns (tensors to compare, loss). kind "lengths" is
+    pack -> LSTM -> unpack for stock torch and LSTM(padded, lengths=...) for rnnext."""
+    if kind == "lengths":
+        if isinstance(module, rnnext.nn.LSTM):
+            out_pad, (h, c) = module(x, hx, lengths=lengths)
+        else:
+            packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+            y, (h, c) = module(packed, hx)
+            out_pad, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=x.size(1 if batch_first else 0))
+        weights = torch.linspace(-1, 1, out_pad.numel(), dtype=out_pad.dtype).view_as(out_pad)
+        return [out_pad, h, c], (out_pad * weights).sum() + (h * 1.5).sum() + (c * c).sum()
     if kind == "packed":
         packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
         y, (h, c) = module(packed, hx)
@@ -51,7 +61,7 @@ GRID = list(
         [False, True],  # bidirectional
         [0, 3],  # proj_size
         [True, False],  # bias
-        ["dense", "packed", "unbatched"],  # input kind
+        ["dense", "packed", "unbatched", "lengths"],  # input kind
         [False, True],  # hx given
     )
 )
@@ -76,6 +86,8 @@ def test_lstm_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx):
         x = torch.randn(B, T, I, dtype=dtype, generator=g) if batch_first else torch.randn(T, B, I, dtype=dtype, generator=g)
         hx_shape, cx_shape = (layers * D, B, Hout), (layers * D, B, H)
     lengths = torch.tensor([7, 5, 5, 2]) if enforce_sorted else torch.tensor([3, 7, 1, 5])
+    if kind == "lengths" and layers == 2:
+        lengths = torch.tensor([6, 6, 3, 1])  # already sorted, shorter than T: no reordering, trailing padding
     results = []
     for module in (stock, ours):
         xi = x.clone().requires_grad_()
@@ -268,53 +280,64 @@ def test_op_errors_are_clear():
     x, h, c = torch.randn(5, 3, 4), torch.zeros(3, 6), torch.zeros(3, 6)
     w_ih, w_hh = torch.randn(24, 4), torch.randn(24, 6)
     with pytest.raises(RuntimeError, match=r"expected w_hh of shape \[24, 6\]"):
-        ops.lstm_layer(x, h, c, w_ih, torch.randn(24, 5), None, None, None, None, False, False)
+        ops.lstm_layer(x, h, c, w_ih, torch.randn(24, 5), None, None, None, None, None, False, False, False)
     with pytest.raises(RuntimeError, match="expected hx of shape"):
-        ops.lstm_layer(x, torch.zeros(2, 6), c, w_ih, w_hh, None, None, None, None, False, False)
+        ops.lstm_layer(x, torch.zeros(2, 6), c, w_ih, w_hh, None, None, None, None, None, False, False, False)
     with pytest.raises(RuntimeError, match="expected w_ih to have the dtype of input"):
-        ops.lstm_layer(x, h, c, w_ih.double(), w_hh, None, None, None, None, False, False)
+        ops.lstm_layer(x, h, c, w_ih.double(), w_hh, None, None, None, None, None, False, False, False)
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.lstm_layer(x.long(), h.long(), c.long(), w_ih.long(), w_hh.long(), None, None, None, None, False, False)
+        ops.lstm_layer(x.long(), h.long(), c.long(), w_ih.long(), w_hh.long(), None, None, None, None, None, False, False, False)
     data = torch.randn(6, 4)
     with pytest.raises(RuntimeError, match="non-increasing"):
-        ops.lstm_layer(data, h[:2], c[:2], w_ih, w_hh, None, None, None, torch.tensor([2, 3, 1]), False, False)
+        ops.lstm_layer(data, h[:2], c[:2], w_ih, w_hh, None, None, None, torch.tensor([2, 3, 1]), None, False, False, False)
     with pytest.raises(RuntimeError, match="sum to the number of packed rows"):
-        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 2]), False, False)
+        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 2]), None, False, False, False)
     with pytest.raises(RuntimeError, match="at least 1"):
-        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 3, 0]), False, False)
+        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 3, 0]), None, False, False, False)
     with pytest.raises(RuntimeError, match="batch_sizes to be int64"):
-        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 3], dtype=torch.int32), False, False)
+        ops.lstm_layer(data, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 3], dtype=torch.int32), None, False, False, False)
     with pytest.raises(RuntimeError, match="batch_sizes\\[0\\] to equal the batch size of hx"):
-        ops.lstm_layer(data, h[:2], c[:2], w_ih, w_hh, None, None, None, torch.tensor([3, 3]), False, False)
+        ops.lstm_layer(data, h[:2], c[:2], w_ih, w_hh, None, None, None, torch.tensor([3, 3]), None, False, False, False)
     with pytest.raises(RuntimeError, match="train=False"):
-        out = ops.lstm_layer(x.requires_grad_(), h, c, w_ih, w_hh, None, None, None, None, False, False)
+        out = ops.lstm_layer(x.requires_grad_(), h, c, w_ih, w_hh, None, None, None, None, None, False, False, False)
         out[0].sum().backward()
 
 
 # ---- ops: gradcheck, opcheck ------------------------------------------------------------------------------
 
 
-def _layer_args(packed, proj, bias, reverse, train=True, requires_grad=True, strided=False):
+def _layer_args(layout, proj, bias, reverse, train=True, requires_grad=True, strided=False):
+    """Arguments of rnnext::lstm_layer for a layout: dense, dense_bf (batch_first), packed, padded (variable
+    lengths, sorted_indices), padded_bf."""
     g = torch.Generator().manual_seed(3)
     I, H, B, T = 3, 4, 3, 4
     P = 2 if proj else H
     rnd = lambda *s: (torch.randn(*s, dtype=torch.float64, generator=g) * 0.7).requires_grad_(requires_grad)
-    bs = torch.tensor([3, 3, 2, 1]) if packed else None
-    if strided:  # a transposed (batch_first-style) input and a transposed weight
+    bs = si = None
+    batch_first = layout.endswith("_bf")
+    if layout == "packed":
+        bs = torch.tensor([3, 3, 2, 1])
+        x = rnd(int(bs.sum()), I)
+    else:
+        x = rnd(B, T, I) if batch_first else rnd(T, B, I)
+        if layout.startswith("padded"):
+            bs, si = torch.tensor([3, 2, 1]), torch.tensor([1, 2, 0])  # lengths 1, 3, 2 (< T: trailing padding)
+    if strided:  # a transposed input and a transposed weight
         x = rnd(B, T, I).transpose(0, 1)
-        args = _layer_args(packed, proj, bias, reverse, train, requires_grad)
-        return (x, args[1], args[2], rnd(I, 4 * H).t(), *args[4:])
-    x = rnd(int(bs.sum()), I) if packed else rnd(T, B, I)
-    return (x, rnd(B, P), rnd(B, H), rnd(4 * H, I), rnd(4 * H, P), rnd(4 * H) if bias else None,
-            rnd(4 * H) if bias else None, rnd(P, H) if proj else None, bs, reverse, train)
+        w_ih = rnd(I, 4 * H).t()
+    else:
+        w_ih = rnd(4 * H, I)
+    return (x, rnd(B, P), rnd(B, H), w_ih, rnd(4 * H, P), rnd(4 * H) if bias else None,
+            rnd(4 * H) if bias else None, rnd(P, H) if proj else None, bs, si, batch_first, reverse, train)
 
 
-LAYER_CASES = list(itertools.product([False, True], [False, True], [False, True], [False, True]))
+LAYER_CASES = list(itertools.product(["dense", "packed", "padded", "dense_bf", "padded_bf"], [False, True],
+                                     [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("packed,proj,bias,reverse", LAYER_CASES)
-def test_lstm_layer_gradcheck(packed, proj, bias, reverse):
-    args = _layer_args(packed, proj, bias, reverse)
+@pytest.mark.parametrize("layout,proj,bias,reverse", LAYER_CASES)
+def test_lstm_layer_gradcheck(layout, proj, bias, reverse):
+    args = _layer_args(layout, proj, bias, reverse)
 
     def f(*tensors):
         a = list(args)
@@ -337,28 +360,28 @@ def test_lstm_cell_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: torch.ops.rnnext.lstm_cell(*a, None, None)[:2], args[:5])
 
 
-@pytest.mark.parametrize("packed,proj,bias,reverse", LAYER_CASES[::3] + [(True, True, True, True)])
+@pytest.mark.parametrize("layout,proj,bias,reverse", LAYER_CASES[::3] + [("packed", True, True, True)])
 @pytest.mark.parametrize("train", [True, False])
-def test_lstm_layer_opcheck(packed, proj, bias, reverse, train):
-    args = _layer_args(packed, proj, bias, reverse, train=train, requires_grad=train)
+def test_lstm_layer_opcheck(layout, proj, bias, reverse, train):
+    args = _layer_args(layout, proj, bias, reverse, train=train, requires_grad=train)
     torch.library.opcheck(torch.ops.rnnext.lstm_layer.default, args)
 
 
 @pytest.mark.parametrize("train", [True, False])
 def test_lstm_layer_opcheck_strided_inputs(train):
-    args = _layer_args(False, True, True, False, train=train, requires_grad=train, strided=True)
+    args = _layer_args("dense", True, True, False, train=train, requires_grad=train, strided=True)
     assert not args[0].is_contiguous() and not args[3].is_contiguous()
     torch.library.opcheck(torch.ops.rnnext.lstm_layer.default, args)
 
 
 def test_lstm_backward_ops_opcheck():
-    args = _layer_args(True, True, True, True, requires_grad=False)
+    args = _layer_args("padded_bf", True, True, True, requires_grad=False)
     out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(*args)
-    x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, bs, reverse, _ = args
+    x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, bs, si, bf, reverse, _ = args
     torch.library.opcheck(
         torch.ops.rnnext.lstm_layer_backward.default,
-        (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), x, hx, cx, w_ih, w_hh, w_hr, bs, out,
-         gates, cells, reverse, True),
+        (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), x, hx, cx, w_ih, w_hh, w_hr, bs, si, bf,
+         out, gates, cells, reverse, True),
     )
     g = torch.Generator().manual_seed(1)
     cell_args = [torch.randn(s, dtype=torch.float64, generator=g) for s in ((3, 4), (3, 5), (3, 5), (20, 4), (20, 5))]
@@ -450,7 +473,7 @@ def test_lstm_thread_splits_match_torch(batch, threads, proj):
         g = torch.Generator().manual_seed(batch)
         x = torch.randn(9, batch, 6, dtype=torch.float64, generator=g)
         lengths = torch.randint(1, 10, (batch,), generator=g)
-        for kind in ("dense", "packed"):
+        for kind in ("dense", "packed", "lengths"):
             res = []
             for m in (stock, ours):
                 xi = x.clone().requires_grad_()
@@ -462,3 +485,29 @@ def test_lstm_thread_splits_match_torch(batch, threads, proj):
                 close(a, b, torch.float64, kind)
     finally:
         torch.set_num_threads(old)
+
+
+def test_lengths_path_details():
+    stock, ours = make_pair(3, 5, torch.float64, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    lengths = [2, 6, 1, 4]
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    y_ref, (h_ref, c_ref) = stock(packed)
+    y_ref, _ = pad_packed_sequence(y_ref, batch_first=True, padding_value=-3.0, total_length=6)
+    for lens in (lengths, torch.tensor(lengths)):
+        y, (h, c) = ours(x, lengths=lens, padding_value=-3.0)
+        close(y, y_ref, torch.float64)
+        close(h, h_ref, torch.float64)
+        close(c, c_ref, torch.float64)
+    # Without lengths the same padded batch runs every step of every entry (the plain drop-in).
+    close(ours(x)[0], stock(x)[0], torch.float64)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 7 is longer"):
+        ours(x, lengths=[2, 7, 1, 4])
+    with pytest.raises(ValueError, match="at least 1"):
+        ours(x, lengths=[2, 0, 1, 4])
+    with pytest.raises(ValueError, match="expected 4 lengths"):
+        ours(x, lengths=[2, 1])
+    with pytest.raises(ValueError, match="PackedSequence carries its own"):
+        ours(packed, lengths=lengths)
+    with pytest.raises(ValueError, match="batched 3-D"):
+        ours(x[0], lengths=[3])

@@ -31,8 +31,8 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t, a
   TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected, ", got ", t.sizes());
 }
 
-// The batch sizes of a PackedSequence: 1-D int64 on the CPU, positive, non-increasing, summing to total_rows,
-// with batch_sizes[0] == batch. Returns them as a vector.
+// The batch sizes of a PackedSequence: 1-D int64 on the CPU, positive, non-increasing, summing to total_rows
+// (unless total_rows < 0), with batch_sizes[0] == batch. Returns them as a vector.
 inline std::vector<int64_t> check_batch_sizes(const char* op, const at::Tensor& batch_sizes, int64_t total_rows,
                                               int64_t batch) {
   TORCH_CHECK(batch_sizes.dim() == 1, op, ": expected batch_sizes to be 1-D, got shape ", batch_sizes.sizes());
@@ -51,7 +51,7 @@ inline std::vector<int64_t> check_batch_sizes(const char* op, const at::Tensor& 
                 t, "] = ", out[t], " > batch_sizes[", t - 1, "] = ", out[t - 1]);
     sum += out[t];
   }
-  TORCH_CHECK(sum == total_rows, op, ": expected batch_sizes to sum to the number of packed rows (", total_rows,
+  TORCH_CHECK(total_rows < 0 || sum == total_rows, op, ": expected batch_sizes to sum to the number of packed rows (", total_rows,
               "), got ", sum);
   TORCH_CHECK(T == 0 || out[0] == batch, op, ": expected batch_sizes[0] to equal the batch size of hx (", batch,
               "), got ", T == 0 ? 0 : out[0]);

@@ -14,7 +14,7 @@ void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1
                               int64_t ld_h, float* y, int64_t ld_y);
 void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
                                const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
-                               const float* dh_a, const float* dh_b, int64_t ld_dh, float* dc, float* dgates);
+                               const float* dh_a, const float* dh_b, int64_t ld_dh, int64_t ld_dhb, float* dc, float* dgates);
 
 namespace {
 
@@ -107,13 +107,13 @@ RNNEXT_HD void backward_block(int64_t w_rt, const T* __restrict__ a, const T* __
 template <typename T>
 RNNEXT_HD void backward_tile(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const T* acts, int64_t ld_g,
                              const T* c, const T* c_prev_a, int64_t n_prev_a, const T* c_prev_b, const T* dh_a,
-                             const T* dh_b, int64_t ld_dh, T* dc, T* dgates) {
+                             const T* dh_b, int64_t ld_dh, int64_t ld_dhb, T* dc, T* dgates) {
   for (int64_t b = 0; b < rows; ++b) {
     const T* cp = b < n_prev_a ? c_prev_a : c_prev_b;
     for (int64_t k = k0; k < k1; ++k) {
       const Block bl = block_of(l, k);
       const int64_t cu = b * l.H + bl.unit, du = b * ld_dh + bl.unit, gc = b * ld_g + bl.col;
-      const T* dhb = dh_b != nullptr ? dh_b + du : nullptr;
+      const T* dhb = dh_b != nullptr ? dh_b + b * ld_dhb + bl.unit : nullptr;
       if (bl.width == kernels::kUnitBlock)
         backward_block<kernels::kUnitBlock>(bl.width, acts + gc, c + cu, cp + cu, dh_a + du, dhb, dc + cu, dgates + gc);
       else
@@ -162,25 +162,25 @@ void lstm_forward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k
 RNNEXT_CLONES void backward_tile_f32(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts,
                                      int64_t ld_g, const float* c, const float* c_prev_a, int64_t n_prev_a,
                                      const float* c_prev_b, const float* dh_a, const float* dh_b, int64_t ld_dh,
-                                     float* dc, float* dgates) {
-  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
+                                     int64_t ld_dhb, float* dc, float* dgates) {
+  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, ld_dhb, dc, dgates);
 }
 template <>
 void lstm_backward_tile<float>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
                                const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
-                               const float* dh_a, const float* dh_b, int64_t ld_dh, float* dc, float* dgates) {
+                               const float* dh_a, const float* dh_b, int64_t ld_dh, int64_t ld_dhb, float* dc, float* dgates) {
   if (has_avx512())
-    lstm_backward_tile_avx512(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc,
+    lstm_backward_tile_avx512(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, ld_dhb, dc,
                               dgates);
   else
-    backward_tile_f32(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
+    backward_tile_f32(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, ld_dhb, dc, dgates);
 }
 template <>
 void lstm_backward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const double* acts,
                                 int64_t ld_g, const double* c, const double* c_prev_a, int64_t n_prev_a,
                                 const double* c_prev_b, const double* dh_a, const double* dh_b, int64_t ld_dh,
-                                double* dc, double* dgates) {
-  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, dc, dgates);
+                                int64_t ld_dhb, double* dc, double* dgates) {
+  backward_tile(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, ld_dhb, dc, dgates);
 }
 
 template <>

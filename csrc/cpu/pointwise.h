@@ -24,12 +24,12 @@ void lstm_forward_tile(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, 
 
 // LSTM backward over rows [0, rows) and unit blocks [k0, k1). acts (ld_g) and c (row stride H) are the saved
 // activations and cell states of the step; row b's previous cell state is row b of c_prev_a if b < n_prev_a,
-// else row b of c_prev_b (both row stride H). dh = dh_a (ld_dh) + dh_b (ld_dh, may be null). dc (row stride
+// else row b of c_prev_b (both row stride H). dh = dh_a (row stride ld_dh) + dh_b (row stride ld_dhb, may be null). dc (row stride
 // H) holds the incoming dc and is overwritten with dc_prev; dgates (ld_g) receives the pre-activation grads.
 template <typename T>
 void lstm_backward_tile(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, const T* acts, int64_t ld_g,
                         const T* c, const T* c_prev_a, int64_t n_prev_a, const T* c_prev_b, const T* dh_a,
-                        const T* dh_b, int64_t ld_dh, T* dc, T* dgates);
+                        const T* dh_b, int64_t ld_dh, int64_t ld_dhb, T* dc, T* dgates);
 
 // h = o * tanh(c) over rows [0, rows), all units (recomputes the unprojected h when proj_size > 0).
 template <typename T>

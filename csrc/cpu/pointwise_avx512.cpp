@@ -109,7 +109,7 @@ void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1
 
 void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
                                const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
-                               const float* dh_a, const float* dh_b, int64_t ld_dh, float* dc, float* dgates) {
+                               const float* dh_a, const float* dh_b, int64_t ld_dh, int64_t ld_dhb, float* dc, float* dgates) {
   for (int64_t b = 0; b < rows; ++b) {
     const float* cpr = b < n_prev_a ? c_prev_a : c_prev_b;
     for (int64_t k = k0; k < k1; ++k) {
@@ -117,7 +117,7 @@ void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k
       for (int64_t u = 0; u < bl.width; u += 16) {
         const int64_t cu = b * l.H + bl.unit + u, du = b * ld_dh + bl.unit + u, gc = b * ld_g + bl.col + u;
         backward_vec(lanes(bl.width - u), acts + gc, bl.width, c + cu, cpr + cu, dh_a + du,
-                     dh_b != nullptr ? dh_b + du : nullptr, dc + cu, dgates + gc);
+                     dh_b != nullptr ? dh_b + b * ld_dhb + bl.unit + u : nullptr, dc + cu, dgates + gc);
       }
     }
   }

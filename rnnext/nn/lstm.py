@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import _ops
+from ..utils.rnn import batch_sizes_from_lengths, check_lengths
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -186,14 +187,28 @@ class LSTM(nn.Module):
         return w_ih, w_hh, b_ih, b_hh, w_hr
 
     def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Optional[_HiddenState] = None
+        self,
+        input: Union[Tensor, PackedSequence],
+        hx: Optional[_HiddenState] = None,
+        *,
+        lengths: Optional[Union[Tensor, List[int]]] = None,
+        padding_value: float = 0.0,
     ) -> Tuple[Union[Tensor, PackedSequence], _HiddenState]:
+        """Runs the LSTM. ``lengths`` (keyword only, with a padded batched input): the length of every
+        sequence, as a list or a tensor on any device; the result then equals
+        ``pad_packed_sequence(lstm(pack_padded_sequence(input, lengths, enforce_sorted=False)),
+        padding_value=padding_value, total_length=T)``: outputs past each length are ``padding_value``, ``h_n``
+        and ``c_n`` are the states at each sequence's last step, and reverse directions start at each
+        sequence's own last step. It is computed straight from the padded tensor (no pack or unpack copies)."""
         name = "rnnext.nn.LSTM"
         ref = self.weight_ih_l0
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
+        batch_first = False
         if packed:
+            if lengths is not None:
+                raise ValueError(f"{name}: lengths= is for a padded tensor input; a PackedSequence carries its own")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             _check_float_input(name, data, ref)
             if data.dim() != 2:
@@ -202,6 +217,7 @@ class LSTM(nn.Module):
             x = data
             batch = int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
             batched = True
+            layer_sorted_indices = None  # packed data is already in sorted order
         else:
             if not isinstance(input, Tensor):
                 raise TypeError(f"{name}: expected input to be a Tensor or a PackedSequence, got "
@@ -211,14 +227,21 @@ class LSTM(nn.Module):
                 raise ValueError(f"{name}: expected input to be 2-D (unbatched) or 3-D, got {input.dim()}-D "
                                  f"with shape {tuple(input.shape)}")
             batched = input.dim() == 3
-            x = input if batched else input.unsqueeze(1)
-            if batched and self.batch_first:
-                x = x.transpose(0, 1)
+            batch_first = batched and self.batch_first
             # The op copies a strided input anyway; doing it here also keeps what autograd saves in the layout
             # torch.compile traced.
-            x = x.contiguous()
-            batch_sizes = sorted_indices = unsorted_indices = None
-            batch = x.size(1)
+            x = (input if batched else input.unsqueeze(1)).contiguous()
+            batch = x.size(0 if batch_first else 1)
+            batch_sizes = sorted_indices = unsorted_indices = layer_sorted_indices = None
+            if lengths is not None:
+                if not batched:
+                    raise ValueError(f"{name}: lengths= needs a batched 3-D input, got a 2-D (unbatched) one")
+                steps = x.size(1 if batch_first else 0)
+                lengths = check_lengths(name, lengths, batch, steps)
+                sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
+                batch_sizes = batch_sizes_from_lengths(sorted_lengths)
+                if not torch.equal(order, torch.arange(batch)):
+                    layer_sorted_indices = order
         if x.size(-1) != self.input_size:
             raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
                                f"got {x.size(-1)}")
@@ -258,7 +281,8 @@ class LSTM(nn.Module):
                 idx = layer * num_directions + direction
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
                 out, hy, cy, _, _ = _ops.ops.lstm_layer(
-                    layer_input, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, direction == 1, train
+                    layer_input, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                    layer_sorted_indices, batch_first, direction == 1, train,
                 )
                 outputs.append(out)
                 h_n.append(hy)
@@ -278,8 +302,10 @@ class LSTM(nn.Module):
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (hn, cn)
         if not batched:
             return output.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
+        if lengths is not None and padding_value != 0:
+            steps = torch.arange(output.size(1 if batch_first else 0), device=output.device)
+            pad = steps.unsqueeze(0) >= lengths.to(output.device).unsqueeze(1)  # (B, T)
+            output = output.masked_fill((pad if batch_first else pad.t()).unsqueeze(-1), padding_value)
         return output, (hn, cn)
 
 
