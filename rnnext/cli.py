@@ -11,24 +11,35 @@ import sys
 from typing import List, Optional
 
 
+def _bench_suites():
+    from .benchmarks import lstm, packing
+
+    return [("LSTM", lstm.run), ("Packed sequences", packing.run)]
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .benchmarks import lstm
     from .benchmarks.timing import format_table, machine_description
 
     torch.manual_seed(0)
-    print(f"rnnext bench on {machine_description()}", flush=True)
-    res = lstm.run(rounds=args.rounds, quick=args.quick)
-    print(f"LSTM config: {res['config']}")
-    print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, timed between the cases' runs; median over cases)")
-    print(format_table(res["rows"]))
-    s = res["saved_bytes"]
-    print(f"bytes saved for backward by one dense LSTM forward: stock {s['stock'] / 2**20:.1f} MiB, "
-          f"rnnext {s['rnnext'] / 2**20:.1f} MiB")
+    machine = machine_description()
+    print(f"rnnext bench on {machine}", flush=True)
+    out = {"machine": machine, "suites": {}}
+    for title, run in _bench_suites():
+        res = run(rounds=args.rounds, quick=args.quick)
+        print(f"\n{title}: {res['config']}")
+        if "gemm_peak_gflops" in res:
+            print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, "
+                  "timed between the cases' runs)")
+        print(format_table(res["rows"]), flush=True)
+        if "saved_bytes" in res:
+            s = res["saved_bytes"]
+            print(f"bytes saved for backward by one dense LSTM forward: stock {s['stock'] / 2**20:.1f} MiB, "
+                  f"rnnext {s['rnnext'] / 2**20:.1f} MiB")
+        out["suites"][title] = {k: v for k, v in res.items() if k != "rows"}
+        out["suites"][title]["rows"] = [r.as_dict() for r in res["rows"]]
     if args.json:
-        out = {"machine": machine_description(), "lstm": {"config": res["config"], "saved_bytes": s, "gemm_peak_gflops": res["gemm_peak_gflops"],
-                                                         "rows": [r.as_dict() for r in res["rows"]]}}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
         print(f"wrote {args.json}")

@@ -23,7 +23,7 @@ def _lstm_pair(I, H, **kw):
     return stock, ours
 
 
-def _layer_gflop(rows_per_step: List[int], I: int, H: int, backward: bool) -> float:
+def layer_gflop(rows_per_step: List[int], I: int, H: int, backward: bool) -> float:
     """The unavoidable GEMM work of one LSTM layer: the input and recurrent projections of every real row
     (2 N 4H (I + H) FLOP), three times that with the backward (input, hidden and weight gradients)."""
     N = sum(rows_per_step)
@@ -61,11 +61,11 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
         rates.append(probe.gflop / t["gemm"] * 1e3)
         return t, probe.roofline_ms(gflop, t["gemm"])
 
-    gf = _layer_gflop([B] * T, I, H, backward=True)
+    gf = layer_gflop([B] * T, I, H, backward=True)
     t, roof = timed({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours)}, gf)
     rows.append(Row("LSTM dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
 
-    gf = _layer_gflop([B] * T, I, H, backward=False)
+    gf = layer_gflop([B] * T, I, H, backward=False)
     t, roof = timed({"stock": infer(stock), "rnnext": infer(ours)}, gf)
     rows.append(Row("LSTM dense inference", t["stock"], t["rnnext"], roof, gf))
 
@@ -83,7 +83,7 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             y.data.sum().backward()
         return f
 
-    gf = _layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
+    gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
     t, roof = timed({"stock": packed_fb(stock), "rnnext": packed_fb(ours)}, gf)
     real = float(lengths.sum()) / (T * B)
     rows.append(Row("LSTM packed fwd+bwd", t["stock"], t["rnnext"], roof, gf, {"real_token_share": real}))
@@ -106,7 +106,7 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             total.backward()
         return f
 
-    gf = _layer_gflop([B] * T, I, H, backward=True)
+    gf = layer_gflop([B] * T, I, H, backward=True)
     t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
     rows.append(Row(f"LSTMCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
 

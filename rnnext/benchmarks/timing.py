@@ -69,14 +69,16 @@ class GemmProbe:
 
 
 def format_table(rows: List[Row], title: str = "") -> str:
-    head = f"{'case':<38} {'stock ms':>9} {'rnnext ms':>9} {'speedup':>8} {'GEMM ms':>8} {'GEMM/stock':>10} {'GEMM/rnnext':>11}"
-    lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
+    w = max([38] + [len(r.case) for r in rows])
+    head = (f"{'case':<{w}} {'stock ms':>9} {'rnnext ms':>9} {'speedup':>8} {'GEMM ms':>8} {'GEMM/stock':>10} "
+            f"{'GEMM/rnnext':>11}")
+    lines = ([title] if title else []) + [head, "-" * len(head)]
     for r in rows:
         if r.gemm_ms is not None:
             g = f"{r.gemm_ms:8.2f} {r.gemm_ms / r.stock_ms:10.0%} {r.gemm_ms / r.rnnext_ms:11.0%}"
         else:
             g = f"{'-':>8} {'-':>10} {'-':>11}"
-        lines.append(f"{r.case:<38} {r.stock_ms:9.2f} {r.rnnext_ms:9.2f} {r.speedup:7.2f}x {g}")
+        lines.append(f"{r.case:<{w}} {r.stock_ms:9.2f} {r.rnnext_ms:9.2f} {r.speedup:7.2f}x {g}")
     return "\n".join(lines)
 
 

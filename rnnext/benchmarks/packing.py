@@ -1,0 +1,62 @@
+"""Packed sequences on the CPU: the pack + unpack round trip against torch.nn.utils.rnn, and the whole
+variable-length LSTM pipeline users write today (sort, pack, torch.nn.LSTM, unpack) against
+rnnext.nn.LSTM(padded, lengths=...)."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.utils.rnn as stock_rnn
+
+import rnnext
+from rnnext.utils import rnn as ours_rnn
+
+from .lstm import layer_gflop
+from .timing import GemmProbe, Row, time_interleaved
+
+CONFIG = dict(T=64, B=64, features=256, I=128, H=256, min_len=8)
+
+
+def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
+    c = dict(CONFIG)
+    T, B = c["T"], c["B"]
+    if quick:
+        rounds = min(rounds, 7)
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
+    rows: List[Row] = []
+
+    x = torch.randn(T, B, c["features"], generator=g)
+
+    def round_trip(lib):
+        def f():
+            packed = lib.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            lib.pad_packed_sequence(packed, total_length=T)
+        return f
+
+    t = time_interleaved({"stock": round_trip(stock_rnn), "rnnext": round_trip(ours_rnn)}, rounds * 4)
+    rows.append(Row(f"pack+unpack round trip (F={c['features']})", t["stock"], t["rnnext"]))
+
+    torch.manual_seed(0)
+    stock = torch.nn.LSTM(c["I"], c["H"])
+    ours = rnnext.nn.LSTM(c["I"], c["H"])
+    ours.load_state_dict(stock.state_dict())
+    xi = torch.randn(T, B, c["I"], generator=g, requires_grad=True)
+
+    def stock_pipeline():
+        packed = stock_rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        y, _ = stock(packed)
+        out, _ = stock_rnn.pad_packed_sequence(y, total_length=T)
+        out.sum().backward()
+
+    def ours_pipeline():
+        out, _ = ours(xi, lengths=lengths)
+        out.sum().backward()
+
+    probe = GemmProbe()
+    gf = layer_gflop([int((lengths > s).sum()) for s in range(T)], c["I"], c["H"], backward=True)
+    t = time_interleaved({"stock": stock_pipeline, "rnnext": ours_pipeline, "gemm": probe}, rounds)
+    rows.append(Row("variable-length LSTM fwd+bwd (pack/unpack vs lengths=)", t["stock"], t["rnnext"],
+                    probe.roofline_ms(gf, t["gemm"]), gf, {"real_token_share": float(lengths.sum()) / (T * B)}))
+    return {"config": c, "rows": rows, "gemm_peak_gflops": probe.gflop / t["gemm"] * 1e3}
