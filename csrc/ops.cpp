@@ -40,4 +40,33 @@ TORCH_LIBRARY(rnnext, m) {
   // Its backward is packed_gather.
   m.def("packed_scatter(Tensor data, Tensor batch_sizes, Tensor? sorted_indices, bool batch_first,"
         " Scalar padding_value, SymInt batch, SymInt total_length) -> Tensor", fixed);
+
+  // ---- Tree-structured models (csrc/cpu/treelstm.cpp, csrc/cpu/spinn.cpp, csrc/kernels/treelstm.h) ----
+  // TreeLSTM composition: lstm_in (M, 5H) in chunks a, i, f1, f2, o -> (h, c, activations (M, 5H)).
+  m.def("treelstm_cell(Tensor lstm_in, Tensor c_left, Tensor c_right) -> (Tensor h, Tensor c, Tensor acts)", fixed);
+  // -> (grad_lstm_in, grad_c_left, grad_c_right).
+  m.def("treelstm_cell_backward(Tensor grad_h, Tensor grad_c, Tensor acts, Tensor c, Tensor c_left,"
+        " Tensor c_right) -> (Tensor, Tensor, Tensor)", fixed);
+  // The thin stack: a batch of shift-reduce transition sequences (S, B) (SHIFT 0, REDUCE 1, PAD -1) over
+  // buffers (N, B, 2H) of [h | c] token states, composing with a TreeLSTM whose input is
+  // [h_left h_right (tracker h)] w_comp^T + b_comp, w_comp (5H, 2H [+ Tt]); with tracker weights (an LSTMCell of
+  // input 3H: buffer top, stack top, stack second) the tracker steps at every step and feeds each REDUCE.
+  // -> (final stack top h (B, H), tracker h (S, B, Tt) or [0], and the workspace for the backward:
+  //     nodes (S B, 2H), node activations, tracker activations, tracker c; the last three [0] unless train).
+  m.def("spinn_encode(Tensor buffers, Tensor transitions, Tensor? lengths, Tensor w_comp, Tensor? b_comp,"
+        " Tensor? tracker_w_ih, Tensor? tracker_w_hh, Tensor? tracker_b_ih, Tensor? tracker_b_hh, bool train)"
+        " -> (Tensor top, Tensor tracker_h, Tensor nodes, Tensor node_acts, Tensor tracker_acts, Tensor tracker_c)",
+        fixed);
+  // -> (grad_buffers, grad_w_comp, grad_b_comp or [0], grad_tracker_w_ih, grad_tracker_w_hh, grad_tracker_b);
+  // the tracker gradients are [0] without a tracker.
+  m.def("spinn_encode_backward(Tensor grad_top, Tensor grad_tracker_h, Tensor buffers, Tensor transitions,"
+        " Tensor? lengths, Tensor w_comp, Tensor? b_comp, Tensor? tracker_w_ih, Tensor? tracker_w_hh,"
+        " Tensor? tracker_b_ih, Tensor? tracker_b_hh, Tensor nodes, Tensor node_acts, Tensor tracker_h,"
+        " Tensor tracker_acts, Tensor tracker_c) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
+  // The thin-stack layout for compositions run from Python: per (step, row) the references of a REDUCE's left
+  // and right children and of the node it creates (-1 elsewhere), and of the tracker's reads (buffer top,
+  // stack top, stack second); and each row's final top. References index
+  // cat([zeros(1, D), buffers.flatten(0, 1), nodes]), nodes in (step, row) order.
+  m.def("thin_stack_plan(Tensor transitions, int num_tokens, Tensor? lengths) -> (Tensor left, Tensor right,"
+        " Tensor node, Tensor buffer_top, Tensor stack_top, Tensor stack_second, Tensor final_top)");
 }

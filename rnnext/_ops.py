@@ -221,3 +221,124 @@ def _packed_scatter_backward(ctx, grad):
 torch.library.register_autograd(
     "rnnext::packed_scatter", _packed_scatter_backward, setup_context=_packed_scatter_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TreeLSTM cell
+
+
+@torch.library.register_fake("rnnext::treelstm_cell")
+def _treelstm_cell_fake(lstm_in, c_left, c_right):
+    M, H = lstm_in.shape[0], lstm_in.shape[1] // 5
+    return lstm_in.new_empty(M, H), lstm_in.new_empty(M, H), lstm_in.new_empty(M, 5 * H)
+
+
+@torch.library.register_fake("rnnext::treelstm_cell_backward")
+def _treelstm_cell_backward_fake(grad_h, grad_c, acts, c, c_left, c_right):
+    return acts.new_empty(acts.shape), c.new_empty(c.shape), c.new_empty(c.shape)
+
+
+def _treelstm_cell_setup_context(ctx, inputs, output):
+    lstm_in, c_left, c_right = inputs
+    h, c, acts = output
+    ctx.save_for_backward(acts, c, c_left, c_right)
+    ctx.set_materialize_grads(False)
+
+
+def _treelstm_cell_backward(ctx, grad_h, grad_c, grad_acts):
+    acts, c, c_left, c_right = ctx.saved_tensors
+    if grad_h is None and grad_c is None:
+        return None, None, None
+    grad_h = grad_h if grad_h is not None else torch.zeros_like(c)
+    grad_c = grad_c if grad_c is not None else torch.zeros_like(c)
+    return ops.treelstm_cell_backward(grad_h, grad_c, acts, c, c_left, c_right)
+
+
+torch.library.register_autograd(
+    "rnnext::treelstm_cell", _treelstm_cell_backward, setup_context=_treelstm_cell_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Thin stack (SPINN)
+
+
+@torch.library.register_fake("rnnext::spinn_encode")
+def _spinn_encode_fake(buffers, transitions, lengths, w_comp, b_comp, tracker_w_ih, tracker_w_hh, tracker_b_ih,
+                       tracker_b_hh, train):
+    S, B, H = transitions.shape[0], buffers.shape[1], w_comp.shape[0] // 5
+    tracker = tracker_w_hh is not None
+    Tt = tracker_w_hh.shape[1] if tracker else 0
+    return (
+        buffers.new_empty(B, H),
+        buffers.new_empty(S, B, Tt) if tracker else buffers.new_empty(0),
+        buffers.new_empty(S * B, 2 * H),
+        buffers.new_empty(S * B, 5 * H) if train else buffers.new_empty(0),
+        buffers.new_empty(S, B, 4 * Tt) if tracker and train else buffers.new_empty(0),
+        buffers.new_empty(S, B, Tt) if tracker and train else buffers.new_empty(0),
+    )
+
+
+@torch.library.register_fake("rnnext::spinn_encode_backward")
+def _spinn_encode_backward_fake(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp,
+                                tracker_w_ih, tracker_w_hh, tracker_b_ih, tracker_b_hh, nodes, node_acts,
+                                tracker_h, tracker_acts, tracker_c):
+    tracker = tracker_w_hh is not None
+    empty = lambda: buffers.new_empty(0)  # noqa: E731  (distinct tensors: outputs must not alias)
+    has_tb = tracker and (tracker_b_ih is not None or tracker_b_hh is not None)
+    return (
+        buffers.new_empty(buffers.shape),
+        w_comp.new_empty(w_comp.shape),
+        w_comp.new_empty(w_comp.shape[0]) if b_comp is not None else empty(),
+        tracker_w_ih.new_empty(tracker_w_ih.shape) if tracker else empty(),
+        tracker_w_hh.new_empty(tracker_w_hh.shape) if tracker else empty(),
+        tracker_w_hh.new_empty(tracker_w_hh.shape[0]) if has_tb else buffers.new_empty(0),
+    )
+
+
+@torch.library.register_fake("rnnext::thin_stack_plan")
+def _thin_stack_plan_fake(transitions, num_tokens, lengths):
+    S, B = transitions.shape
+    new = lambda *shape: transitions.new_empty(shape, dtype=torch.int64)
+    return new(S, B), new(S, B), new(S, B), new(S, B), new(S, B), new(S, B), new(B)
+
+
+def _spinn_setup_context(ctx, inputs, output):
+    (buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, train) = inputs
+    top, tracker_h, nodes, node_acts, tracker_acts, tracker_c = output
+    ctx.train = train
+    ctx.flags = (b_comp is not None, t_b_ih is not None, t_b_hh is not None)
+    ctx.save_for_backward(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, nodes,
+                          node_acts, tracker_h, tracker_acts, tracker_c)
+    ctx.set_materialize_grads(False)
+
+
+def _spinn_backward(ctx, grad_top, grad_tracker_h, *unused):
+    n_inputs = 10
+    if grad_top is None and grad_tracker_h is None:
+        return (None,) * n_inputs
+    if not ctx.train:
+        raise RuntimeError(
+            "rnnext::spinn_encode was run with train=False, which keeps no state for the backward pass; call it "
+            "with train=True to differentiate it"
+        )
+    (buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h,
+     tracker_acts, tracker_c) = ctx.saved_tensors
+    B, H = buffers.shape[1], w_comp.shape[0] // 5
+    grad_top = grad_top if grad_top is not None else buffers.new_zeros(B, H)
+    if grad_tracker_h is None:
+        grad_tracker_h = torch.zeros_like(tracker_h)
+    g_buf, g_w, g_b, g_tih, g_thh, g_tb = ops.spinn_encode_backward(
+        grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh,
+        nodes, node_acts, tracker_h, tracker_acts, tracker_c,
+    )
+    has_b, has_tbi, has_tbh = ctx.flags
+    tracker = t_w_ih is not None
+    return (
+        g_buf, None, None, g_w, g_b if has_b else None,
+        g_tih if tracker else None, g_thh if tracker else None,
+        g_tb if has_tbi else None, g_tb if has_tbh else None, None,
+    )
+
+
+torch.library.register_autograd("rnnext::spinn_encode", _spinn_backward, setup_context=_spinn_setup_context)

@@ -3,8 +3,10 @@
 
 #include "kernels/lstm.h"
 #include "kernels/lstm_layout.h"
+#include "kernels/treelstm.h"
 
 #define RNNEXT_CLONES __attribute__((target_clones("avx2", "default")))
+#define RNNEXT_CLONES_512 __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace rnnext::cpu {
 
@@ -193,5 +195,92 @@ void lstm_hidden_tile<double>(GateLayout l, int64_t rows, const double* acts, in
                               double* h) {
   hidden_tile(l, rows, acts, ld_g, c, h);
 }
+
+namespace {
+
+template <typename T>
+RNNEXT_HD void treelstm_forward_body(int64_t rows, int64_t H, const T* pre, const T* bias, const T* c_left,
+                                     const T* c_right, int64_t ld_cc, T* acts, T* h, T* c, int64_t ld_hc) {
+  const int64_t G = 5 * H;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = pre + r * G;
+    T* a = acts + r * G;
+    const T* cl = c_left + r * ld_cc;
+    const T* cr = c_right + r * ld_cc;
+    T* hh = h + r * ld_hc;
+    T* cc = c + r * ld_hc;
+#pragma omp simd
+    for (int64_t u = 0; u < H; ++u) {
+      T pa = p[u], pi = p[H + u], pf1 = p[2 * H + u], pf2 = p[3 * H + u], po = p[4 * H + u];
+      if (bias != nullptr) {
+        pa += bias[u];
+        pi += bias[H + u];
+        pf1 += bias[2 * H + u];
+        pf2 += bias[3 * H + u];
+        po += bias[4 * H + u];
+      }
+      T va, vi, vf1, vf2, vo, vc, vh;
+      kernels::treelstm_forward_elem(pa, pi, pf1, pf2, po, cl[u], cr[u], va, vi, vf1, vf2, vo, vc, vh);
+      a[u] = va;
+      a[H + u] = vi;
+      a[2 * H + u] = vf1;
+      a[3 * H + u] = vf2;
+      a[4 * H + u] = vo;
+      cc[u] = vc;
+      hh[u] = vh;
+    }
+  }
+}
+
+template <typename T>
+RNNEXT_HD void treelstm_backward_body(int64_t rows, int64_t H, const T* acts, const T* c, int64_t ld_hc,
+                                      const T* c_left, const T* c_right, int64_t ld_cc, const T* dh, const T* dc,
+                                      int64_t ld_d, T* dpre, T* dc_left, T* dc_right, int64_t ld_dcc) {
+  const int64_t G = 5 * H;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a = acts + r * G;
+    const T* cc = c + r * ld_hc;
+    const T* cl = c_left + r * ld_cc;
+    const T* cr = c_right + r * ld_cc;
+    const T* dhr = dh + r * ld_d;
+    const T* dcr = dc + r * ld_d;
+    T* dp = dpre + r * G;
+    T* dcl = dc_left + r * ld_dcc;
+    T* dcrr = dc_right + r * ld_dcc;
+#pragma omp simd
+    for (int64_t u = 0; u < H; ++u) {
+      T da, di, df1, df2, dout, gl, gr;
+      kernels::treelstm_backward_elem(a[u], a[H + u], a[2 * H + u], a[3 * H + u], a[4 * H + u], cc[u], cl[u], cr[u],
+                                      dhr[u], dcr[u], da, di, df1, df2, dout, gl, gr);
+      dp[u] = da;
+      dp[H + u] = di;
+      dp[2 * H + u] = df1;
+      dp[3 * H + u] = df2;
+      dp[4 * H + u] = dout;
+      dcl[u] = gl;
+      dcrr[u] = gr;
+    }
+  }
+}
+
+}  // namespace
+
+#define RNNEXT_TREELSTM_INSTANCES(T, ATTR)                                                                    \
+  template <>                                                                                               \
+  ATTR void treelstm_forward_rows<T>(int64_t rows, int64_t H, const T* pre, const T* bias, const T* c_left,   \
+                                     const T* c_right, int64_t ld_cc, T* acts, T* h, T* c, int64_t ld_hc) {   \
+    treelstm_forward_body(rows, H, pre, bias, c_left, c_right, ld_cc, acts, h, c, ld_hc);                     \
+  }                                                                                                         \
+  template <>                                                                                               \
+  ATTR void treelstm_backward_rows<T>(int64_t rows, int64_t H, const T* acts, const T* c, int64_t ld_hc,      \
+                                      const T* c_left, const T* c_right, int64_t ld_cc, const T* dh,          \
+                                      const T* dc, int64_t ld_d, T* dpre, T* dc_left, T* dc_right,            \
+                                      int64_t ld_dcc) {                                                       \
+    treelstm_backward_body(rows, H, acts, c, ld_hc, c_left, c_right, ld_cc, dh, dc, ld_d, dpre, dc_left,      \
+                           dc_right, ld_dcc);                                                                 \
+  }
+RNNEXT_TREELSTM_INSTANCES(float, RNNEXT_CLONES_512)
+RNNEXT_TREELSTM_INSTANCES(double, )
+#undef RNNEXT_TREELSTM_INSTANCES
 
 }  // namespace rnnext::cpu

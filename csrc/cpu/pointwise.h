@@ -35,4 +35,19 @@ void lstm_backward_tile(GateLayout layout, int64_t rows, int64_t k0, int64_t k1,
 template <typename T>
 void lstm_hidden_tile(GateLayout layout, int64_t rows, const T* acts, int64_t ld_g, const T* c, T* h);
 
+// TreeLSTM composition over rows [0, rows): pre (row stride 5H) holds the pre-activations a, i, f1, f2, o
+// (bias added when given); acts (row stride 5H, may be pre itself) receives the activations; c_left and c_right
+// have row stride ld_cc; h and c are written with row strides ld_hc.
+template <typename T>
+void treelstm_forward_rows(int64_t rows, int64_t H, const T* pre, const T* bias, const T* c_left, const T* c_right,
+                           int64_t ld_cc, T* acts, T* h, T* c, int64_t ld_hc);
+
+// TreeLSTM backward over rows [0, rows): from the activations, c (stride ld_hc), the children's c (stride
+// ld_cc), dh and dc (stride ld_d), writes the pre-activation gradients (stride 5H) and the children's c
+// gradients (stride ld_dcc).
+template <typename T>
+void treelstm_backward_rows(int64_t rows, int64_t H, const T* acts, const T* c, int64_t ld_hc, const T* c_left,
+                            const T* c_right, int64_t ld_cc, const T* dh, const T* dc, int64_t ld_d, T* dpre,
+                            T* dc_left, T* dc_right, int64_t ld_dcc);
+
 }  // namespace rnnext::cpu

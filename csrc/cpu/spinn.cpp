@@ -1,0 +1,527 @@
+// CPU kernels of the batched shift-reduce stack operator (SPINN's "thin stack") and its backward, and of the
+// plan op that exposes the stack layout to Python.
+//
+// Every stack entry is a reference into one table of [h | c] rows: 0 is the null entry (zeros), 1 + (n B + b)
+// is token n of row b in `buffers` (N, B, 2H), and 1 + N B + k is node k, the k-th composition in schedule
+// order, stored in the `nodes` workspace (S B, 2H). A plan simulates every row's stack on integers (checking
+// the transitions) and lists the compositions with their children; the kernels then run the compositions
+// batch by batch: by tree level when there is no tracker (a node needs only its children), by transition
+// step with a tracker (its state ties the compositions to the step order).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+#include "cpu/checks.h"
+#include "cpu/gemm.h"
+#include "cpu/pointwise.h"
+
+namespace rnnext::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kShift = 0, kReduce = 1, kPad = -1;
+constexpr int64_t kGrain = 8;  // rows per parallel task in gathers and pointwise loops
+
+struct SpinnPlan {
+  int64_t S = 0, B = 0, N = 0, M = 0;             // steps, rows, buffer positions, compositions
+  std::vector<int64_t> left, right, row, step;    // per node: children refs, row, transition step
+  std::vector<int64_t> batch_start;               // node range of each batch (levels or steps)
+  std::vector<int64_t> top;                       // per row: the final stack top
+  std::vector<int64_t> trk_buf, trk_top, trk_2nd;  // (S B): what the tracker reads before each step
+  int64_t node_ref(int64_t k) const { return 1 + N * B + k; }
+};
+
+// Simulates every row's stack. by_level orders the compositions by tree level, else by step (then row).
+SpinnPlan make_plan(const char* op, const Tensor& transitions, int64_t N, int64_t B,
+                    const std::optional<Tensor>& lengths, bool by_level, bool tracker_reads) {
+  TORCH_CHECK(transitions.dim() == 2 && transitions.size(1) == B, op,
+              ": expected transitions of shape (steps, batch) = (S, ", B, "), got ", transitions.sizes());
+  TORCH_CHECK(transitions.scalar_type() == at::kLong, op, ": expected transitions to be int64, got ",
+              transitions.scalar_type());
+  TORCH_CHECK(transitions.device().is_cpu(), op, ": expected transitions on the CPU, got ", transitions.device());
+  SpinnPlan plan;
+  plan.S = transitions.size(0);
+  plan.B = B;
+  plan.N = N;
+  const int64_t S = plan.S;
+  const Tensor tr_c = transitions.contiguous();
+  const int64_t* tr = tr_c.const_data_ptr<int64_t>();
+  // Tokens per row = SHIFTs per row (the buffer is empty once they are all shifted).
+  std::vector<int64_t> n_tokens(B, 0);
+  for (int64_t t = 0; t < S; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t code = tr[t * B + b];
+      TORCH_CHECK(code == kShift || code == kReduce || code == kPad, op, ": transitions[", t, ", ", b, "] = ", code,
+                  " (step ", t, ", row ", b, "): expected SHIFT (0), REDUCE (1) or PAD (-1)");
+      n_tokens[b] += code == kShift;
+    }
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(n_tokens[b] <= N, op, ": row ", b, " has ", n_tokens[b], " SHIFTs but the buffer holds only ", N,
+                " tokens");
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B && lengths->scalar_type() == at::kLong &&
+                    lengths->device().is_cpu(),
+                op, ": expected lengths to be a 1-D int64 CPU tensor of size ", B, ", got ", lengths->sizes(), " ",
+                lengths->scalar_type(), " on ", lengths->device());
+    const Tensor lc = lengths->contiguous();
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(lc.const_data_ptr<int64_t>()[b] == n_tokens[b], op, ": row ", b, " has ", n_tokens[b],
+                  " SHIFTs but lengths[", b, "] = ", lc.const_data_ptr<int64_t>()[b]);
+  }
+  std::vector<std::vector<int64_t>> stacks(B, std::vector<int64_t>{0, 0});
+  std::vector<int64_t> pos(B, 0), level;
+  if (tracker_reads) {
+    plan.trk_buf.resize(S * B);
+    plan.trk_top.resize(S * B);
+    plan.trk_2nd.resize(S * B);
+  }
+  auto level_of = [&](int64_t ref) { return ref > N * B ? level[ref - 1 - N * B] : int64_t(0); };
+  for (int64_t t = 0; t < S; ++t) {
+    plan.batch_start.push_back(static_cast<int64_t>(plan.left.size()));
+    for (int64_t b = 0; b < B; ++b) {
+      auto& st = stacks[b];
+      if (tracker_reads) {
+        plan.trk_buf[t * B + b] = pos[b] < n_tokens[b] ? 1 + pos[b] * B + b : 0;
+        plan.trk_top[t * B + b] = st.back();
+        plan.trk_2nd[t * B + b] = st[st.size() - 2];
+      }
+      const int64_t code = tr[t * B + b];
+      if (code == kShift) {
+        st.push_back(1 + pos[b] * B + b);
+        ++pos[b];
+      } else if (code == kReduce) {
+        TORCH_CHECK(st.size() >= 4, op, ": row ", b, ", step ", t, ": REDUCE needs two entries on the stack, found ",
+                    st.size() - 2);
+        const int64_t right = st.back();
+        st.pop_back();
+        const int64_t left = st.back();
+        st.pop_back();
+        const int64_t k = static_cast<int64_t>(plan.left.size());
+        plan.left.push_back(left);
+        plan.right.push_back(right);
+        plan.row.push_back(b);
+        plan.step.push_back(t);
+        level.push_back(1 + std::max(level_of(left), level_of(right)));
+        st.push_back(plan.node_ref(k));
+      }
+    }
+  }
+  plan.M = static_cast<int64_t>(plan.left.size());
+  plan.batch_start.push_back(plan.M);
+  plan.top.resize(B);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(stacks[b].size() == 3, op, ": row ", b, " ends with ", stacks[b].size() - 2,
+                " entries on its stack; a complete parse leaves exactly one");
+    plan.top[b] = stacks[b].back();
+  }
+  if (by_level && plan.M > 0) {
+    // Renumber the nodes by (level, creation order) and point every reference at the new numbers.
+    std::vector<int64_t> order(plan.M), new_id(plan.M);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return level[a] < level[b]; });
+    for (int64_t i = 0; i < plan.M; ++i) new_id[order[i]] = i;
+    auto remap = [&](int64_t ref) { return ref > N * B ? plan.node_ref(new_id[ref - 1 - N * B]) : ref; };
+    SpinnPlan sorted = plan;
+    sorted.batch_start.clear();
+    for (int64_t i = 0; i < plan.M; ++i) {
+      const int64_t k = order[i];
+      sorted.left[i] = remap(plan.left[k]);
+      sorted.right[i] = remap(plan.right[k]);
+      sorted.row[i] = plan.row[k];
+      sorted.step[i] = plan.step[k];
+      if (i == 0 || level[k] != level[order[i - 1]]) sorted.batch_start.push_back(i);
+    }
+    sorted.batch_start.push_back(plan.M);
+    for (auto& r : sorted.top) r = remap(r);
+    for (auto* v : {&sorted.trk_buf, &sorted.trk_top, &sorted.trk_2nd})
+      for (auto& r : *v) r = remap(r);
+    return sorted;
+  }
+  return plan;
+}
+
+struct SpinnShapes {
+  int64_t N, B, S, H, Tt, K;  // K = composition input width: 2H (+ Tt with a tracker)
+  bool tracker;
+};
+
+SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor& transitions, const Tensor& w_comp,
+                             const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
+                             const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
+                             const std::optional<Tensor>& t_b_hh) {
+  check_float_cpu(op, "buffers", buffers);
+  check_dim(op, "buffers", buffers, 3, "(tokens, batch, 2 * hidden_size)");
+  check_same(op, "buffers", buffers, "w_comp", w_comp);
+  check_dim(op, "w_comp", w_comp, 2, "(5 * hidden_size, 2 * hidden_size [+ tracker_size])");
+  SpinnShapes s{};
+  s.N = buffers.size(0);
+  s.B = buffers.size(1);
+  s.S = transitions.dim() == 2 ? transitions.size(0) : 0;
+  TORCH_CHECK(w_comp.size(0) % 5 == 0 && w_comp.size(0) > 0, op,
+              ": expected w_comp.size(0) to be 5 * hidden_size > 0, got ", w_comp.size(0));
+  s.H = w_comp.size(0) / 5;
+  TORCH_CHECK(buffers.size(2) == 2 * s.H, op, ": expected buffers rows [h | c] of width 2 * hidden_size = ",
+              2 * s.H, ", got ", buffers.size(2));
+  s.tracker = t_w_ih.has_value();
+  TORCH_CHECK(s.tracker == t_w_hh.has_value(), op, ": give both tracker_w_ih and tracker_w_hh, or neither");
+  if (s.tracker) {
+    check_same(op, "buffers", buffers, "tracker_w_ih", *t_w_ih);
+    check_same(op, "buffers", buffers, "tracker_w_hh", *t_w_hh);
+    check_dim(op, "tracker_w_hh", *t_w_hh, 2, "(4 * tracker_size, tracker_size)");
+    s.Tt = t_w_hh->size(1);
+    check_shape(op, "tracker_w_hh", *t_w_hh, {4 * s.Tt, s.Tt});
+    check_shape(op, "tracker_w_ih", *t_w_ih, {4 * s.Tt, 3 * s.H});
+    for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"tracker_b_ih", &t_b_ih},
+                                  {"tracker_b_hh", &t_b_hh}})
+      if (b->has_value()) {
+        check_same(op, "buffers", buffers, name, **b);
+        check_shape(op, name, **b, {4 * s.Tt});
+      }
+  } else {
+    TORCH_CHECK(!t_b_ih.has_value() && !t_b_hh.has_value(), op, ": tracker biases given without tracker weights");
+  }
+  s.K = 2 * s.H + (s.tracker ? s.Tt : 0);
+  check_shape(op, "w_comp", w_comp, {5 * s.H, s.K});
+  if (b_comp.has_value()) {
+    check_same(op, "buffers", buffers, "b_comp", *b_comp);
+    check_shape(op, "b_comp", *b_comp, {5 * s.H});
+  }
+  return s;
+}
+
+std::optional<Tensor> sum_biases(const std::optional<Tensor>& a, const std::optional<Tensor>& b) {
+  if (a.has_value() && b.has_value()) return at::add(*a, *b).contiguous();
+  if (a.has_value()) return a->contiguous();
+  if (b.has_value()) return b->contiguous();
+  return std::nullopt;
+}
+
+// Pointers to the [h | c] row of a reference, for reading (null: zeros) and for accumulating gradients (null:
+// a scratch row nobody reads).
+template <typename scalar_t>
+struct RefTable {
+  const scalar_t* buffers;
+  const scalar_t* nodes;
+  const scalar_t* zeros;
+  int64_t NB, W;  // N * B, row width 2H
+  const scalar_t* operator()(int64_t ref) const {
+    if (ref == 0) return zeros;
+    return ref <= NB ? buffers + (ref - 1) * W : nodes + (ref - 1 - NB) * W;
+  }
+};
+
+template <typename scalar_t>
+struct GradTable {
+  scalar_t* buffers;
+  scalar_t* nodes;
+  int64_t NB, W;
+  scalar_t* operator()(int64_t ref) const {
+    if (ref == 0) return nullptr;
+    return ref <= NB ? buffers + (ref - 1) * W : nodes + (ref - 1 - NB) * W;
+  }
+};
+
+template <typename scalar_t>
+void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
+  if (dst != nullptr)
+    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+// The composition input row of node k: [h_left | h_right | tracker h at the node's step].
+template <typename scalar_t>
+void composition_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
+                        const scalar_t* tracker_h, int64_t k0, int64_t k1, scalar_t* A, scalar_t* CL, scalar_t* CR) {
+  const int64_t H = s.H, K = s.K;
+  at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
+    for (int64_t k = a0; k < a1; ++k) {
+      const scalar_t* l = ref(plan.left[k]);
+      const scalar_t* r = ref(plan.right[k]);
+      scalar_t* a = A + (k - k0) * K;
+      std::copy(l, l + H, a);
+      std::copy(r, r + H, a + H);
+      if (s.tracker) {
+        const scalar_t* th = tracker_h + (plan.step[k] * s.B + plan.row[k]) * s.Tt;
+        std::copy(th, th + s.Tt, a + 2 * H);
+      }
+      if (CL != nullptr) {
+        std::copy(l + H, l + 2 * H, CL + (k - k0) * H);
+        std::copy(r + H, r + 2 * H, CR + (k - k0) * H);
+      }
+    }
+  });
+}
+
+// The tracker input row of (step t, row b): [h of buffer top | h of stack top | h of stack second | h_{t-1}].
+template <typename scalar_t>
+void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
+                    const scalar_t* h_prev, int64_t t, scalar_t* X) {
+  const int64_t H = s.H, KT = 3 * H + s.Tt;
+  at::parallel_for(0, s.B, kGrain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      scalar_t* x = X + b * KT;
+      for (const auto& [refs, o] : {std::pair<const std::vector<int64_t>*, int64_t>{&plan.trk_buf, 0},
+                                    {&plan.trk_top, H}, {&plan.trk_2nd, 2 * H}}) {
+        const scalar_t* e = ref((*refs)[t * s.B + b]);
+        std::copy(e, e + H, x + o);
+      }
+      std::copy(h_prev + b * s.Tt, h_prev + (b + 1) * s.Tt, x + 3 * H);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
+    const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
+    const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
+    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
+  const char* op = "rnnext::spinn_encode";
+  const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
+  const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
+  const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
+  const auto opts = buffers.options();
+  const Tensor buf = buffers.contiguous();
+  const Tensor wc_t = w_comp.t().contiguous();  // (K, 5H)
+  const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
+  Tensor top = at::empty({B, H}, opts);
+  Tensor nodes = at::zeros({S * B, 2 * H}, opts);
+  Tensor acts = train ? at::zeros({S * B, G}, opts) : at::empty({std::max<int64_t>(plan.M, 1), G}, opts);
+  Tensor tracker_h = s.tracker ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
+  Tensor tracker_acts = s.tracker && train ? at::empty({S, B, 4 * Tt}, opts) : at::empty({0}, opts);
+  Tensor tracker_c = s.tracker && train ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode", [&] {
+    std::vector<scalar_t> zeros(2 * H, scalar_t(0));
+    const RefTable<scalar_t> ref{buf.const_data_ptr<scalar_t>(), nodes.const_data_ptr<scalar_t>(), zeros.data(),
+                                 s.N * B, 2 * H};
+    scalar_t* nd = nodes.data_ptr<scalar_t>();
+    scalar_t* ac = acts.data_ptr<scalar_t>();
+    const scalar_t* bias = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
+    std::vector<scalar_t> A, CL, CR;
+    // Compositions of nodes [k0, k1): one GEMM for their gate pre-activations, then the fused pointwise step.
+    auto compose = [&](int64_t k0, int64_t k1, const scalar_t* trk) {
+      const int64_t m = k1 - k0;
+      if (m == 0) return;
+      A.resize(m * K);
+      CL.resize(m * H);
+      CR.resize(m * H);
+      composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, A.data(), CL.data(), CR.data());
+      scalar_t* pre = train ? ac + k0 * G : ac;
+      gemm_batch_parallel<scalar_t>({{m, G, K, A.data(), K, wc_t.const_data_ptr<scalar_t>(), G, pre, G, false, true}});
+      at::parallel_for(0, m, kGrain, [&](int64_t r0, int64_t r1) {
+        treelstm_forward_rows<scalar_t>(r1 - r0, H, pre + r0 * G, bias, CL.data() + r0 * H, CR.data() + r0 * H, H,
+                                        pre + r0 * G, nd + (k0 + r0) * 2 * H, nd + (k0 + r0) * 2 * H + H, 2 * H);
+      });
+    };
+    if (!s.tracker) {
+      for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i) compose(plan.batch_start[i], plan.batch_start[i + 1], nullptr);
+    } else {
+      const int64_t KT = 3 * H + Tt;
+      const Tensor wt_t = at::cat({*t_w_ih, *t_w_hh}, 1).t().contiguous();  // (3H + Tt, 4Tt)
+      const std::optional<Tensor> tb = sum_biases(t_b_ih, t_b_hh);
+      const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
+      std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
+      scalar_t* th = tracker_h.data_ptr<scalar_t>();
+      for (int64_t t = 0; t < S; ++t) {
+        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? h0.data() : th + (t - 1) * B * Tt, t, X.data());
+        scalar_t* g = train ? tracker_acts.data_ptr<scalar_t>() + t * B * 4 * Tt : gates.data();
+        gemm_batch_parallel<scalar_t>(
+            {{B, 4 * Tt, KT, X.data(), KT, wt_t.const_data_ptr<scalar_t>(), 4 * Tt, g, 4 * Tt, false, true}});
+        scalar_t* c_out = train ? tracker_c.data_ptr<scalar_t>() + t * B * Tt : c_state.data();
+        const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
+        at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
+          lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
+                                      c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt, nullptr, 0);
+        });
+        compose(plan.batch_start[t], plan.batch_start[t + 1], th);
+      }
+    }
+    scalar_t* tp = top.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) std::copy(ref(plan.top[b]), ref(plan.top[b]) + H, tp + b * H);
+  });
+  if (!train) acts = at::empty({0}, opts);
+  return {top, tracker_h, nodes, acts, tracker_acts, tracker_c};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_cpu(
+    const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
+    const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
+    const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
+    const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
+    const Tensor& tracker_acts, const Tensor& tracker_c) {
+  const char* op = "rnnext::spinn_encode_backward";
+  const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
+  const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
+  const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H, M = plan.M;
+  const auto opts = buffers.options();
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_top", &grad_top}, {"nodes", &nodes},
+                                {"node_acts", &node_acts}})
+    check_same(op, "buffers", buffers, name, *t);
+  check_shape(op, "grad_top", grad_top, {B, H});
+  check_shape(op, "nodes", nodes, {S * B, 2 * H});
+  check_shape(op, "node_acts", node_acts, {S * B, G});
+  if (s.tracker) {
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
+                                  {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {
+      check_same(op, "buffers", buffers, name, *t);
+      check_shape(op, name, *t, {S, B, Tt});
+    }
+    check_shape(op, "tracker_acts", tracker_acts, {S, B, 4 * Tt});
+  }
+  const Tensor buf = buffers.contiguous(), nd = nodes.contiguous(), ac = node_acts.contiguous();
+  const Tensor w = w_comp.contiguous();
+  Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
+  Tensor d_nodes = at::zeros({std::max<int64_t>(M, 1), 2 * H}, opts);
+  Tensor D = at::empty({std::max<int64_t>(M, 1), G}, opts);  // composition pre-activation gradients
+  Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
+  Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode_backward", [&] {
+    std::vector<scalar_t> zeros(2 * H, scalar_t(0));
+    const RefTable<scalar_t> ref{buf.const_data_ptr<scalar_t>(), nd.const_data_ptr<scalar_t>(), zeros.data(),
+                                 s.N * B, 2 * H};
+    const GradTable<scalar_t> dref{grad_buffers.data_ptr<scalar_t>(), d_nodes.data_ptr<scalar_t>(), s.N * B, 2 * H};
+    const Tensor gt = grad_top.contiguous();
+    for (int64_t b = 0; b < B; ++b) add_row(dref(plan.top[b]), gt.const_data_ptr<scalar_t>() + b * H, H);
+    const scalar_t* th = s.tracker ? tracker_h.const_data_ptr<scalar_t>() : nullptr;
+    Tensor d_trk = s.tracker ? grad_tracker_h.contiguous().clone() : Tensor();  // gradient into tracker h (S, B, Tt)
+    scalar_t* dt = s.tracker ? d_trk.data_ptr<scalar_t>() : nullptr;
+    scalar_t* Dp = D.data_ptr<scalar_t>();
+    std::vector<scalar_t> A, CL, CR, dA, dCL, dCR;
+    // Backward of the compositions of nodes [k0, k1), whose gradients are complete.
+    auto decompose = [&](int64_t k0, int64_t k1) {
+      const int64_t m = k1 - k0;
+      if (m == 0) return;
+      A.resize(m * K);
+      CL.resize(m * H);
+      CR.resize(m * H);
+      dA.resize(m * K);
+      dCL.resize(m * H);
+      dCR.resize(m * H);
+      composition_inputs<scalar_t>(plan, s, ref, th, k0, k1, A.data(), CL.data(), CR.data());
+      const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
+      at::parallel_for(0, m, kGrain, [&](int64_t r0, int64_t r1) {
+        treelstm_backward_rows<scalar_t>(r1 - r0, H, ac.const_data_ptr<scalar_t>() + (k0 + r0) * G,
+                                         nd.const_data_ptr<scalar_t>() + (k0 + r0) * 2 * H + H, 2 * H,
+                                         CL.data() + r0 * H, CR.data() + r0 * H, H, dn + (k0 + r0) * 2 * H,
+                                         dn + (k0 + r0) * 2 * H + H, 2 * H, Dp + (k0 + r0) * G, dCL.data() + r0 * H,
+                                         dCR.data() + r0 * H, H);
+      });
+      gemm_batch_parallel<scalar_t>({{m, K, G, Dp + k0 * G, G, w.const_data_ptr<scalar_t>(), K, dA.data(), K, false, true}});
+      // Each node is the child of one composition only, so these writes never collide.
+      at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
+        for (int64_t k = a0; k < a1; ++k) {
+          const int64_t r = k - k0;
+          scalar_t* l = dref(plan.left[k]);
+          scalar_t* rr = dref(plan.right[k]);
+          add_row(l, dA.data() + r * K, H);
+          add_row(l != nullptr ? l + H : nullptr, dCL.data() + r * H, H);
+          add_row(rr, dA.data() + r * K + H, H);
+          add_row(rr != nullptr ? rr + H : nullptr, dCR.data() + r * H, H);
+          if (s.tracker) add_row(dt + (plan.step[k] * B + plan.row[k]) * Tt, dA.data() + r * K + 2 * H, Tt);
+        }
+      });
+    };
+    if (!s.tracker) {
+      for (int64_t i = static_cast<int64_t>(plan.batch_start.size()) - 2; i >= 0; --i)
+        decompose(plan.batch_start[i], plan.batch_start[i + 1]);
+    } else {
+      const int64_t KT = 3 * H + Tt, GT = 4 * Tt;
+      const Tensor wt = at::cat({*t_w_ih, *t_w_hh}, 1).contiguous();  // (4Tt, 3H + Tt)
+      const scalar_t* ta = tracker_acts.const_data_ptr<scalar_t>();
+      const scalar_t* tc = tracker_c.const_data_ptr<scalar_t>();
+      Tensor d_gates = at::empty({S * B, GT}, opts);
+      Tensor X_all = at::empty({S * B, KT}, opts);
+      scalar_t* dg = d_gates.data_ptr<scalar_t>();
+      std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
+          dh_rec(B * Tt, scalar_t(0));
+      for (int64_t t = S - 1; t >= 0; --t) {
+        decompose(plan.batch_start[t], plan.batch_start[t + 1]);
+        for (int64_t i = 0; i < B * Tt; ++i) dh[i] = dt[t * B * Tt + i] + dh_rec[i];
+        const scalar_t* c_prev = t == 0 ? zero_state.data() : tc + (t - 1) * B * Tt;
+        at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
+          lstm_backward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, ta + (t * B + b0) * GT, GT,
+                                       tc + (t * B + b0) * Tt, c_prev + b0 * Tt, b1 - b0, nullptr, dh.data() + b0 * Tt,
+                                       nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
+        });
+        gemm_batch_parallel<scalar_t>({{B, KT, GT, dg + t * B * GT, GT, wt.const_data_ptr<scalar_t>(), KT, dX.data(), KT,
+                                        false, true}});
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* dx = dX.data() + b * KT;
+          add_row(dref(plan.trk_buf[t * B + b]), dx, H);
+          add_row(dref(plan.trk_top[t * B + b]), dx + H, H);
+          add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
+          std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
+        }
+        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t,
+                                 X_all.data_ptr<scalar_t>() + t * B * KT);
+      }
+      const Tensor dW = at::mm(d_gates.t(), X_all);  // (4Tt, 3H + Tt)
+      grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
+      grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
+      if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
+    }
+    // Composition weights: dW = D^T [h_left | h_right | tracker h] over all nodes.
+    if (M > 0) {
+      Tensor A_all = at::empty({M, K}, opts);
+      composition_inputs<scalar_t>(plan, s, ref, th, 0, M, A_all.data_ptr<scalar_t>(), nullptr, nullptr);
+      grad_w_comp = at::mm(D.narrow(0, 0, M).t(), A_all);
+      if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
+    } else {
+      grad_w_comp = at::zeros({G, K}, opts);
+      if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
+    }
+  });
+  return {grad_buffers, grad_w_comp, grad_b_comp, grad_tw_ih, grad_tw_hh, grad_tb};
+}
+
+// The stack layout for Python-side compositions: per step and row, the references of the children a REDUCE
+// composes (-1 when the row does not reduce), the node it creates, and what a tracker reads. References index
+// the table cat([zeros(1, D), buffers.flatten(0, 1), nodes]) with nodes in step order (node k is the k-th
+// REDUCE in (step, row) order).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> thin_stack_plan_cpu(
+    const Tensor& transitions, int64_t num_tokens, const std::optional<Tensor>& lengths) {
+  const char* op = "rnnext::thin_stack_plan";
+  TORCH_CHECK(transitions.dim() == 2, op, ": expected transitions of shape (steps, batch), got ", transitions.sizes());
+  const int64_t S = transitions.size(0), B = transitions.size(1);
+  TORCH_CHECK(num_tokens >= 0, op, ": expected num_tokens >= 0, got ", num_tokens);
+  const SpinnPlan plan = make_plan(op, transitions, num_tokens, B, lengths, false, true);
+  const auto lopt = at::TensorOptions().dtype(at::kLong);
+  Tensor left = at::full({S, B}, -1, lopt), right = at::full({S, B}, -1, lopt), node = at::full({S, B}, -1, lopt);
+  int64_t* l = left.data_ptr<int64_t>();
+  int64_t* r = right.data_ptr<int64_t>();
+  int64_t* n = node.data_ptr<int64_t>();
+  for (int64_t k = 0; k < plan.M; ++k) {
+    const int64_t i = plan.step[k] * B + plan.row[k];
+    l[i] = plan.left[k];
+    r[i] = plan.right[k];
+    n[i] = plan.node_ref(k);
+  }
+  auto to_tensor = [&](const std::vector<int64_t>& v, std::vector<int64_t> shape) {
+    Tensor t = at::empty(shape, lopt);
+    std::copy(v.begin(), v.end(), t.data_ptr<int64_t>());
+    return t;
+  };
+  return {left, right, node, to_tensor(plan.trk_buf, {S, B}), to_tensor(plan.trk_top, {S, B}),
+          to_tensor(plan.trk_2nd, {S, B}), to_tensor(plan.top, {B})};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
+  m.impl("spinn_encode", &spinn_encode_cpu);
+  m.impl("spinn_encode_backward", &spinn_encode_backward_cpu);
+  m.impl("thin_stack_plan", &thin_stack_plan_cpu);
+}
+
+}  // namespace rnnext::cpu
