@@ -52,7 +52,8 @@ TORCH_LIBRARY(rnnext, m) {
   // [h_left h_right (tracker h)] w_comp^T + b_comp, w_comp (5H, 2H [+ Tt]); with tracker weights (an LSTMCell of
   // input 3H: buffer top, stack top, stack second) the tracker steps at every step and feeds each REDUCE.
   // -> (final stack top h (B, H), tracker h (S, B, Tt) or [0], and the workspace for the backward:
-  //     nodes (S B, 2H), node activations, tracker activations, tracker c; the last three [0] unless train).
+  //     nodes (B (N - 1), 2H), node activations, tracker activations, tracker c; the last three [0] unless
+  //     train).
   m.def("spinn_encode(Tensor buffers, Tensor transitions, Tensor? lengths, Tensor w_comp, Tensor? b_comp,"
         " Tensor? tracker_w_ih, Tensor? tracker_w_hh, Tensor? tracker_b_ih, Tensor? tracker_b_hh, bool train)"
         " -> (Tensor top, Tensor tracker_h, Tensor nodes, Tensor node_acts, Tensor tracker_acts, Tensor tracker_c)",

@@ -272,8 +272,8 @@ def _spinn_encode_fake(buffers, transitions, lengths, w_comp, b_comp, tracker_w_
     return (
         buffers.new_empty(B, H),
         buffers.new_empty(S, B, Tt) if tracker else buffers.new_empty(0),
-        buffers.new_empty(S * B, 2 * H),
-        buffers.new_empty(S * B, 5 * H) if train else buffers.new_empty(0),
+        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 2 * H),
+        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 5 * H) if train else buffers.new_empty(0),
         buffers.new_empty(S, B, 4 * Tt) if tracker and train else buffers.new_empty(0),
         buffers.new_empty(S, B, Tt) if tracker and train else buffers.new_empty(0),
     )

@@ -16,6 +16,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zero.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -34,7 +35,8 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kShift = 0, kReduce = 1, kPad = -1;
-constexpr int64_t kGrain = 8;  // rows per parallel task in gathers and pointwise loops
+constexpr int64_t kGrain = 8;         // rows per parallel task in gathers
+constexpr int64_t kRowsPerTask = 16;  // rows per parallel task in a batch of compositions (GEMM rows)
 
 struct SpinnPlan {
   int64_t S = 0, B = 0, N = 0, M = 0;             // steps, rows, buffer positions, compositions
@@ -203,6 +205,9 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   return s;
 }
 
+// Rows of the node workspace: a row of n tokens makes n - 1 compositions, and n <= N.
+int64_t max_nodes(const SpinnShapes& s) { return s.B * std::max<int64_t>(s.N - 1, 0); }
+
 std::optional<Tensor> sum_biases(const std::optional<Tensor>& a, const std::optional<Tensor>& b) {
   if (a.has_value() && b.has_value()) return at::add(*a, *b).contiguous();
   if (a.has_value()) return a->contiguous();
@@ -241,7 +246,8 @@ void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
-// The composition input row of node k: [h_left | h_right | tracker h at the node's step].
+// The composition input row of node k: [h_left | h_right | tracker h at the node's step] (into A unless null),
+// and the children's c (into CL, CR unless null).
 template <typename scalar_t>
 void composition_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
                         const scalar_t* tracker_h, int64_t k0, int64_t k1, scalar_t* A, scalar_t* CL, scalar_t* CR) {
@@ -250,12 +256,14 @@ void composition_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTa
     for (int64_t k = a0; k < a1; ++k) {
       const scalar_t* l = ref(plan.left[k]);
       const scalar_t* r = ref(plan.right[k]);
-      scalar_t* a = A + (k - k0) * K;
-      std::copy(l, l + H, a);
-      std::copy(r, r + H, a + H);
-      if (s.tracker) {
-        const scalar_t* th = tracker_h + (plan.step[k] * s.B + plan.row[k]) * s.Tt;
-        std::copy(th, th + s.Tt, a + 2 * H);
+      if (A != nullptr) {
+        scalar_t* a = A + (k - k0) * K;
+        std::copy(l, l + H, a);
+        std::copy(r, r + H, a + H);
+        if (s.tracker) {
+          const scalar_t* th = tracker_h + (plan.step[k] * s.B + plan.row[k]) * s.Tt;
+          std::copy(th, th + s.Tt, a + 2 * H);
+        }
       }
       if (CL != nullptr) {
         std::copy(l + H, l + 2 * H, CL + (k - k0) * H);
@@ -268,9 +276,9 @@ void composition_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTa
 // The tracker input row of (step t, row b): [h of buffer top | h of stack top | h of stack second | h_{t-1}].
 template <typename scalar_t>
 void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
-                    const scalar_t* h_prev, int64_t t, scalar_t* X) {
+                    const scalar_t* h_prev, int64_t t, int64_t r0, int64_t r1, scalar_t* X) {
   const int64_t H = s.H, KT = 3 * H + s.Tt;
-  at::parallel_for(0, s.B, kGrain, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(r0, r1, kGrain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       scalar_t* x = X + b * KT;
       for (const auto& [refs, o] : {std::pair<const std::vector<int64_t>*, int64_t>{&plan.trk_buf, 0},
@@ -296,8 +304,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
   const Tensor wc_t = w_comp.t().contiguous();  // (K, 5H)
   const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
   Tensor top = at::empty({B, H}, opts);
-  Tensor nodes = at::zeros({S * B, 2 * H}, opts);
-  Tensor acts = train ? at::zeros({S * B, G}, opts) : at::empty({std::max<int64_t>(plan.M, 1), G}, opts);
+  // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
+  const int64_t M_max = max_nodes(s);
+  Tensor nodes = at::empty({M_max, 2 * H}, opts);
+  nodes.narrow(0, plan.M, M_max - plan.M).zero_();
+  Tensor acts = train ? at::empty({M_max, G}, opts) : at::empty({std::max<int64_t>(plan.M, 1), G}, opts);
+  if (train) acts.narrow(0, plan.M, M_max - plan.M).zero_();
   Tensor tracker_h = s.tracker ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
   Tensor tracker_acts = s.tracker && train ? at::empty({S, B, 4 * Tt}, opts) : at::empty({0}, opts);
   Tensor tracker_c = s.tracker && train ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
@@ -310,16 +322,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     const scalar_t* bias = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A, CL, CR;
     // Compositions of nodes [k0, k1): one GEMM for their gate pre-activations, then the fused pointwise step.
+    // Compositions of nodes [k0, k1): each task gathers its rows' children, runs their GEMM (gate
+    // pre-activations) and the fused pointwise step, so a batch costs one parallel region.
     auto compose = [&](int64_t k0, int64_t k1, const scalar_t* trk) {
       const int64_t m = k1 - k0;
       if (m == 0) return;
       A.resize(m * K);
       CL.resize(m * H);
       CR.resize(m * H);
-      composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, A.data(), CL.data(), CR.data());
       scalar_t* pre = train ? ac + k0 * G : ac;
-      gemm_batch_parallel<scalar_t>({{m, G, K, A.data(), K, wc_t.const_data_ptr<scalar_t>(), G, pre, G, false, true}});
-      at::parallel_for(0, m, kGrain, [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+        composition_inputs<scalar_t>(plan, s, ref, trk, k0 + r0, k0 + r1, A.data() + r0 * K, CL.data() + r0 * H,
+                                     CR.data() + r0 * H);
+        gemm_rowmajor(r1 - r0, G, K, A.data() + r0 * K, K, wc_t.const_data_ptr<scalar_t>(), G, pre + r0 * G, G,
+                      false);
         treelstm_forward_rows<scalar_t>(r1 - r0, H, pre + r0 * G, bias, CL.data() + r0 * H, CR.data() + r0 * H, H,
                                         pre + r0 * G, nd + (k0 + r0) * 2 * H, nd + (k0 + r0) * 2 * H + H, 2 * H);
       });
@@ -334,13 +350,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
       std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
       scalar_t* th = tracker_h.data_ptr<scalar_t>();
       for (int64_t t = 0; t < S; ++t) {
-        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? h0.data() : th + (t - 1) * B * Tt, t, X.data());
+        const scalar_t* h_prev = t == 0 ? h0.data() : th + (t - 1) * B * Tt;
         scalar_t* g = train ? tracker_acts.data_ptr<scalar_t>() + t * B * 4 * Tt : gates.data();
-        gemm_batch_parallel<scalar_t>(
-            {{B, 4 * Tt, KT, X.data(), KT, wt_t.const_data_ptr<scalar_t>(), 4 * Tt, g, 4 * Tt, false, true}});
         scalar_t* c_out = train ? tracker_c.data_ptr<scalar_t>() + t * B * Tt : c_state.data();
         const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
-        at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
+        // One tracker step: each task gathers its rows' inputs, runs their GEMM and the LSTM pointwise step.
+        at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+          tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
+          gemm_rowmajor(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT, wt_t.const_data_ptr<scalar_t>(), 4 * Tt,
+                        g + b0 * 4 * Tt, 4 * Tt, false);
           lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
                                       c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt, nullptr, 0);
         });
@@ -369,8 +387,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                 {"node_acts", &node_acts}})
     check_same(op, "buffers", buffers, name, *t);
   check_shape(op, "grad_top", grad_top, {B, H});
-  check_shape(op, "nodes", nodes, {S * B, 2 * H});
-  check_shape(op, "node_acts", node_acts, {S * B, G});
+  check_shape(op, "nodes", nodes, {max_nodes(s), 2 * H});
+  check_shape(op, "node_acts", node_acts, {max_nodes(s), G});
   if (s.tracker) {
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
                                   {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {
@@ -399,28 +417,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     scalar_t* Dp = D.data_ptr<scalar_t>();
     std::vector<scalar_t> A, CL, CR, dA, dCL, dCR;
     // Backward of the compositions of nodes [k0, k1), whose gradients are complete.
+    // Backward of the compositions of nodes [k0, k1), whose gradients are complete: each task runs the pointwise
+    // backward of its rows, their GEMM (children's input gradients) and adds them to the children. Each node is
+    // the child of one composition only, so the tasks never write the same row.
     auto decompose = [&](int64_t k0, int64_t k1) {
       const int64_t m = k1 - k0;
       if (m == 0) return;
-      A.resize(m * K);
       CL.resize(m * H);
       CR.resize(m * H);
       dA.resize(m * K);
       dCL.resize(m * H);
       dCR.resize(m * H);
-      composition_inputs<scalar_t>(plan, s, ref, th, k0, k1, A.data(), CL.data(), CR.data());
       const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
-      at::parallel_for(0, m, kGrain, [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+        composition_inputs<scalar_t>(plan, s, ref, th, k0 + r0, k0 + r1, nullptr, CL.data() + r0 * H,
+                                     CR.data() + r0 * H);
         treelstm_backward_rows<scalar_t>(r1 - r0, H, ac.const_data_ptr<scalar_t>() + (k0 + r0) * G,
                                          nd.const_data_ptr<scalar_t>() + (k0 + r0) * 2 * H + H, 2 * H,
                                          CL.data() + r0 * H, CR.data() + r0 * H, H, dn + (k0 + r0) * 2 * H,
                                          dn + (k0 + r0) * 2 * H + H, 2 * H, Dp + (k0 + r0) * G, dCL.data() + r0 * H,
                                          dCR.data() + r0 * H, H);
-      });
-      gemm_batch_parallel<scalar_t>({{m, K, G, Dp + k0 * G, G, w.const_data_ptr<scalar_t>(), K, dA.data(), K, false, true}});
-      // Each node is the child of one composition only, so these writes never collide.
-      at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
-        for (int64_t k = a0; k < a1; ++k) {
+        gemm_rowmajor(r1 - r0, K, G, Dp + (k0 + r0) * G, G, w.const_data_ptr<scalar_t>(), K, dA.data() + r0 * K, K,
+                      false);
+        for (int64_t k = k0 + r0; k < k0 + r1; ++k) {
           const int64_t r = k - k0;
           scalar_t* l = dref(plan.left[k]);
           scalar_t* rr = dref(plan.right[k]);
@@ -463,7 +482,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
           add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
           std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
         }
-        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t,
+        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, 0, B,
                                  X_all.data_ptr<scalar_t>() + t * B * KT);
       }
       const Tensor dW = at::mm(d_gates.t(), X_all);  // (4Tt, 3H + Tt)
