@@ -16,7 +16,9 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <initializer_list>
+#include <vector>
 
 namespace rnnext::cpu {
 
@@ -53,6 +55,42 @@ void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
         else
           gemm_rowmajor(t.M, b - a, t.K, t.A, t.lda, t.B + a, t.ldb, t.C + a, t.ldc, t.accumulate);
       }
+  });
+}
+
+}  // namespace rnnext::cpu
+
+namespace rnnext::cpu {
+
+// C[M, N] = X^T Y for X (K, M) and Y (K, N), row-major (leading dimensions ldx, ldy, ldc), all threads:
+// the weight-gradient shape, sum over many rows K. Threads share the rows of C; K is taken in chunks whose
+// transposed slice of X and rows of Y stay in cache for the JIT GEMM.
+template <typename T>
+void gemm_tn_parallel(int64_t M, int64_t N, int64_t K, const T* X, int64_t ldx, const T* Y, int64_t ldy, T* C,
+                      int64_t ldc) {
+  constexpr int64_t kChunk = 256;
+  if (M <= 0 || N <= 0) return;
+  const int64_t nt = M * N * K < (1 << 18) ? 1 : at::get_num_threads();
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      const int64_t chunks = (M + 15) / 16;
+      const int64_t i0 = std::min(M, chunks * th / nt * 16), i1 = std::min(M, chunks * (th + 1) / nt * 16);
+      const int64_t m = i1 - i0;
+      if (m <= 0) continue;
+      if (K <= 0) {
+        gemm_rowmajor(m, N, 0, X, 1, Y, ldy, C + i0 * ldc, ldc, false);
+        continue;
+      }
+      std::vector<T> xt(m * std::min(K, kChunk));
+      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        const int64_t kc = std::min(kChunk, K - k0);
+        for (int64_t k = 0; k < kc; ++k) {
+          const T* row = X + (k0 + k) * ldx + i0;
+          for (int64_t i = 0; i < m; ++i) xt[i * kc + k] = row[i];
+        }
+        gemm_rowmajor(m, N, kc, xt.data(), kc, Y + k0 * ldy, ldy, C + i0 * ldc, ldc, /*accumulate=*/k0 > 0);
+      }
+    }
   });
 }
 

@@ -492,10 +492,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     }
     // Composition weights: dW = D^T [h_left | h_right | tracker h] over all nodes.
     if (M > 0) {
-      Tensor A_all = at::empty({M, K}, opts);
-      composition_inputs<scalar_t>(plan, s, ref, th, 0, M, A_all.data_ptr<scalar_t>(), nullptr, nullptr);
-      grad_w_comp = at::mm(D.narrow(0, 0, M).t(), A_all);
-      if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
+      // [h_left | h_right | tracker h | 1] per node (the column of ones gives the bias gradient), then
+      // [dW^T; db^T] = A^T D.
+      Tensor A_all = at::empty({M, K + 1}, opts);
+      scalar_t* ap = A_all.data_ptr<scalar_t>();
+      at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const scalar_t* l = ref(plan.left[k]);
+          const scalar_t* r = ref(plan.right[k]);
+          scalar_t* a = ap + k * (K + 1);
+          std::copy(l, l + H, a);
+          std::copy(r, r + H, a + H);
+          if (s.tracker) {
+            const scalar_t* h = th + (plan.step[k] * B + plan.row[k]) * Tt;
+            std::copy(h, h + Tt, a + 2 * H);
+          }
+          a[K] = scalar_t(1);
+        }
+      });
+      Tensor grad_cat_t = at::empty({K + 1, G}, opts);
+      gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
+      grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
+      if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).contiguous();
     } else {
       grad_w_comp = at::zeros({G, K}, opts);
       if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
