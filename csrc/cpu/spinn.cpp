@@ -513,7 +513,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       Tensor grad_cat_t = at::empty({K + 1, G}, opts);
       gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
       grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
-      if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).contiguous();
+      if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).clone();  // own storage: outputs must not alias
     } else {
       grad_w_comp = at::zeros({G, K}, opts);
       if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
