@@ -70,4 +70,13 @@ TORCH_LIBRARY(rnnext, m) {
   // cat([zeros(1, D), buffers.flatten(0, 1), nodes]), nodes in (step, row) order.
   m.def("thin_stack_plan(Tensor transitions, int num_tokens, Tensor? lengths) -> (Tensor left, Tensor right,"
         " Tensor node, Tensor buffer_top, Tensor stack_top, Tensor stack_second, Tensor final_top)");
+
+  // ---- Generation (csrc/cpu/generate.cpp, csrc/kernels/sampling.h) ----
+  // The sampling loop of a character LSTM: from the logits (B, V) after the prime and the state (L, B, H) of
+  // every layer, draws `steps` tokens per stream: argmax when temperature == 0, else from
+  // softmax(logits / temperature) over the top_k largest (all when top_k <= 0) by inverse CDF on uniforms
+  // (steps, B); each draw is embedded, run through every layer and projected by head_weight (V, H) + head_bias.
+  m.def("lstm_generate(Tensor logits, Tensor h0, Tensor c0, Tensor embedding, Tensor[] w_ih, Tensor[] w_hh,"
+        " Tensor?[] b_ih, Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, Tensor uniforms,"
+        " float temperature, int top_k) -> Tensor", fixed);
 }

@@ -342,3 +342,13 @@ def _spinn_backward(ctx, grad_top, grad_tracker_h, *unused):
 
 
 torch.library.register_autograd("rnnext::spinn_encode", _spinn_backward, setup_context=_spinn_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation (no autograd: it draws discrete tokens)
+
+
+@torch.library.register_fake("rnnext::lstm_generate")
+def _lstm_generate_fake(logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms,
+                        temperature, top_k):
+    return logits.new_empty((logits.shape[0], uniforms.shape[0]), dtype=torch.int64)

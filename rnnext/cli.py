@@ -2,6 +2,8 @@
 
     rnnext bench [--quick] [--rounds N] [--json FILE]   benchmarks of rnnext against stock torch.nn
     rnnext train listops --model {spinn,lstm} [...]    train on generated ListOps, evaluate on the released test
+    rnnext train chars [--text FILE] [...]             train a character LSTM (default: Python's own sources)
+    rnnext generate CKPT --prime TEXT --steps N ...    sample from a character-model checkpoint
 """
 
 from __future__ import annotations
@@ -13,10 +15,33 @@ import sys
 from typing import List, Optional
 
 
-def _bench_suites():
-    from .benchmarks import lstm, packing, spinn
+def _plot(rows, path: str, machine: str) -> None:
+    try:
+        import matplotlib
 
-    return [("LSTM", lstm.run), ("Packed sequences", packing.run), ("SPINN", spinn.run)]
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ValueError("--plot needs matplotlib (pip install 'rnnext[plot]')") from e
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    names = [r.case for r in rows][::-1]
+    ratios = [r.speedup for r in rows][::-1]
+    ax.barh(names, ratios, color=["tab:green" if x >= 1 else "tab:red" for x in ratios])
+    ax.axvline(1.0, color="black", linewidth=1)
+    for i, x in enumerate(ratios):
+        ax.text(x, i, f" {x:.2f}x", va="center")
+    ax.set_xlabel("speedup over stock PyTorch (higher is better)")
+    ax.set_title(f"rnnext bench: {machine}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _bench_suites():
+    from .benchmarks import generation, lstm, packing, spinn
+
+    return [("LSTM", lstm.run), ("Packed sequences", packing.run), ("SPINN", spinn.run),
+            ("Generation", generation.run)]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -28,8 +53,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     machine = machine_description()
     print(f"rnnext bench on {machine}", flush=True)
     out = {"machine": machine, "suites": {}}
-    for title, run in _bench_suites():
+    suites = _bench_suites()
+    if args.only:
+        suites = [(t, r) for t, r in suites if t.lower().startswith(args.only.lower())]
+        if not suites:
+            raise ValueError(f"--only {args.only!r} matches no suite ({', '.join(t for t, _ in _bench_suites())})")
+    all_rows = []
+    for title, run in suites:
         res = run(rounds=args.rounds, quick=args.quick)
+        all_rows += res["rows"]
         print(f"\n{title}: {res['config']}")
         if "gemm_peak_gflops" in res:
             print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, "
@@ -41,6 +73,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                   f"rnnext {s['rnnext'] / 2**20:.1f} MiB")
         out["suites"][title] = {k: v for k, v in res.items() if k != "rows"}
         out["suites"][title]["rows"] = [r.as_dict() for r in res["rows"]]
+        for r in res["rows"]:
+            if "rnnext_chars_per_s" in r.extra:
+                print(f"  {r.case}: stock {r.extra['stock_chars_per_s']:.0f} chars/s, rnnext "
+                      f"{r.extra['rnnext_chars_per_s']:.0f} chars/s")
+    if args.plot:
+        _plot(all_rows, args.plot, machine)
+        print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
@@ -67,13 +106,72 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_chars(args: argparse.Namespace) -> int:
+    from .train import CharsConfig, train_chars
+
+    if args.resume and not os.path.exists(args.resume):
+        raise OSError(f"no checkpoint at {args.resume}")
+    cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
+                      layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                      eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars)
+    res = train_chars(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained {res['steps']} steps in {res['train_seconds'] / 60:.1f} min; validation loss "
+          f"{res['val_loss']:.3f} nats/char (unigram entropy of the corpus {res['unigram_entropy']:.3f})")
+    print("sample:\n" + res["sample"])
+    return 0
+
+
+def _load_char_checkpoint(path: str):
+    import torch
+
+    from .models import CharGenerator, CharVocab
+
+    if not os.path.isfile(path):
+        raise OSError(f"no such checkpoint: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("task") != "chars":
+        raise ValueError(f"{path} is not a character-model checkpoint (made by `rnnext train chars --out`)")
+    vocab = CharVocab.from_state_dict(ckpt["vocab"])
+    cfg = ckpt["config"]
+    model = CharGenerator(len(vocab), cfg["embed"], cfg["hidden"], cfg["layers"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), vocab
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.prime:
+        raise ValueError("--prime must not be empty")
+    model, vocab = _load_char_checkpoint(args.checkpoint)
+    missing = vocab.unknown(args.prime)
+    if missing:
+        raise ValueError(f"the prime has characters the model's vocabulary lacks: {''.join(missing)!r}")
+    g = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    prime = torch.tensor([vocab.encode(args.prime)])
+    out = model.generate(prime, args.steps, temperature=args.temperature, top_k=args.top_k, generator=g)
+    print(args.prime + vocab.decode(out[0].tolist()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnnext", description="Fused recurrent and tree-structured networks for PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine")
-    b.add_argument("--quick", action="store_true", help="fewer timing rounds")
+    b.add_argument("--quick", action="store_true", help="fewer rounds and shorter cases (under two minutes)")
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
+    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, packed, spinn or generation")
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser("train", help="train a model")
@@ -97,6 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--device", default="cpu")
     lo.add_argument("--no-progress", action="store_true", help="no progress bar")
     lo.set_defaults(func=_cmd_train_listops)
+    ch = tsub.add_parser("chars", help="a character-level LSTM language model")
+    ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
+    ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the default corpus to use")
+    ch.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
+    ch.add_argument("--max-steps", type=int, default=None)
+    ch.add_argument("--hidden", type=int, default=256)
+    ch.add_argument("--layers", type=int, default=2)
+    ch.add_argument("--seq-len", type=int, default=128)
+    ch.add_argument("--batch-size", type=int, default=64)
+    ch.add_argument("--lr", type=float, default=2e-3)
+    ch.add_argument("--eval-every", type=float, default=60.0)
+    ch.add_argument("--out", metavar="CKPT", help="write a checkpoint here (and CKPT.json with the results)")
+    ch.add_argument("--resume", metavar="CKPT")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--device", default="cpu")
+    ch.add_argument("--no-progress", action="store_true")
+    ch.set_defaults(func=_cmd_train_chars)
+
+    gn = sub.add_parser("generate", help="sample text from a character-model checkpoint")
+    gn.add_argument("checkpoint")
+    gn.add_argument("--prime", default="def ", help="text to start from")
+    gn.add_argument("--steps", type=int, default=500, help="characters to generate")
+    gn.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    gn.add_argument("--top-k", type=int, default=None)
+    gn.add_argument("--seed", type=int, default=None)
+    gn.set_defaults(func=_cmd_generate)
     return p
 
 

@@ -30,7 +30,9 @@ class ListOpsConfig:
     embed: int = 64
     mlp_hidden: int = 128
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 2e-3                # peak learning rate, decayed to 0 over the time budget (cosine)
+    warmup: float = 0.02            # share of the budget spent warming the learning rate up
+    clip: float = 5.0               # gradient norm clipping
     train_size: int = 1_000_000     # distinct generated training expressions
     dev_size: int = 5_000
     max_length: int = 100           # tokens per training expression
@@ -46,6 +48,14 @@ class TrainState:
     examples: int = 0
     train_seconds: float = 0.0
     history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def scheduled_lr(peak: float, progress: float, warmup: float) -> float:
+    """Linear warm-up over the first `warmup` of training, then cosine decay to 0 at the end of the budget."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return peak * progress / warmup
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
 
 
 def build_listops_model(cfg: ListOpsConfig) -> torch.nn.Module:
@@ -129,9 +139,12 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         batch = batches[epoch_order[position]]
         position += 1
         start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = scheduled_lr(cfg.lr, state.train_seconds / budget, cfg.warmup)
         loss = F.cross_entropy(_logits(model, batch, cfg.model, device), batch.labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         elapsed = time.perf_counter() - start
         state.train_seconds += elapsed
@@ -166,6 +179,168 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         raise FileNotFoundError(f"test split not found: {cfg.test_path}")
     if out:
         _save(out, model, opt, cfg, state)
+        with open(out + ".json", "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Character language model
+
+
+@dataclass
+class CharsConfig:
+    text: Optional[str] = None       # a text file; default: the Python standard library's own sources
+    max_chars: int = 5_000_000      # characters of the default corpus to use
+    minutes: float = 5.0
+    max_steps: Optional[int] = None
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+    seq_len: int = 128
+    batch_size: int = 64
+    lr: float = 2e-3
+    vocab_size: int = 128
+    val_fraction: float = 0.05
+    eval_every: float = 60.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def default_corpus(max_chars: int) -> str:
+    """Python source files of the running interpreter's standard library, in a fixed order, up to max_chars."""
+    import sysconfig
+
+    root = sysconfig.get_paths()["stdlib"]
+    parts, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "__pycache__"))
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            try:
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            parts.append(text)
+            total += len(text)
+            if total >= max_chars:
+                return "\n".join(parts)[:max_chars]
+    if not parts:
+        raise OSError(f"no Python sources found under {root}")
+    return "\n".join(parts)
+
+
+def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
+    """Entropy (nats per character) of the characters' frequencies: the loss of a model that ignores context."""
+    p = torch.bincount(ids, minlength=vocab_size).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[str] = None, progress: bool = True,
+                log=print) -> Dict[str, object]:
+    """Teacher-forced training of a CharGenerator on random windows of the text; returns the results (train and
+    validation loss in nats per character, the corpus's unigram entropy, a sample)."""
+    from tqdm import tqdm
+
+    from .models import CharGenerator, CharVocab
+
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.text is not None:
+        if not os.path.isfile(cfg.text):
+            raise OSError(f"no such text file: {cfg.text}")
+        with open(cfg.text, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    else:
+        text = default_corpus(cfg.max_chars)
+    if len(text) < 4 * (cfg.seq_len + 1):
+        raise ValueError(f"the text has {len(text)} characters; at least {4 * (cfg.seq_len + 1)} are needed")
+    state = TrainState()
+    ckpt = None
+    if resume:
+        ckpt = torch.load(resume, map_location=device, weights_only=False)
+        if ckpt.get("task") != "chars":
+            raise ValueError(f"{resume}: not a character-model checkpoint")
+        vocab = CharVocab.from_state_dict(ckpt["vocab"])
+    else:
+        vocab = CharVocab.from_text(text, max_size=cfg.vocab_size)
+    ids = torch.tensor(vocab.encode(text), dtype=torch.int64)
+    split = int(len(ids) * (1 - cfg.val_fraction))
+    train_ids, val_ids = ids[:split], ids[split:]
+    entropy = unigram_entropy(train_ids, len(vocab))
+    log(f"corpus: {len(text)} characters, vocabulary {len(vocab)}, unigram entropy {entropy:.3f} nats/char")
+    model = CharGenerator(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.dropout).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cpu")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = TrainState(**ckpt["state"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    L = cfg.seq_len
+
+    def windows(source: torch.Tensor, n: int, g: Optional[torch.Generator]):
+        starts = torch.randint(0, len(source) - L - 1, (n,), generator=g)
+        idx = starts.unsqueeze(1) + torch.arange(L + 1)
+        w = source[idx]
+        return w[:, :-1].to(device), w[:, 1:].to(device)
+
+    val_batches = [windows(val_ids, cfg.batch_size, torch.Generator().manual_seed(1000 + i)) for i in range(8)]
+
+    @torch.no_grad()
+    def val_loss() -> float:
+        model.eval()
+        losses = [F.cross_entropy(model(x)[0].reshape(-1, len(vocab)), y.reshape(-1)).item() for x, y in val_batches]
+        model.train()
+        return sum(losses) / len(losses)
+
+    def save():
+        if out:
+            tmp = out + ".tmp"
+            torch.save({"task": "chars", "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "vocab": vocab.state_dict(), "config": asdict(cfg), "state": asdict(state)}, tmp)
+            os.replace(tmp, out)
+
+    budget = cfg.minutes * 60.0
+    bar = tqdm(total=int(budget), unit="s", disable=not progress, desc="chars", mininterval=2.0,
+               initial=int(min(state.train_seconds, budget)))
+    next_eval = state.train_seconds + cfg.eval_every
+    loss = torch.tensor(float("nan"))
+    model.train()
+    while state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps):
+        x, y = windows(train_ids, cfg.batch_size, gen)
+        start = time.perf_counter()
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.train_seconds += time.perf_counter() - start
+        state.step += 1
+        state.examples += x.numel()
+        bar.update(int(min(state.train_seconds, budget)) - bar.n)
+        if state.step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if state.train_seconds >= next_eval:
+            v = val_loss()
+            state.history.append({"train_seconds": state.train_seconds, "step": state.step, "val_loss": v,
+                                  "train_loss": loss.item()})
+            bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  train {loss.item():.3f}  "
+                      f"val {v:.3f} nats/char")
+            next_eval += cfg.eval_every
+            save()
+    bar.close()
+    save()
+    prime = torch.tensor([vocab.encode("def ")], device=device)
+    sample = vocab.decode(model.generate(prime, 300, temperature=0.8, generator=torch.Generator().manual_seed(0))[0].tolist())
+    results = {"steps": state.step, "train_seconds": state.train_seconds, "train_loss": loss.item(),
+               "val_loss": val_loss(), "unigram_entropy": entropy, "vocab_size": len(vocab),
+               "characters_per_second": state.examples / max(state.train_seconds, 1e-9), "sample": "def " + sample,
+               "history": state.history}
+    if out:
         with open(out + ".json", "w") as f:
             json.dump(results, f, indent=2)
     return results

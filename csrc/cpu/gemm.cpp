@@ -12,6 +12,10 @@
 
 namespace rnnext::cpu {
 
+namespace {
+constexpr int64_t kTileRows = 64;
+}  // namespace
+
 void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
                    float* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
@@ -20,7 +24,12 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
       for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, 0.0f);
     return;
   }
-  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+  // oneDNN JIT-compiles (and keeps) a kernel per shape: tiles of at most kTileRows rows bound the shapes a
+  // varying row count (tree levels, packed steps) can create, without changing any element's arithmetic.
+  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+    const int64_t m = std::min(kTileRows, M - m0);
+    at::native::cpublas::brgemm(m, N, K, lda, ldb, ldc, accumulate, A + m0 * lda, B, C + m0 * ldc, /*is_vnni=*/false);
+  }
 }
 
 void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb,

@@ -32,6 +32,7 @@
 
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
+#include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
 #include "kernels/lstm_layout.h"
 
@@ -159,64 +160,6 @@ Steps make_steps(const char* op, const LayerShapes& s, const std::optional<Tenso
   st.offset.resize(st.T);
   for (int64_t t = 0, acc = 0; t < st.T; acc += st.rows[t], ++t) st.offset[t] = acc;
   return st;
-}
-
-// Permutation from the blocked gate layout to PyTorch's rows: perm[col] = torch row.
-Tensor blocked_gate_perm(int64_t H) {
-  Tensor perm = at::empty({4 * H}, at::TensorOptions().dtype(at::kLong));
-  int64_t* p = perm.data_ptr<int64_t>();
-  for (int64_t col = 0; col < 4 * H; ++col) p[col] = kernels::blocked_col_to_torch_row(col, H);
-  return perm;
-}
-
-// Gradient rows computed in the blocked layout, put back in PyTorch's row order.
-Tensor unblock_rows(const Tensor& blocked, const Tensor& perm) {
-  return at::empty_like(blocked).index_copy_(0, perm, blocked);
-}
-
-// Weights of one layer rearranged for the forward kernels.
-struct BlockedWeights {
-  Tensor perm;  // blocked column -> PyTorch row
-  Tensor w_t;   // (I + P, 4H) = [W_ih W_hh]^T, blocked columns
-  Tensor bias;  // (4H) blocked, b_ih + b_hh, or undefined
-};
-
-// [w_ih w_hh]^T, (I + P, 4H), with its columns in the blocked gate layout.
-Tensor blocked_transpose(const Tensor& w_ih, const Tensor& w_hh) {
-  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
-  const int64_t G = wi.size(0), H = G / 4, I = wi.size(1), P = wh.size(1), NB = num_unit_blocks(H);
-  Tensor out = at::empty({I + P, G}, wi.options());
-  AT_DISPATCH_FLOATING_TYPES(wi.scalar_type(), "blocked_transpose", [&] {
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, NB, grain_for(NB, G * (I + P) / 4), [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t w = block_width(k, H);
-        for (int64_t g = 0; g < 4; ++g) {
-          const int64_t row0 = g * H + block_first_unit(k);
-          scalar_t* cols = dst + block_first_col(k) + g * w;
-          for (const auto& [src, K, kofs] : {std::make_tuple(wi.const_data_ptr<scalar_t>(), I, int64_t(0)),
-                                             std::make_tuple(wh.const_data_ptr<scalar_t>(), P, I)}) {
-            const scalar_t* rows = src + row0 * K;
-            for (int64_t kk = 0; kk < K; ++kk)
-              for (int64_t u = 0; u < w; ++u) cols[(kofs + kk) * G + u] = rows[u * K + kk];
-          }
-        }
-      }
-    });
-  });
-  return out;
-}
-
-BlockedWeights block_weights(const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                             const std::optional<Tensor>& b_hh) {
-  BlockedWeights bw;
-  bw.perm = blocked_gate_perm(w_hh.size(0) / 4);
-  bw.w_t = blocked_transpose(w_ih, w_hh);
-  if (b_ih.has_value() || b_hh.has_value()) {
-    const Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
-    bw.bias = bias.index_select(0, bw.perm).contiguous();
-  }
-  return bw;
 }
 
 // Threads share a layer's recurrence in one of two ways:

@@ -1,0 +1,113 @@
+"""A character-level language model: CharVocab, and CharGenerator (embedding -> rnnext LSTM -> linear head)
+with teacher-forced training and a fused sampling loop for generation."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import _ops
+from ..nn.lstm import LSTM
+
+__all__ = ["CharVocab", "CharGenerator"]
+
+
+class CharVocab:
+    """Characters <-> ids. Id 0 stands for any character the vocabulary lacks."""
+
+    UNK = "\ufffd"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        chars = [c for c in dict.fromkeys(chars) if c != self.UNK]
+        self.itos: List[str] = [self.UNK] + chars
+        self.stoi: Dict[str, int] = {c: i for i, c in enumerate(self.itos)}
+
+    @classmethod
+    def from_text(cls, text: str, max_size: Optional[int] = None) -> "CharVocab":
+        """The characters of text, most frequent first (at most max_size, the unknown id included)."""
+        counts: Dict[str, int] = {}
+        for ch in text:
+            counts[ch] = counts.get(ch, 0) + 1
+        chars = sorted(counts, key=lambda c: (-counts[c], c))
+        if max_size is not None:
+            chars = chars[: max_size - 1]
+        return cls(sorted(chars))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def unknown(self, text: str) -> List[str]:
+        """The distinct characters of text that the vocabulary lacks."""
+        return sorted({c for c in text if c not in self.stoi})
+
+    def encode(self, text: str) -> List[int]:
+        return [self.stoi.get(c, 0) for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.itos[i] if 0 <= i < len(self.itos) else self.UNK for i in ids)
+
+    def state_dict(self) -> Dict[str, List[str]]:
+        return {"itos": list(self.itos)}
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, List[str]]) -> "CharVocab":
+        return cls(state["itos"][1:])
+
+
+class CharGenerator(nn.Module):
+    """Character LSTM: ``embedding`` -> ``rnn`` (rnnext.nn.LSTM, batch_first) -> ``head`` (Linear hidden -> vocab).
+
+    ``forward(tokens, state=None) -> (logits, state)`` for teacher-forced training (tokens (B, T)).
+    ``generate(prime, steps, temperature=1.0, top_k=None, generator=None)`` runs the prime through the model and
+    then the whole sampling loop in one op (``rnnext::lstm_generate``): ``prime`` (B, P) token ids, P >= 1;
+    temperature 0 is greedy argmax; ``top_k`` keeps the k most likely; ``generator`` (a torch.Generator) fixes
+    the draws. Returns the generated ids (B, steps).
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_size: int = 256, num_layers: int = 2,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers = vocab_size, embed_dim, hidden_size, num_layers
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.rnn = LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens: Tensor, state: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if tokens.dim() != 2:
+            raise ValueError(f"CharGenerator: expected tokens (batch, time), got shape {tuple(tokens.shape)}")
+        out, state = self.rnn(self.embedding(tokens), state)
+        return self.head(out), state
+
+    @torch.no_grad()
+    def generate(self, prime: Tensor, steps: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"CharGenerator.generate: steps must be a non-negative integer, got {steps!r}")
+        if not (temperature >= 0 and temperature == temperature and temperature != float("inf")):
+            raise ValueError(f"CharGenerator.generate: temperature must be finite and >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"CharGenerator.generate: top_k must be a positive integer or None, got {top_k!r}")
+        if prime.dim() != 2 or prime.size(1) < 1:
+            raise ValueError(f"CharGenerator.generate: expected prime (batch, P >= 1), got shape {tuple(prime.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            logits, (h, c) = self(prime)
+            B = prime.size(0)
+            if temperature > 0:
+                uniforms = torch.rand(steps, B, generator=generator)
+            else:
+                uniforms = torch.zeros(steps, B)
+            rnn = self.rnn
+            names = rnn._all_weights
+            w_ih = [getattr(rnn, n[0]) for n in names]
+            w_hh = [getattr(rnn, n[1]) for n in names]
+            b_ih = [getattr(rnn, n[2]) if rnn.bias else None for n in names]
+            b_hh = [getattr(rnn, n[3]) if rnn.bias else None for n in names]
+            return _ops.ops.lstm_generate(logits[:, -1].contiguous(), h, c, self.embedding.weight, w_ih, w_hh, b_ih,
+                                          b_hh, self.head.weight, self.head.bias, uniforms.to(logits.device),
+                                          float(temperature), int(top_k or 0))
+        finally:
+            self.train(was_training)
