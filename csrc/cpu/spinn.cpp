@@ -36,7 +36,7 @@ using at::Tensor;
 
 constexpr int64_t kShift = 0, kReduce = 1, kPad = -1;
 constexpr int64_t kGrain = 8;         // rows per parallel task in gathers
-constexpr int64_t kRowsPerTask = 16;  // rows per parallel task in a batch of compositions (GEMM rows)
+constexpr int64_t kRowsPerTask = 64;  // rows per parallel task in a batch of compositions (GEMM rows)
 
 struct SpinnPlan {
   int64_t S = 0, B = 0, N = 0, M = 0;             // steps, rows, buffer positions, compositions
