@@ -1,0 +1,148 @@
+"""Every op and module on CUDA against the CPU result (float64 tight, float32 close, half types loose),
+gradients included. Skipped as a whole where no GPU is present (the CUDA build itself is checked by CI:
+every op has a CUDA kernel registered)."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnext
+from rnnext.models import CharGenerator, SPINNClassifier
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+OPS = ["lstm_cell", "lstm_cell_backward", "lstm_layer", "lstm_layer_backward", "packed_gather", "packed_scatter",
+       "treelstm_cell", "treelstm_cell_backward", "spinn_encode", "spinn_encode_backward", "thin_stack_plan",
+       "lstm_generate"]
+
+
+def close(a, b, dtype, what=""):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+    err = (a - b).abs().max().item() if b.numel() else 0.0
+    assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3g}"
+
+
+def both(module_cpu, dtype):
+    mc = module_cpu.to(dtype)
+    import copy
+
+    return mc, copy.deepcopy(mc).cuda()
+
+
+def run_and_grads(module, inputs, loss_fn):
+    inputs = [x.clone().requires_grad_() if x.is_floating_point() else x for x in inputs]
+    out = module(*inputs)
+    loss_fn(out).backward()
+    grads = [x.grad for x in inputs if x.is_floating_point()] + [p.grad for p in module.parameters()]
+    return out, grads
+
+
+def test_every_op_has_a_cuda_kernel():
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rnnext::{op}", "CUDA"), op
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["dense", "packed", "lengths"])
+def test_lstm_cuda_matches_cpu(dtype, kind):
+    torch.manual_seed(0)
+    cpu, gpu = both(rnnext.nn.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3 if kind == "dense" else 0), dtype)
+    x = torch.randn(7, 4, 5, dtype=dtype)
+    lengths = torch.tensor([7, 3, 5, 1])
+    results = []
+    for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        xi = x.to(dev).requires_grad_()
+        if kind == "packed":
+            y, (h, c) = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+            y = y.data
+        elif kind == "lengths":
+            y, (h, c) = m(xi, lengths=lengths.to(dev))
+        else:
+            y, (h, c) = m(xi)
+        (y.float().sum() + h.float().square().sum() + c.float().sum()).backward()
+        results.append([y, h, c, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(results[1], results[0]):
+        close(a, b, dtype if dtype != torch.float64 else torch.float64)
+
+
+def test_lstm_cell_and_treelstm_cell_cuda():
+    torch.manual_seed(0)
+    cpu, gpu = both(rnnext.nn.LSTMCell(4, 6), torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    a = run_and_grads(cpu, [x], lambda o: o[0].sum() + o[1].square().sum())
+    b = run_and_grads(gpu, [x.cuda()], lambda o: o[0].sum() + o[1].square().sum())
+    for u, v in zip(list(b[0]) + b[1], list(a[0]) + a[1]):
+        close(u, v, torch.float64)
+    pre, cl, cr = (torch.randn(5, 30, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64),
+                   torch.randn(5, 6, dtype=torch.float64))
+    for u, v in zip(torch.ops.rnnext.treelstm_cell(pre.cuda(), cl.cuda(), cr.cuda()),
+                    torch.ops.rnnext.treelstm_cell(pre, cl, cr)):
+        close(u, v, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64])
+def test_packing_cuda(dtype):
+    from rnnext.utils import rnn as R
+
+    x = (torch.randn(6, 4, 3) * 10).to(dtype)
+    p_cpu = R.pack_padded_sequence(x, [6, 2, 4, 1], enforce_sorted=False)
+    p_gpu = R.pack_padded_sequence(x.cuda(), torch.tensor([6, 2, 4, 1]).cuda(), enforce_sorted=False)
+    assert torch.equal(p_gpu.data.cpu(), p_cpu.data)
+    assert torch.equal(R.pad_packed_sequence(p_gpu, padding_value=-1)[0].cpu(), R.pad_packed_sequence(p_cpu, padding_value=-1)[0])
+
+
+@pytest.mark.parametrize("tracker", [None, 4])
+def test_spinn_cuda_matches_cpu(tracker):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from spinn_oracle import random_transitions
+
+    torch.manual_seed(0)
+    cpu, gpu = both(rnnext.nn.SPINN(6, tracker_size=tracker), torch.float64)
+    g = torch.Generator().manual_seed(0)
+    tr = random_transitions([5, 3, 1, 4], g)
+    buf = torch.randn(5, 4, 12, dtype=torch.float64, generator=g)
+    a = run_and_grads(lambda b: cpu(b, tr), [buf], lambda o: o.sum())
+    b = run_and_grads(lambda b: gpu(b, tr), [buf.cuda()], lambda o: o.sum())
+    close(b[0], a[0], torch.float64)
+    close(b[1][0], a[1][0], torch.float64)
+    for p, q in zip(gpu.parameters(), cpu.parameters()):
+        close(p.grad, q.grad, torch.float64)
+
+
+def test_generation_cuda_greedy_matches_cpu():
+    torch.manual_seed(0)
+    model = CharGenerator(11, 6, 20, 2).double().eval()
+    prime = torch.randint(0, 11, (3, 4))
+    cpu_out = model.generate(prime, 20, temperature=0.0)
+    gpu_out = model.cuda().generate(prime.cuda(), 20, temperature=0.0)
+    assert torch.equal(gpu_out.cpu(), cpu_out)
+
+
+def test_padded_lstm_path_does_not_sync():
+    torch.manual_seed(0)
+    m = rnnext.nn.LSTM(5, 8).cuda()
+    x = torch.randn(7, 4, 5, device="cuda")
+    lengths = [7, 3, 5, 1]  # host lengths: the op uploads its plan once, without synchronizing
+    m(x, lengths=lengths)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        m(x, lengths=lengths)
+        m(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_classifier_on_cuda_trains():
+    torch.manual_seed(0)
+    model = SPINNClassifier(16, 8, 6, 3).cuda()
+    from rnnext.data import listops as L
+
+    batch = L.collate(L.generate_listops(8, seed=0, max_length=20))
+    logits = model(batch.tokens.cuda(), batch.transitions, batch.lengths)
+    torch.nn.functional.cross_entropy(logits, (batch.labels % 3).cuda()).backward()
+    assert all(p.grad is not None for p in model.parameters())
