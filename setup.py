@@ -71,7 +71,7 @@ def extensions():
     with_cuda = _want_cuda()
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fno-trapping-math and -fno-math-errno (as torch itself builds) let the activation loops vectorize.
-    cxx = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-DPy_LIMITED_API=0x03090000"]
+    cxx = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     link = ["-fopenmp"]
     if os.environ.get("RNNEXT_SANITIZE") == "1":  # ASan + UBSan build (see README, "Sanitizers")
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]

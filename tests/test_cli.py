@@ -93,6 +93,8 @@ def test_bench_one_suite_json_and_plot(tmp_path):
     assert plot.stat().st_size > 1000
 
 
-def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "rnnext", "--help"], capture_output=True, text=True)
+def test_python_dash_m_entry_point(tmp_path):
+    # Run outside the checkout: `python -m` puts the working directory first on sys.path, and the
+    # source tree's rnnext/ (without the compiled library) would shadow the installed package.
+    out = subprocess.run([sys.executable, "-m", "rnnext", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "bench" in out.stdout and "generate" in out.stdout

@@ -37,6 +37,9 @@ inline at::Tensor upload(const std::vector<int64_t>& v, const at::Device& device
   return host.to(device, /*non_blocking=*/true);
 }
 
+// A named handle for a temporary view, where an ATen out= function takes a non-const reference.
+inline at::Tensor& lvalue(at::Tensor&& t) { return t; }
+
 // Grid-stride loop over [0, n).
 #define RNNEXT_CUDA_LOOP(i, n) \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)

@@ -10,6 +10,8 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -228,7 +230,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cuda(
             w_hr.has_value() ? nullptr : output.data_ptr<scalar_t>(), rows, P);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (w_hr.has_value()) {
-          at::mm_out(view_rows(h_new, 0, n), view_rows(hfull, 0, n), w_hr->t());
+          at::mm_out(lvalue(view_rows(h_new, 0, n)), view_rows(hfull, 0, n), w_hr->t());
           scatter_rows_kernel<scalar_t><<<blocks_for(n * P), kThreads, 0, stream()>>>(
               n, P, h_new.const_data_ptr<scalar_t>(), P, rows, output.data_ptr<scalar_t>(), P);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -287,7 +289,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       const int64_t n = s.rows_at(p), t = s.time(p), off = s.offset_at(p), n_next = s.rows_at(p + 1);
       const int64_t* rows = lp.row_of.const_data_ptr<int64_t>() + t * B;
       if (p + 1 < s.T && n_next > 0)  // recurrent gradient from step p + 1
-        at::mm_out(view_rows(dh, 0, n_next), view_rows(dgates, s.offset_at(p + 1), n_next), w_hh);
+        at::mm_out(lvalue(view_rows(dh, 0, n_next)), view_rows(dgates, s.offset_at(p + 1), n_next), w_hh);
       gather_rows_kernel<scalar_t><<<blocks_for(n * P), kThreads, 0, stream()>>>(
           n, P, dy.const_data_ptr<scalar_t>(), rows, P, dy_step.data_ptr<scalar_t>(), P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -297,7 +299,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
       if (w_hr.has_value()) {
         Tensor d = view_rows(dhp, off, n);
         at::add_out(d, view_rows(dh, 0, n), view_rows(dy_step, 0, n));
-        at::mm_out(view_rows(dhfull, 0, n), d, *w_hr);
+        at::mm_out(lvalue(view_rows(dhfull, 0, n)), d, *w_hr);
         dh_a = dhfull.const_data_ptr<scalar_t>();
         dh_b = nullptr;
         ld_a = H;
@@ -323,7 +325,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
-    at::mm_out(view_rows(dh, 0, s.rows_at(0)), view_rows(dgates, s.offset_at(0), s.rows_at(0)), w_hh);
+    at::mm_out(lvalue(view_rows(dh, 0, s.rows_at(0))), view_rows(dgates, s.offset_at(0), s.rows_at(0)), w_hh);
   });
   Tensor dx_slots = at::mm(dgates, w_ih);
   Tensor grad_input = at::zeros({s.N, I}, opts);
@@ -340,7 +342,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   if (w_hr.has_value()) {
     // The unprojected h of every step: o * tanh(c), from the saved activations.
     const Tensor o = gates.narrow(0, 0, s.used).narrow(1, 3 * H, H);
-    grad_w_hr = at::mm(dhp.t(), o * cells.narrow(0, 0, s.used).tanh());
+    grad_w_hr = at::mm(dhp.t(), at::mul(o, at::tanh(cells.narrow(0, 0, s.used))));
   }
   return {grad_input.view(input.sizes()), to_batch(dh), to_batch(dc), at::mm(dgates.t(), x_slots),
           at::mm(dgates.t(), hprev_slots), has_bias ? at::sum(dgates, {0}) : empty, grad_w_hr};
