@@ -1,6 +1,6 @@
 """The `rnnext` command (also `python -m rnnext`).
 
-    rnnext bench [--quick] [--rounds N] [--json FILE]   benchmarks of rnnext against stock torch.nn
+    rnnext bench [--quick] [--device cuda] [--json F]   benchmarks of rnnext against stock torch.nn
     rnnext train listops --model {spinn,lstm} [...]    train on generated ListOps, evaluate on the released test
     rnnext train chars [--text FILE] [...]             train a character LSTM (default: Python's own sources)
     rnnext generate CKPT --prime TEXT --steps N ...    sample from a character-model checkpoint
@@ -38,10 +38,10 @@ def _plot(rows, path: str, machine: str) -> None:
 
 
 def _bench_suites():
-    from .benchmarks import generation, lstm, packing, spinn
+    from .benchmarks import generation, listops_training, lstm, packing, spinn
 
     return [("LSTM", lstm.run), ("Packed sequences", packing.run), ("SPINN", spinn.run),
-            ("Generation", generation.run)]
+            ("Generation", generation.run), ("ListOps training", listops_training.run)]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -49,8 +49,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .benchmarks.timing import format_table, machine_description
 
+    from .benchmarks.timing import resolve_device
+
+    device = resolve_device(args.device)
     torch.manual_seed(0)
-    machine = machine_description()
+    machine = machine_description(device)
     print(f"rnnext bench on {machine}", flush=True)
     out = {"machine": machine, "suites": {}}
     suites = _bench_suites()
@@ -60,11 +63,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--only {args.only!r} matches no suite ({', '.join(t for t, _ in _bench_suites())})")
     all_rows = []
     for title, run in suites:
-        res = run(rounds=args.rounds, quick=args.quick)
+        res = run(rounds=args.rounds, quick=args.quick, device=device)
         all_rows += res["rows"]
         print(f"\n{title}: {res['config']}")
         if "gemm_peak_gflops" in res:
-            print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of 1024x1024 float32 matrices, "
+            n = 4096 if device.type == "cuda" else 1024
+            print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of {n}x{n} float32 matrices, "
                   "timed between the cases' runs)")
         print(format_table(res["rows"]), flush=True)
         if "saved_bytes" in res:
@@ -77,6 +81,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if "rnnext_chars_per_s" in r.extra:
                 print(f"  {r.case}: stock {r.extra['stock_chars_per_s']:.0f} chars/s, rnnext "
                       f"{r.extra['rnnext_chars_per_s']:.0f} chars/s")
+            if "rnnext_examples_per_s" in r.extra:
+                print(f"  {r.case}: stock {r.extra['stock_examples_per_s']:.0f} examples/s, rnnext "
+                      f"{r.extra['rnnext_examples_per_s']:.0f} examples/s")
     if args.plot:
         _plot(all_rows, args.plot, machine)
         print(f"wrote {args.plot}")
@@ -171,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
-    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, packed, spinn or generation")
+    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, packed, spinn, generation or listops")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where both sides run (cuda: cuDNN nn.LSTM and stock code on the GPU against rnnext's kernels)")
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser("train", help="train a model")

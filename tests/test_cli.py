@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rnnext.cli import main
 
@@ -98,3 +99,23 @@ def test_python_dash_m_entry_point(tmp_path):
     # source tree's rnnext/ (without the compiled library) would shadow the installed package.
     out = subprocess.run([sys.executable, "-m", "rnnext", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "bench" in out.stdout and "generate" in out.stdout
+
+
+def test_bench_listops_training_suite(tmp_path):
+    out = tmp_path / "b.json"
+    assert run_cli("bench", "--only", "listops", "--quick", "--json", out) == 0
+    row = json.loads(out.read_text())["suites"]["ListOps training"]["rows"][0]
+    assert row["extra"]["rnnext_examples_per_s"] > 0 and row["speedup"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_bench_device_cuda_without_gpu_is_a_clear_error(capsys):
+    assert run_cli("bench", "--only", "packed", "--device", "cuda") == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "no CUDA device" in err
+
+
+def test_benchmark_suites_run_on_an_explicit_cpu_device():
+    from rnnext.benchmarks import packing
+    res = packing.run(rounds=1, quick=True, device=torch.device("cpu"))
+    assert res["config"]["device"] == "cpu" and len(res["rows"]) == 2

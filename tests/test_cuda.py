@@ -146,3 +146,17 @@ def test_classifier_on_cuda_trains():
     logits = model(batch.tokens.cuda(), batch.transitions, batch.lengths)
     torch.nn.functional.cross_entropy(logits, (batch.labels % 3).cuda()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bench_quick_on_cuda(tmp_path):
+    from rnnext.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--device", "cuda", "--rounds", "2", "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert "GPU" in res["machine"]
+    for suite in res["suites"].values():
+        assert suite["config"]["device"].startswith("cuda")
+        assert all(r["speedup"] > 0 for r in suite["rows"])

@@ -1,4 +1,4 @@
-"""rnnext.nn.LSTM / LSTMCell against torch.nn.LSTM / LSTMCell on the CPU: dense, packed, inference and a
+"""rnnext.nn.LSTM / LSTMCell against torch.nn.LSTM / LSTMCell (on the CPU or a GPU): dense, packed, inference and a
 Python loop of cells, with the GEMM-only roofline and the bytes saved for backward."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .timing import GemmProbe, Row, SavedBytes, time_interleaved
+from .timing import GemmProbe, Row, SavedBytes, resolve_device, time_interleaved
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
 
-def _lstm_pair(I, H, **kw):
+def _lstm_pair(I, H, device="cpu", **kw):
     torch.manual_seed(0)
-    stock = torch.nn.LSTM(I, H, **kw)
-    ours = rnnext.nn.LSTM(I, H, **kw)
+    stock = torch.nn.LSTM(I, H, **kw).to(device)
+    ours = rnnext.nn.LSTM(I, H, **kw).to(device)
     ours.load_state_dict(stock.state_dict())
     return stock, ours
 
@@ -30,15 +30,16 @@ def layer_gflop(rows_per_step: List[int], I: int, H: int, backward: bool) -> flo
     return 2 * N * 4 * H * (I + H) * (3 if backward else 1) / 1e9
 
 
-def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
+def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object]:
+    dev = resolve_device(device)
     c = dict(CONFIG)
     T, B, I, H = c["T"], c["B"], c["I"], c["H"]
     if quick:
         rounds = min(rounds, 7)
     torch.manual_seed(0)
     rows: List[Row] = []
-    stock, ours = _lstm_pair(I, H)
-    x = torch.randn(T, B, I, requires_grad=True)
+    stock, ours = _lstm_pair(I, H, dev)
+    x = torch.randn(T, B, I, device=dev, requires_grad=True)
 
     def fwd_bwd(m):
         def f():
@@ -52,12 +53,12 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
                 m(x)
         return f
 
-    probe = GemmProbe()
+    probe = GemmProbe(device=dev)
     rates = []
 
     def timed(fns, gflop):
         """Times the two sides with the GEMM probe interleaved; returns the medians and the roofline ms."""
-        t = time_interleaved({**fns, "gemm": probe}, rounds)
+        t = time_interleaved({**fns, "gemm": probe}, rounds, device=dev)
         rates.append(probe.gflop / t["gemm"] * 1e3)
         return t, probe.roofline_ms(gflop, t["gemm"])
 
@@ -90,14 +91,14 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
 
     # LSTMCell in a Python loop over T steps, forward + backward.
     torch.manual_seed(0)
-    cell_s = torch.nn.LSTMCell(I, H)
-    cell_r = rnnext.nn.LSTMCell(I, H)
+    cell_s = torch.nn.LSTMCell(I, H).to(dev)
+    cell_r = rnnext.nn.LSTMCell(I, H).to(dev)
     cell_r.load_state_dict(cell_s.state_dict())
 
     def cell_loop(cell):
         def f():
-            h = torch.zeros(B, H)
-            cc = torch.zeros(B, H)
+            h = torch.zeros(B, H, device=dev)
+            cc = torch.zeros(B, H, device=dev)
             total = 0
             # unbind: one backward node for all steps (x[step] would zero-fill a full-size gradient per step).
             for x_t in x.unbind(0):
@@ -117,4 +118,5 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             y, _ = m(x)
         saved[name] = sb.bytes
         del y
+    c["device"] = str(dev)
     return {"config": c, "rows": rows, "saved_bytes": saved, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}

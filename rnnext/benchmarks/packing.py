@@ -1,4 +1,4 @@
-"""Packed sequences on the CPU: the pack + unpack round trip against torch.nn.utils.rnn, and the whole
+"""Packed sequences (on the CPU or a GPU): the pack + unpack round trip against torch.nn.utils.rnn, and the whole
 variable-length LSTM pipeline users write today (sort, pack, torch.nn.LSTM, unpack) against
 rnnext.nn.LSTM(padded, lengths=...)."""
 
@@ -13,12 +13,13 @@ import rnnext
 from rnnext.utils import rnn as ours_rnn
 
 from .lstm import layer_gflop
-from .timing import GemmProbe, Row, time_interleaved
+from .timing import GemmProbe, Row, resolve_device, time_interleaved
 
 CONFIG = dict(T=64, B=64, features=256, I=128, H=256, min_len=8)
 
 
-def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
+def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object]:
+    dev = resolve_device(device)
     c = dict(CONFIG)
     T, B = c["T"], c["B"]
     if quick:
@@ -27,7 +28,7 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
     lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
     rows: List[Row] = []
 
-    x = torch.randn(T, B, c["features"], generator=g)
+    x = torch.randn(T, B, c["features"], generator=g).to(dev)  # lengths stay on the CPU (stock requires it)
 
     def round_trip(lib):
         def f():
@@ -35,14 +36,14 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
             lib.pad_packed_sequence(packed, total_length=T)
         return f
 
-    t = time_interleaved({"stock": round_trip(stock_rnn), "rnnext": round_trip(ours_rnn)}, rounds * 4)
+    t = time_interleaved({"stock": round_trip(stock_rnn), "rnnext": round_trip(ours_rnn)}, rounds * 4, device=dev)
     rows.append(Row(f"pack+unpack round trip (F={c['features']})", t["stock"], t["rnnext"]))
 
     torch.manual_seed(0)
-    stock = torch.nn.LSTM(c["I"], c["H"])
-    ours = rnnext.nn.LSTM(c["I"], c["H"])
+    stock = torch.nn.LSTM(c["I"], c["H"]).to(dev)
+    ours = rnnext.nn.LSTM(c["I"], c["H"]).to(dev)
     ours.load_state_dict(stock.state_dict())
-    xi = torch.randn(T, B, c["I"], generator=g, requires_grad=True)
+    xi = torch.randn(T, B, c["I"], generator=g).to(dev).requires_grad_()
 
     def stock_pipeline():
         packed = stock_rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
@@ -54,9 +55,10 @@ def run(rounds: int = 15, quick: bool = False) -> Dict[str, object]:
         out, _ = ours(xi, lengths=lengths)
         out.sum().backward()
 
-    probe = GemmProbe()
+    probe = GemmProbe(device=dev)
     gf = layer_gflop([int((lengths > s).sum()) for s in range(T)], c["I"], c["H"], backward=True)
-    t = time_interleaved({"stock": stock_pipeline, "rnnext": ours_pipeline, "gemm": probe}, rounds)
+    t = time_interleaved({"stock": stock_pipeline, "rnnext": ours_pipeline, "gemm": probe}, rounds, device=dev)
     rows.append(Row("variable-length LSTM fwd+bwd (pack/unpack vs lengths=)", t["stock"], t["rnnext"],
                     probe.roofline_ms(gf, t["gemm"]), gf, {"real_token_share": float(lengths.sum()) / (T * B)}))
+    c["device"] = str(dev)
     return {"config": c, "rows": rows, "gemm_peak_gflops": probe.gflop / t["gemm"] * 1e3}

@@ -6,14 +6,36 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3) -> Dict[str, float]:
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """The benchmark device, checked: `--device cuda` on a machine without a usable GPU is a clear error."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("rnnext::lstm_layer", "CUDA"):
+            raise ValueError("--device cuda: this rnnext build has no CUDA kernels; rebuild it with a CUDA torch "
+                               "and nvcc (see the README's CUDA section)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(dev)!r}")
+    return dev
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3,
+                     device: Union[str, torch.device, None] = None) -> Dict[str, float]:
     """Median wall time (ms) of each callable, the callables alternating within every round so that the
-    machine's drift and noise hit all of them alike."""
+    machine's drift and noise hit all of them alike. On a CUDA device every call is bracketed by
+    synchronizations, so that the time covers the kernels it launched."""
+    cuda = torch.device(device or "cpu").type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -22,8 +44,10 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, war
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
+            sync()
             t0 = time.perf_counter()
             fns[n]()
+            sync()
             samples[n].append((time.perf_counter() - t0) * 1e3)
     return {n: statistics.median(v) for n, v in samples.items()}
 
@@ -54,10 +78,14 @@ class Row:
 
 class GemmProbe:
     """A square float32 torch.mm to time alongside a benchmark's two sides (same rounds, same machine noise):
-    its rate is the GEMM roofline the case is compared against."""
+    its rate is the GEMM roofline the case is compared against. On a GPU the matrices are larger (4096), so
+    that the probe is not launch-bound."""
 
-    def __init__(self, n: int = 1024):
-        self.a, self.b, self.c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    def __init__(self, n: Optional[int] = None, device: Union[str, torch.device, None] = None):
+        device = torch.device(device or "cpu")
+        n = n or (4096 if device.type == "cuda" else 1024)
+        self.a, self.b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        self.c = torch.empty(n, n, device=device)
         self.gflop = 2 * n**3 / 1e9
 
     def __call__(self):
@@ -82,7 +110,7 @@ def format_table(rows: List[Row], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def machine_description() -> str:
+def machine_description(device: Union[str, torch.device, None] = None) -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -94,7 +122,10 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    desc = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if device is not None and torch.device(device).type == "cuda":
+        desc += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return desc
 
 
 class SavedBytes:

@@ -1,0 +1,11 @@
+"""The SPINN suite of `rnnext bench` (rnnext against stock PyTorch, interleaved in one process, medians).
+
+    python benchmarks/bench_spinn.py [--rounds N] [--quick] [--device cpu|cuda] [--json out.json] [--plot out.png]
+"""
+
+import sys
+
+from rnnext.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--only", "SPINN", *sys.argv[1:]]))
