@@ -136,7 +136,7 @@ def _load_char_checkpoint(path: str):
     if not os.path.isfile(path):
         raise OSError(f"no such checkpoint: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("task") != "chars":

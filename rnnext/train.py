@@ -118,7 +118,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cpu")
     state = TrainState()
     if resume:
-        ckpt = torch.load(resume, map_location=device, weights_only=False)
+        ckpt = torch.load(resume, map_location=device, weights_only=True)
         if ckpt.get("task") != "listops":
             raise ValueError(f"{resume}: not a ListOps checkpoint")
         model.load_state_dict(ckpt["model"])
@@ -262,7 +262,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     state = TrainState()
     ckpt = None
     if resume:
-        ckpt = torch.load(resume, map_location=device, weights_only=False)
+        ckpt = torch.load(resume, map_location=device, weights_only=True)
         if ckpt.get("task") != "chars":
             raise ValueError(f"{resume}: not a character-model checkpoint")
         vocab = CharVocab.from_state_dict(ckpt["vocab"])
