@@ -102,8 +102,10 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                         batch_size=args.batch_size, lr=args.lr, train_size=args.train_size, dev_size=args.dev_size,
                         max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,
-                        test_path=args.test)
+                        test_path=args.test, distributed=args.distributed)
     res = train_listops(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    if "rank" in res:  # a distributed worker other than the first: the first reports
+        return 0
     print(f"trained {res['steps']} steps in {res['train_seconds'] / 60:.1f} min "
           f"({res['examples_per_second']:.0f} examples/s); dev accuracy {res['dev_accuracy']:.4f}")
     if "test_accuracy" in res:
@@ -120,8 +122,11 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
         raise OSError(f"no checkpoint at {args.resume}")
     cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                       layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
-                      eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars)
+                      eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars,
+                      distributed=args.distributed)
     res = train_chars(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    if "rank" in res:
+        return 0
     print(f"trained {res['steps']} steps in {res['train_seconds'] / 60:.1f} min; validation loss "
           f"{res['val_loss']:.3f} nats/char (unigram entropy of the corpus {res['unigram_entropy']:.3f})")
     print("sample:\n" + res["sample"])
@@ -203,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--device", default="cpu")
     lo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lo.add_argument("--distributed", action="store_true",
+                    help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
+                         "e.g. torchrun --nproc-per-node 2 -m rnnext train ... --distributed")
     lo.set_defaults(func=_cmd_train_listops)
     ch = tsub.add_parser("chars", help="a character-level LSTM language model")
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
@@ -220,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--device", default="cpu")
     ch.add_argument("--no-progress", action="store_true")
+    ch.add_argument("--distributed", action="store_true",
+                    help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
+                         "e.g. torchrun --nproc-per-node 2 -m rnnext train ... --distributed")
     ch.set_defaults(func=_cmd_train_chars)
 
     gn = sub.add_parser("generate", help="sample text from a character-model checkpoint")

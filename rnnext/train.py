@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from . import distributed as D
 from .data import listops as L
 from .models import RNNClassifier, SPINNClassifier
 
@@ -39,7 +40,12 @@ class ListOpsConfig:
     eval_every: float = 120.0       # seconds of training between dev evaluations
     seed: int = 0
     device: str = "cpu"
+    distributed: bool = False       # DistributedDataParallel over torchrun's processes (see rnnext.distributed)
     test_path: Optional[str] = None  # the released test split; default: ../shared/data/listops/test_d20s.tsv
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of processes other than the first in distributed training."""
 
 
 @dataclass
@@ -100,14 +106,21 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     (dev and test accuracy, throughput, the history of dev evaluations)."""
     from tqdm import tqdm
 
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    ctx = D.init_from_env(cfg.device) if cfg.distributed else None
+    device = ctx.device if ctx else torch.device(cfg.device)
+    main = ctx is None or ctx.is_main
+    if not main:
+        progress, log = False, _quiet
+    torch.manual_seed(cfg.seed)  # the same initial parameters on every process (DDP also broadcasts rank 0's)
     rng = random.Random(cfg.seed)
     t0 = time.time()
     dev = L.generate_listops(cfg.dev_size, seed=cfg.seed + 1, max_length=cfg.max_length)
     train = L.generate_listops(cfg.train_size, seed=cfg.seed + 2, max_length=cfg.max_length,
                                exclude={tuple(e.tokens) for e in dev})
     batches = list(L.bucketed_batches(train, cfg.batch_size, rng, shuffle=True))
+    if ctx:  # every process generates the same data and trains on its own share of the batches
+        batches = batches[ctx.rank::ctx.world_size]
+        rng = random.Random(cfg.seed * 1000 + ctx.rank)
     del train
     gc.collect()
     gc.freeze()  # the dataset's many small objects would otherwise be traversed by every collection
@@ -125,6 +138,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         opt.load_state_dict(ckpt["optimizer"])
         state = TrainState(**{k: v for k, v in ckpt["state"].items()})
         log(f"resumed from {resume}: step {state.step}, {state.train_seconds:.0f} s trained")
+    net = D.wrap(model, ctx) if ctx else model  # the module the training steps run
     budget = cfg.minutes * 60.0
     bar = tqdm(total=int(budget), unit="s", disable=not progress, desc=f"listops/{cfg.model}",
                initial=int(min(state.train_seconds, budget)), mininterval=2.0)
@@ -141,33 +155,42 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         start = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = scheduled_lr(cfg.lr, state.train_seconds / budget, cfg.warmup)
-        loss = F.cross_entropy(_logits(model, batch, cfg.model, device), batch.labels.to(device))
+        loss = F.cross_entropy(_logits(net, batch, cfg.model, device), batch.labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         elapsed = time.perf_counter() - start
-        state.train_seconds += elapsed
+        # with several processes, the slowest one's clock decides, so that all stop on the same step
+        state.train_seconds = D.agree_max(state.train_seconds + elapsed, ctx)
         state.step += 1
         state.examples += batch.labels.numel()
         bar.update(int(min(state.train_seconds, budget)) - bar.n)
         if state.step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{state.examples / state.train_seconds:.0f}")
         if state.train_seconds >= next_eval:
+            next_eval += cfg.eval_every
+            if not main:
+                continue
             acc = evaluate(model, dev, cfg.model, device)
             state.history.append({"train_seconds": state.train_seconds, "step": state.step, "dev_accuracy": acc,
                                   "loss": loss.item()})
             bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  dev accuracy {acc:.4f}  "
-                      f"({state.examples / state.train_seconds:.0f} examples/s)")
-            next_eval += cfg.eval_every
+                      f"({state.examples / state.train_seconds:.0f} examples/s per process)")
             if out:
                 _save(out, model, opt, cfg, state)
     bar.close()
+    if not main:
+        D.shutdown(ctx)
+        return {"rank": ctx.rank, "steps": state.step}
     results: Dict[str, object] = {
         "model": cfg.model, "steps": state.step, "train_seconds": state.train_seconds,
         "examples_per_second": state.examples / max(state.train_seconds, 1e-9),
         "dev_accuracy": evaluate(model, dev, cfg.model, device), "history": state.history,
     }
+    if ctx:
+        results["world_size"] = ctx.world_size
+        results["examples_per_second"] *= ctx.world_size
     test_path = cfg.test_path or DEFAULT_LISTOPS_TEST
     if os.path.exists(test_path):
         test = L.read_listops_tsv(test_path)
@@ -181,6 +204,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         _save(out, model, opt, cfg, state)
         with open(out + ".json", "w") as f:
             json.dump(results, f, indent=2)
+    D.shutdown(ctx)
     return results
 
 
@@ -206,6 +230,7 @@ class CharsConfig:
     eval_every: float = 60.0
     seed: int = 0
     device: str = "cpu"
+    distributed: bool = False
 
 
 def default_corpus(max_chars: int) -> str:
@@ -248,7 +273,11 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
 
     from .models import CharGenerator, CharVocab
 
-    device = torch.device(cfg.device)
+    ctx = D.init_from_env(cfg.device) if cfg.distributed else None
+    device = ctx.device if ctx else torch.device(cfg.device)
+    main = ctx is None or ctx.is_main
+    if not main:
+        progress, log = False, _quiet
     torch.manual_seed(cfg.seed)
     if cfg.text is not None:
         if not os.path.isfile(cfg.text):
@@ -279,7 +308,8 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["state"])
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * (ctx.rank if ctx else 0))  # each process its windows
+    net = D.wrap(model, ctx) if ctx else model
     L = cfg.seq_len
 
     def windows(source: torch.Tensor, n: int, g: Optional[torch.Generator]):
@@ -313,18 +343,21 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     while state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps):
         x, y = windows(train_ids, cfg.batch_size, gen)
         start = time.perf_counter()
-        logits, _ = model(x)
+        logits, _ = net(x)
         loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        state.train_seconds += time.perf_counter() - start
+        state.train_seconds = D.agree_max(state.train_seconds + time.perf_counter() - start, ctx)
         state.step += 1
         state.examples += x.numel()
         bar.update(int(min(state.train_seconds, budget)) - bar.n)
         if state.step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if state.train_seconds >= next_eval:
+            if not main:
+                next_eval += cfg.eval_every
+                continue
             v = val_loss()
             state.history.append({"train_seconds": state.train_seconds, "step": state.step, "val_loss": v,
                                   "train_loss": loss.item()})
@@ -333,6 +366,9 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
             next_eval += cfg.eval_every
             save()
     bar.close()
+    if not main:
+        D.shutdown(ctx)
+        return {"rank": ctx.rank, "steps": state.step}
     save()
     prime = torch.tensor([vocab.encode("def ")], device=device)
     sample = vocab.decode(model.generate(prime, 300, temperature=0.8, generator=torch.Generator().manual_seed(0))[0].tolist())
@@ -340,7 +376,11 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
                "val_loss": val_loss(), "unigram_entropy": entropy, "vocab_size": len(vocab),
                "characters_per_second": state.examples / max(state.train_seconds, 1e-9), "sample": "def " + sample,
                "history": state.history}
+    if ctx:
+        results["world_size"] = ctx.world_size
+        results["characters_per_second"] *= ctx.world_size
     if out:
         with open(out + ".json", "w") as f:
             json.dump(results, f, indent=2)
+    D.shutdown(ctx)
     return results
