@@ -54,18 +54,18 @@ def _out0(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def tensors_of(out) -> List[torch.Tensor]:
+    """Every tensor in a (nested) tuple/list output, in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in tensors_of(o)]
+    return []
+
+
 def _sum_all(out):
     """A loss that touches every output tensor (outputs and final states) with different weights."""
-    flat = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            flat.append(o)
-        elif isinstance(o, (tuple, list)):
-            for x in o:
-                walk(x)
-    walk(out)
-    return sum((t.float() * (i + 1)).sin().sum() for i, t in enumerate(flat) if t.is_floating_point())
+    return sum((t.float() * (i + 1)).sin().sum() for i, t in enumerate(tensors_of(out)) if t.is_floating_point())
 
 
 CASES: Dict[str, Case] = {
@@ -102,15 +102,7 @@ def forward_backward(model: torch.nn.Module, name: str, seed: int = 1, rng_seed:
     torch.manual_seed(rng_seed)
     out = model(*args)
     case.loss(out).backward()
-    outs = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            outs.append(o.detach().clone())
-        elif isinstance(o, (tuple, list)):
-            for x in o:
-                walk(x)
-    walk(out)
+    outs = [t.detach().clone() for t in tensors_of(out)]
     grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     grads += [a.grad.clone() for a in args if isinstance(a, torch.Tensor) and a.grad is not None]
     return outs, grads

@@ -13,7 +13,7 @@ import torch
 import rnnext
 
 sys.path.insert(0, os.path.dirname(__file__))
-from model_cases import CASES, build, forward_backward  # noqa: E402
+from model_cases import CASES, build, forward_backward, tensors_of  # noqa: E402
 
 ARTIFACT = os.path.join(os.path.dirname(__file__), "data", "checkpoints_v0.1.0.pt")
 NAMES = sorted(CASES)
@@ -28,23 +28,7 @@ def equal_lists(a, b, what):
 def eval_outputs(model, name, seed=1):
     model.eval()
     with torch.no_grad():
-        outs, _ = forward_backward_no_grad(model, name, seed)
-    return outs
-
-
-def forward_backward_no_grad(model, name, seed):
-    case = CASES[name]
-    out = model(*case.inputs(seed))
-    flat = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            flat.append(o.detach().clone())
-        elif isinstance(o, (tuple, list)):
-            for x in o:
-                walk(x)
-    walk(out)
-    return flat, None
+        return [t.clone() for t in tensors_of(model(*CASES[name].inputs(seed)))]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
