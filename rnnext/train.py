@@ -176,7 +176,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
             state.history.append({"train_seconds": state.train_seconds, "step": state.step, "dev_accuracy": acc,
                                   "loss": loss.item()})
             bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  dev accuracy {acc:.4f}  "
-                      f"({state.examples / state.train_seconds:.0f} examples/s per process)")
+                      f"({state.examples / state.train_seconds:.0f} examples/s{' per process' if ctx else ''})")
             if out:
                 _save(out, model, opt, cfg, state)
     bar.close()
