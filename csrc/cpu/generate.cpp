@@ -30,7 +30,6 @@ using kernels::block_first_unit;
 using kernels::block_width;
 using kernels::num_unit_blocks;
 
-constexpr int64_t kBlocksPerChunk = 4;  // as in the layer kernel, so that the arithmetic is the same
 
 // Next tokens from logits (B, V): argmax when temperature == 0, else a draw from softmax(logits / T) restricted
 // to the top_k largest (all when top_k <= 0), by inverse CDF on u (B).

@@ -47,8 +47,6 @@ using kernels::num_unit_blocks;
 
 // Below this many multiply-adds per step, threads cost more than they give.
 constexpr int64_t kParallelStepWork = 1 << 15;
-// Unit blocks whose gates one GEMM call produces before the pointwise step consumes them.
-constexpr int64_t kBlocksPerChunk = 4;
 // Rows per thread below which the threads share each step's hidden units instead of the batch.
 constexpr int64_t kMinRowsPerThread = 16;
 

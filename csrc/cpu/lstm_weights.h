@@ -17,6 +17,11 @@
 
 namespace rnnext::cpu {
 
+// Unit blocks whose gate columns one GEMM call produces before the pointwise step consumes them. The layer
+// and the generation kernels share it, so that both sum the gates in the same order (greedy generation
+// equals a loop over the layer exactly).
+constexpr int64_t kBlocksPerChunk = 4;
+
 // Permutation from the blocked gate layout to PyTorch's rows: perm[col] = torch row.
 inline at::Tensor blocked_gate_perm(int64_t H) {
   at::Tensor perm = at::empty({4 * H}, at::TensorOptions().dtype(at::kLong));

@@ -87,16 +87,6 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   return s;
 }
 
-// Rows of the node workspace: a row of n tokens makes n - 1 compositions, and n <= N.
-int64_t max_nodes(const SpinnShapes& s) { return s.B * std::max<int64_t>(s.N - 1, 0); }
-
-std::optional<Tensor> sum_biases(const std::optional<Tensor>& a, const std::optional<Tensor>& b) {
-  if (a.has_value() && b.has_value()) return at::add(*a, *b).contiguous();
-  if (a.has_value()) return a->contiguous();
-  if (b.has_value()) return b->contiguous();
-  return std::nullopt;
-}
-
 // Pointers to the [h | c] row of a reference, for reading (null: zeros) and for accumulating gradients (null:
 // a scratch row nobody reads).
 template <typename scalar_t>
@@ -187,7 +177,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
   const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
   Tensor top = at::empty({B, H}, opts);
   // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
-  const int64_t M_max = max_nodes(s);
+  const int64_t M_max = max_nodes(s.N, s.B);
   Tensor nodes = at::empty({M_max, 2 * H}, opts);
   nodes.narrow(0, plan.M, M_max - plan.M).zero_();
   Tensor acts = train ? at::empty({M_max, G}, opts) : at::empty({std::max<int64_t>(plan.M, 1), G}, opts);
@@ -269,8 +259,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                 {"node_acts", &node_acts}})
     check_same(op, "buffers", buffers, name, *t);
   check_shape(op, "grad_top", grad_top, {B, H});
-  check_shape(op, "nodes", nodes, {max_nodes(s), 2 * H});
-  check_shape(op, "node_acts", node_acts, {max_nodes(s), G});
+  check_shape(op, "nodes", nodes, {max_nodes(s.N, s.B), 2 * H});
+  check_shape(op, "node_acts", node_acts, {max_nodes(s.N, s.B), G});
   if (s.tracker) {
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
                                   {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {

@@ -172,15 +172,6 @@ Shapes check_args(const char* op, const Tensor& buffers, const Tensor& transitio
   return s;
 }
 
-int64_t max_nodes(const Shapes& s) { return s.B * std::max<int64_t>(s.N - 1, 0); }
-
-std::optional<Tensor> sum_biases(const std::optional<Tensor>& a, const std::optional<Tensor>& b) {
-  if (a.has_value() && b.has_value()) return at::add(*a, *b).contiguous();
-  if (a.has_value()) return a->contiguous();
-  if (b.has_value()) return b->contiguous();
-  return std::nullopt;
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cuda(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
@@ -190,7 +181,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cuda(
   const c10::cuda::CUDAGuard guard(buffers.device());
   const SpinnPlan plan = cpu::make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const DevicePlan dp = upload_plan(plan, buffers.device());
-  const int64_t H = s.H, K = s.K, Tt = s.Tt, B = s.B, S = s.S, G = 5 * H, NB = s.N * B, M_max = max_nodes(s);
+  const int64_t H = s.H, K = s.K, Tt = s.Tt, B = s.B, S = s.S, G = 5 * H, NB = s.N * B, M_max = max_nodes(s.N, s.B);
   const auto opts = buffers.options();
   const Tensor buf = buffers.contiguous(), wc_t = w_comp.t().contiguous();
   const Tensor bias = b_comp.has_value() ? b_comp->contiguous() : Tensor();
