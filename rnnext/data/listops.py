@@ -143,15 +143,22 @@ class Batch:
     labels: torch.Tensor       # (B,)
 
 
-def collate(examples: Sequence[Example]) -> Batch:
-    B = len(examples)
-    N = max(len(e.tokens) for e in examples)
-    S = max(len(e.transitions) for e in examples)
+def pad_trees(token_lists: Sequence[Sequence[int]],
+              transition_lists: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (N, B), 0-padded at the end, and transitions (S, B), left-padded with PAD, of B trees."""
+    B = len(token_lists)
+    N = max(len(t) for t in token_lists)
+    S = max(len(t) for t in transition_lists)
     tokens = torch.zeros(N, B, dtype=torch.int64)
     trans = torch.full((S, B), PAD, dtype=torch.int64)
-    for b, e in enumerate(examples):
-        tokens[: len(e.tokens), b] = torch.tensor(e.tokens)
-        trans[S - len(e.transitions):, b] = torch.tensor(e.transitions)
+    for b, (tok, tr) in enumerate(zip(token_lists, transition_lists)):
+        tokens[: len(tok), b] = torch.tensor(tok)
+        trans[S - len(tr):, b] = torch.tensor(tr)
+    return tokens, trans
+
+
+def collate(examples: Sequence[Example]) -> Batch:
+    tokens, trans = pad_trees([e.tokens for e in examples], [e.transitions for e in examples])
     lengths = torch.tensor([len(e.tokens) for e in examples])
     labels = torch.tensor([e.label for e in examples])
     return Batch(tokens, trans, lengths, labels)

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .listops import PAD, parse_bracketed
+from .listops import pad_trees, parse_bracketed
 
 LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
@@ -85,15 +85,7 @@ def read_snli_jsonl(path: str, vocab: Optional[Vocab] = None, grow_vocab: bool =
 
 def collate_sentences(sentences: Sequence[Sentence]) -> Tuple[torch.Tensor, torch.Tensor]:
     """(tokens (N, B) 0-padded, transitions (S, B) left-padded with PAD)."""
-    B = len(sentences)
-    N = max(len(s.tokens) for s in sentences)
-    S = max(len(s.transitions) for s in sentences)
-    tokens = torch.zeros(N, B, dtype=torch.int64)
-    trans = torch.full((S, B), PAD, dtype=torch.int64)
-    for b, s in enumerate(sentences):
-        tokens[: len(s.tokens), b] = torch.tensor(s.tokens)
-        trans[S - len(s.transitions):, b] = torch.tensor(s.transitions)
-    return tokens, trans
+    return pad_trees([s.tokens for s in sentences], [s.transitions for s in sentences])
 
 
 def collate_pairs(examples: Sequence[PairExample]):
