@@ -6,6 +6,7 @@ of 1,000 training steps of each model.
 """
 
 import os
+import random
 import time
 
 import torch
@@ -57,40 +58,38 @@ def deep_tree(N=5000, H=64):
 def memory(steps=1000):
     torch.manual_seed(0)
     data = L.generate_listops(64 * 20, seed=3, max_length=60)
-    import random
     batches = list(L.bucketed_batches(data, 64, random.Random(0)))
-    models = {
+
+    def char_loss(m, s):
+        x = torch.randint(0, 96, (32, 65))
+        logits, _ = m(x[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, 96), x[:, 1:].reshape(-1))
+
+    def listops_loss(fwd):
+        def loss(m, s):
+            b = batches[s % len(batches)]
+            return F.cross_entropy(fwd(m, b), b.labels)
+        return loss
+
+    models = {  # name: (model, loss of training step s)
         "RNNClassifier": (RNNClassifier(L.VOCAB_SIZE, 64, 128, L.NUM_CLASSES, bidirectional=True),
-                          lambda m, b: m(b.tokens.t(), b.lengths)),
+                          listops_loss(lambda m, b: m(b.tokens.t(), b.lengths))),
         "SPINNClassifier": (SPINNClassifier(L.VOCAB_SIZE, 64, 64, L.NUM_CLASSES),
-                            lambda m, b: m(b.tokens, b.transitions, b.lengths)),
+                            listops_loss(lambda m, b: m(b.tokens, b.transitions, b.lengths))),
+        "CharGenerator": (CharGenerator(96, 32, 128, 2), char_loss),
     }
-    print(f"resident memory over {steps} training steps (MiB at step 100 / 1000)")
-    for name, (model, fwd) in models.items():
+    print(f"resident memory over {steps} training steps (MiB at step 100 / {steps})")
+    for name, (model, loss_of) in models.items():
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         marks = {}
         for s in range(steps):
-            b = batches[s % len(batches)]
-            loss = F.cross_entropy(fwd(model, b), b.labels)
+            loss = loss_of(model, s)
             opt.zero_grad()
             loss.backward()
             opt.step()
             if s + 1 in (100, steps):
                 marks[s + 1] = rss_mib()
         print(f"  {name:<16} {marks[100]:8.1f} {marks[steps]:8.1f}  (growth {marks[steps] - marks[100]:+.1f})")
-    gen = CharGenerator(96, 32, 128, 2)
-    opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
-    marks = {}
-    for s in range(steps):
-        x = torch.randint(0, 96, (32, 65))
-        logits, _ = gen(x[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, 96), x[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if s + 1 in (100, steps):
-            marks[s + 1] = rss_mib()
-    print(f"  {'CharGenerator':<16} {marks[100]:8.1f} {marks[steps]:8.1f}  (growth {marks[steps] - marks[100]:+.1f})")
 
 
 if __name__ == "__main__":
