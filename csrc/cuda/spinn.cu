@@ -25,6 +25,8 @@ namespace {
 
 using at::Tensor;
 using cpu::SpinnPlan;
+using cpu::max_nodes;
+using cpu::sum_biases;
 
 // The plan's per-node arrays on the device: left, right, row, step (each M), tracker reads (3 x S B), tops (B).
 struct DevicePlan {
