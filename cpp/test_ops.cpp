@@ -55,10 +55,10 @@ int main() {
                        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                       const std::optional<at::Tensor>&, bool, bool, bool)>();
+                       const std::optional<at::Tensor>&, bool, bool, bool, const std::optional<at::Tensor>&)>();
   for (const bool reverse : {false, true}) {
     auto [y, hT, cT, g, cells] = layer.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt, std::nullopt,
-                                            /*batch_first=*/false, reverse, /*train=*/false);
+                                            /*batch_first=*/false, reverse, /*train=*/false, std::nullopt);
     at::Tensor h = h0, c = c0;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -68,13 +68,19 @@ int main() {
     }
     expect_close(std::string("rnnext::lstm_layer h_n") + (reverse ? " (reverse)" : ""), hT, h, 1e-12);
     expect_close(std::string("rnnext::lstm_layer c_n") + (reverse ? " (reverse)" : ""), cT, c, 1e-12);
+    // Masked mode with every length T (and one beyond, clamped) is the dense layer.
+    const at::Tensor lengths = at::full({B}, T, at::TensorOptions().dtype(at::kLong)).index_fill_(0, at::zeros({1}, at::kLong), T + 5);
+    auto [ym, hm, cm, gm, cellsm] = layer.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
+                                               std::nullopt, false, reverse, false, lengths);
+    expect_close(std::string("rnnext::lstm_layer masked output") + (reverse ? " (reverse)" : ""), ym, y, 1e-12);
+    expect_close(std::string("rnnext::lstm_layer masked h_n") + (reverse ? " (reverse)" : ""), hm, hT, 1e-12);
   }
 
   // A bad argument is an exception with a message, not a crash.
   bool threw = false;
   try {
     layer.call(x, h0, c0, w_ih, at::randn({4 * H, H + 1}, opts), b_ih, b_hh, std::nullopt, std::nullopt,
-               std::nullopt, false, false, false);
+               std::nullopt, false, false, false, std::nullopt);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("expected w_hh of shape") != std::string::npos;
   }

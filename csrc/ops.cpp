@@ -22,14 +22,17 @@ TORCH_LIBRARY(rnnext, m) {
   // zero at the padding. hx, cx, hy, cy are in batch order (packed: the packed order). With train, also returns
   // what the backward needs: gate activations (rows, 4H, blocked layout) and cell states (rows, H), rows =
   // N packed or T * B; otherwise those two are empty.
+  // lengths (B) int64 on the input's device, instead of batch_sizes: masked mode for a padded input, every entry
+  // runs at every step and entry b is active while t < lengths[b] (clamped to [0, T]; never read on the host
+  // of a GPU input), keeping its state and giving zero output elsewhere; workspace rows are t * B + b.
   m.def("lstm_layer(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh,"
-        " Tensor? w_hr, Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, bool train)"
-        " -> (Tensor output, Tensor hy, Tensor cy, Tensor gates, Tensor cells)", fixed);
+        " Tensor? w_hr, Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, bool train,"
+        " Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor gates, Tensor cells)", fixed);
   // -> (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias or [0], grad_w_hr or [0]).
   m.def("lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx,"
         " Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, Tensor? sorted_indices,"
-        " bool batch_first, Tensor output, Tensor gates, Tensor cells, bool reverse, bool has_bias)"
-        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
+        " bool batch_first, Tensor output, Tensor gates, Tensor cells, bool reverse, bool has_bias,"
+        " Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
 
   // ---- Packed sequences (csrc/cpu/packing.cpp) ----
   // Padded (T, B, *) (or (B, T, *) with batch_first) -> PackedSequence data (total_rows, *): step t takes the

@@ -109,7 +109,7 @@ torch.library.register_autograd("rnnext::lstm_cell", _lstm_cell_backward, setup_
 
 @torch.library.register_fake("rnnext::lstm_layer")
 def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse,
-                     train):
+                     train, lengths=None):
     H = w_hh.shape[0] // 4
     P = w_hr.shape[0] if w_hr is not None else H
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
@@ -122,7 +122,7 @@ def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, s
 @torch.library.register_fake("rnnext::lstm_layer_backward")
 def _lstm_layer_backward_fake(
     grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first, output,
-    gates, cells, reverse, has_bias,
+    gates, cells, reverse, has_bias, lengths=None,
 ):
     return (
         input.new_empty(input.shape),
@@ -136,36 +136,37 @@ def _lstm_layer_backward_fake(
 
 
 def _lstm_layer_setup_context(ctx, inputs, output):
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse, train = inputs
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse, train = inputs[:13]
+    lengths = inputs[13] if len(inputs) > 13 else None
     out, hy, cy, gates, cells = output
     ctx.reverse = reverse
     ctx.batch_first = batch_first
     ctx.train = train
     ctx.bias = (b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, out, gates, cells)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused workspace outputs
 
 
 def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_cells):
     if grad_output is None and grad_hy is None and grad_cy is None:
-        return (None,) * 13
+        return (None,) * 14
     if not ctx.train:
         raise RuntimeError(
             "rnnext::lstm_layer was run with train=False, which keeps no state for the backward pass; "
             "call it with train=True to differentiate it"
         )
-    input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, out, gates, cells = ctx.saved_tensors
+    input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells = ctx.saved_tensors
     grad_output = grad_output if grad_output is not None else torch.zeros_like(out)
     grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(hx)
     grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cx)
     g_in, g_hx, g_cx, g_wih, g_whh, g_b, g_whr = ops.lstm_layer_backward(
         grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices,
-        ctx.batch_first, out, gates, cells, ctx.reverse, any(ctx.bias),
+        ctx.batch_first, out, gates, cells, ctx.reverse, any(ctx.bias), lengths,
     )
     g_bih = g_b if ctx.bias[0] else None
     g_bhh = g_b if ctx.bias[1] else None
     g_whr = g_whr if w_hr is not None else None
-    return g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr, None, None, None, None, None
+    return g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr, None, None, None, None, None, None
 
 
 torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)

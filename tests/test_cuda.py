@@ -45,10 +45,13 @@ def test_every_op_has_a_cuda_kernel():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["dense", "packed", "lengths"])
+@pytest.mark.parametrize("kind", ["dense", "packed", "lengths", "masked", "masked_proj"])
 def test_lstm_cuda_matches_cpu(dtype, kind):
+    # lengths: host lengths (the sorted schedule, uploaded once); masked: lengths on the GPU (masked mode, read on
+    # the device), against the CPU's sorted schedule.
     torch.manual_seed(0)
-    cpu, gpu = both(rnnext.nn.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3 if kind == "dense" else 0), dtype)
+    proj = 3 if kind in ("dense", "masked_proj") else 0
+    cpu, gpu = both(rnnext.nn.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=proj), dtype)
     x = torch.randn(7, 4, 5, dtype=dtype)
     lengths = torch.tensor([7, 3, 5, 1])
     results = []
@@ -58,6 +61,8 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
             y, (h, c) = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
             y = y.data
         elif kind == "lengths":
+            y, (h, c) = m(xi, lengths=lengths.tolist())
+        elif kind.startswith("masked"):
             y, (h, c) = m(xi, lengths=lengths.to(dev))
         else:
             y, (h, c) = m(xi)
@@ -125,13 +130,17 @@ def test_generation_cuda_greedy_matches_cpu():
 
 def test_padded_lstm_path_does_not_sync():
     torch.manual_seed(0)
-    m = rnnext.nn.LSTM(5, 8).cuda()
-    x = torch.randn(7, 4, 5, device="cuda")
-    lengths = [7, 3, 5, 1]  # host lengths: the op uploads its plan once, without synchronizing
-    m(x, lengths=lengths)
+    m = rnnext.nn.LSTM(5, 8, num_layers=2, bidirectional=True, batch_first=True).cuda()
+    x = torch.randn(4, 7, 5, device="cuda", requires_grad=True)
+    host = [7, 3, 5, 1]  # host lengths: the op uploads its plan once, without synchronizing
+    device = torch.tensor(host, device="cuda")  # device lengths: masked mode, never read by the host
+    for lengths in (host, device):
+        m(x, lengths=lengths)[0].sum().backward()  # warm-up (lazy initialisations may synchronize)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        m(x, lengths=lengths)
+        for lengths in (host, device):
+            y, (h, c) = m(x, lengths=lengths, padding_value=-1.0)
+            (y.sum() + h.sum() + c.sum()).backward()
         m(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")

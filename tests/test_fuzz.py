@@ -12,6 +12,7 @@ RNNEXT_FUZZ_EXAMPLES sets the examples per property (default 300; `pytest --hypo
 
 import os
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -79,7 +80,7 @@ def test_fuzz_lstm_module_matches_torch(data):
     bi, bias, bf = d(st.booleans()), d(st.booleans()), d(st.booleans())
     proj = d(st.integers(1, H - 1)) if H > 1 and d(st.booleans()) else 0
     T, B, dtype, seed = d(st.integers(1, 6)), d(st.integers(1, 5)), d(FLOATS), d(st.integers(0, 2**16))
-    mode = d(st.sampled_from(["dense", "packed", "lengths", "unbatched"]))
+    mode = d(st.sampled_from(["dense", "packed", "lengths", "masked", "unbatched"]))
     torch.manual_seed(seed)
     stock = torch.nn.LSTM(I, H, L, bias=bias, batch_first=bf, bidirectional=bi, proj_size=proj).to(dtype)
     ours = rnnext.nn.LSTM(I, H, L, bias=bias, batch_first=bf, bidirectional=bi, proj_size=proj).to(dtype)
@@ -102,9 +103,11 @@ def test_fuzz_lstm_module_matches_torch(data):
             packed = stock_rnn.pack_padded_sequence(xg, lengths, batch_first=bf, enforce_sorted=False)
             y, (hn, cn) = m(packed, hg)
             y = y.data
-        elif mode == "lengths" and m is ours:
-            y, (hn, cn) = m(xg, hg, lengths=lengths)
-        elif mode == "lengths":
+        elif mode in ("lengths", "masked") and m is ours:
+            # masked: the device-lengths path of a GPU input (no host reads), run on the CPU
+            with patch.object(rnnext.nn.lstm, "_MASKED_ON_CPU", mode == "masked"):
+                y, (hn, cn) = m(xg, hg, lengths=lengths)
+        elif mode in ("lengths", "masked"):
             packed = stock_rnn.pack_padded_sequence(xg, lengths, batch_first=bf, enforce_sorted=False)
             y, (hn, cn) = m(packed, hg)
             y, _ = stock_rnn.pad_packed_sequence(y, batch_first=bf, total_length=T)

@@ -61,7 +61,7 @@ GRID = list(
         [False, True],  # bidirectional
         [0, 3],  # proj_size
         [True, False],  # bias
-        ["dense", "packed", "unbatched", "lengths"],  # input kind
+        ["dense", "packed", "unbatched", "lengths", "masked"],  # input kind ("masked": lengths in masked mode)
         [False, True],  # hx given
     )
 )
@@ -69,8 +69,11 @@ GRID = list(
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("layers,bidir,proj,bias,kind,give_hx", GRID)
-def test_lstm_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx):
+def test_lstm_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx, monkeypatch):
     # batch_first and enforce_sorted are varied along the grid rather than multiplying it.
+    if kind == "masked":  # the lengths path of a GPU input (lengths on the device), run on the CPU
+        monkeypatch.setattr(rnnext.nn.lstm, "_MASKED_ON_CPU", True)
+        kind = "lengths"
     batch_first = (layers + int(bidir) + int(give_hx)) % 2 == 1
     enforce_sorted = kind == "packed" and bias
     I, H, T, B = 5, 6, 7, 4
@@ -315,6 +318,7 @@ def _layer_args(layout, proj, bias, reverse, train=True, requires_grad=True, str
     rnd = lambda *s: (torch.randn(*s, dtype=torch.float64, generator=g) * 0.7).requires_grad_(requires_grad)
     bs = si = None
     batch_first = layout.endswith("_bf")
+    lengths = ()
     if layout == "packed":
         bs = torch.tensor([3, 3, 2, 1])
         x = rnd(int(bs.sum()), I)
@@ -322,17 +326,19 @@ def _layer_args(layout, proj, bias, reverse, train=True, requires_grad=True, str
         x = rnd(B, T, I) if batch_first else rnd(T, B, I)
         if layout.startswith("padded"):
             bs, si = torch.tensor([3, 2, 1]), torch.tensor([1, 2, 0])  # lengths 1, 3, 2 (< T: trailing padding)
+        if layout.startswith("masked"):  # lengths given to the op: masked mode (0: never active; 9: clamped to T)
+            lengths = (torch.tensor([2, 9, 0]) if batch_first else torch.tensor([1, 3, 2]),)
     if strided:  # a transposed input and a transposed weight
         x = rnd(B, T, I).transpose(0, 1)
         w_ih = rnd(I, 4 * H).t()
     else:
         w_ih = rnd(4 * H, I)
     return (x, rnd(B, P), rnd(B, H), w_ih, rnd(4 * H, P), rnd(4 * H) if bias else None,
-            rnd(4 * H) if bias else None, rnd(P, H) if proj else None, bs, si, batch_first, reverse, train)
+            rnd(4 * H) if bias else None, rnd(P, H) if proj else None, bs, si, batch_first, reverse, train, *lengths)
 
 
-LAYER_CASES = list(itertools.product(["dense", "packed", "padded", "dense_bf", "padded_bf"], [False, True],
-                                     [False, True], [False, True]))
+LAYER_CASES = list(itertools.product(["dense", "packed", "padded", "dense_bf", "padded_bf", "masked", "masked_bf"],
+                                     [False, True], [False, True], [False, True]))
 
 
 @pytest.mark.parametrize("layout,proj,bias,reverse", LAYER_CASES)
@@ -385,6 +391,15 @@ def test_lstm_backward_ops_opcheck():
     )
     g = torch.Generator().manual_seed(1)
     cell_args = [torch.randn(s, dtype=torch.float64, generator=g) for s in ((3, 4), (3, 5), (3, 5), (20, 4), (20, 5))]
+    for layout in ("masked", "masked_bf"):
+        args = _layer_args(layout, True, True, layout == "masked", requires_grad=False)
+        out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(*args)
+        x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, bs, si, bf, reverse, _, lengths = args
+        torch.library.opcheck(
+            torch.ops.rnnext.lstm_layer_backward.default,
+            (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), x, hx, cx, w_ih, w_hh, w_hr, bs, si,
+             bf, out, gates, cells, reverse, True, lengths),
+        )
     hy, cy, gates = torch.ops.rnnext.lstm_cell(*cell_args, None, None)
     torch.library.opcheck(torch.ops.rnnext.lstm_cell_backward.default,
                           (torch.randn_like(hy), torch.randn_like(cy), *cell_args, gates, cy, False))
@@ -511,3 +526,71 @@ def test_lengths_path_details():
         ours(packed, lengths=lengths)
     with pytest.raises(ValueError, match="batched 3-D"):
         ours(x[0], lengths=[3])
+
+
+# ---- masked mode: lengths read where the kernel runs (the sync-free GPU path), here on the CPU ----------------
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_masked_mode_lengths_are_clamped(batch_first, proj, monkeypatch):
+    """Masked mode never reads out of bounds and gives lengths outside [1, T] a meaning: 0 runs no step (output
+    all padding, h_n = h_0), more than T runs T steps. Oracle: each entry alone through torch.nn.LSTM."""
+    monkeypatch.setattr(rnnext.nn.lstm, "_MASKED_ON_CPU", True)
+    stock, ours = make_pair(3, 5, torch.float64, num_layers=2, bidirectional=True, proj_size=proj,
+                            batch_first=batch_first)
+    T, B = 6, 5
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, 3, dtype=torch.float64, generator=g)
+    P = proj or 5
+    h0 = torch.randn(4, B, P, dtype=torch.float64, generator=g)
+    c0 = torch.randn(4, B, 5, dtype=torch.float64, generator=g)
+    lengths = torch.tensor([0, 6, 40, -3, 2])
+    xin = x if batch_first else x.transpose(0, 1)
+    y, (h, c) = ours(xin, (h0, c0), lengths=lengths, padding_value=-2.0)
+    y = y if batch_first else y.transpose(0, 1)
+    for b, n in enumerate(lengths.clamp(0, T).tolist()):
+        if n == 0:
+            assert torch.all(y[b] == -2.0)
+            close(h[:, b], h0[:, b], torch.float64)
+            close(c[:, b], c0[:, b], torch.float64)
+            continue
+        xb = x[b:b + 1, :n] if batch_first else x[b, :n].unsqueeze(1)
+        yb, (hb, cb) = stock(xb, (h0[:, b:b + 1].contiguous(), c0[:, b:b + 1].contiguous()))
+        yb = yb[0] if batch_first else yb[:, 0]
+        close(y[b, :n], yb, torch.float64)
+        assert torch.all(y[b, n:] == -2.0)
+        close(h[:, b], hb[:, 0], torch.float64)
+        close(c[:, b], cb[:, 0], torch.float64)
+
+
+def test_masked_mode_errors():
+    ops = torch.ops.rnnext
+    x, h, c = torch.randn(5, 3, 4), torch.zeros(3, 6), torch.zeros(3, 6)
+    w_ih, w_hh = torch.randn(24, 4), torch.randn(24, 6)
+    args = (x, h, c, w_ih, w_hh, None, None, None, None, None, False, False, False)
+    with pytest.raises(RuntimeError, match="expected lengths to be 1-D with 3 entries"):
+        ops.lstm_layer(*args, torch.tensor([5, 5]))
+    with pytest.raises(RuntimeError, match="expected lengths to be int64"):
+        ops.lstm_layer(*args, torch.tensor([5, 5, 5], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="two ways to give variable lengths"):
+        ops.lstm_layer(x, h, c, w_ih, w_hh, None, None, None, torch.tensor([3, 2]), None, False, False, False,
+                       torch.tensor([2, 2, 1]))
+    with pytest.raises(RuntimeError, match="lengths applies to a padded 3-D input"):
+        ops.lstm_layer(x[0], h, c, w_ih, w_hh, None, None, None, None, None, False, False, False,
+                       torch.tensor([1, 1, 1]))
+    with pytest.raises(RuntimeError, match="expected w_hh of shape"):
+        ops.lstm_layer(x, h, c, w_ih, torch.randn(24, 5), None, None, None, None, None, False, False, False,
+                       torch.tensor([5, 5, 5]))
+    # The module checks what it can without reading the values.
+    m = rnnext.nn.LSTM(4, 6)
+    rnnext.nn.lstm._MASKED_ON_CPU = True
+    try:
+        with pytest.raises(TypeError, match="integer lengths"):
+            m(x, lengths=torch.tensor([5.0, 5.0, 5.0]))
+        with pytest.raises(ValueError, match="expected 3 lengths"):
+            m(x, lengths=torch.tensor([5, 5]))
+        y, _ = m(x, lengths=torch.tensor([5, 5, 5], dtype=torch.int32))  # any integer dtype
+        close(y, m(x)[0], torch.float32)
+    finally:
+        rnnext.nn.lstm._MASKED_ON_CPU = False

@@ -32,6 +32,7 @@
 
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
+#include "cpu/lstm_masked.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
 #include "kernels/lstm_layout.h"
@@ -300,10 +301,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    bool reverse, bool train) {
+    bool reverse, bool train, const std::optional<Tensor>& lengths) {
   const char* op = "rnnext::lstm_layer";
+  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const LayerShapes s =
       check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first);
+  if (lengths.has_value())
+    return lstm_layer_masked_forward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, input, hx, cx, w_ih, w_hh,
+                                     b_ih, b_hh, w_hr, *lengths, train);
   const Steps st = make_steps(op, s, batch_sizes, reverse);
   const std::vector<int64_t> order = check_permutation(op, "sorted_indices", sorted_indices, s.B);
   const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
@@ -465,8 +470,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias) {
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths) {
   const char* op = "rnnext::lstm_layer_backward";
+  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const LayerShapes s = check_layer_args(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
                                          batch_sizes, sorted_indices, batch_first);
   const Steps st = make_steps(op, s, batch_sizes, reverse);
@@ -486,6 +493,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   check_shape(op, "grad_cy", grad_cy, {s.B, H});
   check_shape(op, "gates", gates, {s.N, G});
   check_shape(op, "cells", cells, {s.N, H});
+  if (lengths.has_value())
+    return lstm_layer_masked_backward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, grad_output, grad_hy, grad_cy,
+                                      input, hx, cx, w_ih, w_hh, w_hr, *lengths, output, gates, cells, has_bias);
   const auto opts = input.options();
   const Tensor empty = at::empty({0}, opts);
   const Tensor idx = order.empty() ? Tensor() : *sorted_indices;

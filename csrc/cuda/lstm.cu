@@ -13,6 +13,7 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/transpose.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
@@ -20,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/lstm_masked.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
 
@@ -177,16 +179,168 @@ LayerPlan make_layer_plan(const char* op, const Tensor& input, const Tensor& hx,
   return lp;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Masked layer: lengths on the device, every entry at every step (nothing read on the host, no sync).
+
+cpu::MaskedLayerShape masked_shape(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                   const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                   const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                                   const Tensor& lengths, const std::optional<Tensor>& batch_sizes,
+                                   const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse) {
+  cpu::check_masked_lengths(op, input, lengths, batch_first, batch_sizes, sorted_indices);
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2 && w_ih.size(0) % 4 == 0 && w_ih.size(0) > 0, op,
+              ": expected w_ih (4 * hidden_size, input_size) and w_hh (4 * hidden_size, proj_size or hidden_size)");
+  cpu::MaskedLayerShape s{input.size(batch_first ? 1 : 0), input.size(batch_first ? 0 : 1), input.size(2),
+                          w_ih.size(0) / 4, w_ih.size(0) / 4, batch_first, reverse};
+  const int64_t G = 4 * s.H;
+  if (w_hr.has_value()) {
+    check_cuda(op, "w_hr", *w_hr, input);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == s.H, op, ": expected w_hr (proj_size, ", s.H, "), got ",
+                w_hr->sizes());
+    s.P = w_hr->size(0);
+  }
+  TORCH_CHECK(w_ih.sizes() == at::IntArrayRef({G, s.I}) && w_hh.sizes() == at::IntArrayRef({G, s.P}), op,
+              ": expected w_ih (", G, ", ", s.I, ") and w_hh (", G, ", ", s.P, "), got ", w_ih.sizes(), " and ",
+              w_hh.sizes());
+  TORCH_CHECK(hx.sizes() == at::IntArrayRef({s.B, s.P}) && cx.sizes() == at::IntArrayRef({s.B, s.H}), op,
+              ": expected hx (", s.B, ", ", s.P, ") and cx (", s.B, ", ", s.H, "), got ", hx.sizes(), " and ",
+              cx.sizes());
+  for (const auto* b : {&b_ih, &b_hh})
+    if (b->has_value()) {
+      check_cuda(op, "bias", **b, input);
+      TORCH_CHECK((*b)->sizes() == at::IntArrayRef({G}), op, ": expected biases of shape (", G, "), got ",
+                  (*b)->sizes());
+    }
+  return s;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_cuda(
+    const cpu::MaskedLayerShape& s, const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+    const Tensor& w_hh, const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& lengths, bool train) {
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, G = 4 * H;
+  const auto opts = input.options();
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = P;
+  Tensor output = at::zeros(out_shape, opts);
+  Tensor h_state = hx.contiguous().clone(), c_state = cx.contiguous().clone();
+  Tensor gates = at::zeros({train ? T * B : B, G}, opts);
+  Tensor cells = train ? at::zeros({T * B, H}, opts) : at::empty({0}, opts);
+  if (T > 0 && B > 0) {
+    const Tensor len = lengths.contiguous();
+    const Tensor xproj = at::mm(input.reshape({-1, s.I}), w_ih.t());  // rows in the input's order
+    Tensor bias;
+    if (b_ih.has_value() || b_hh.has_value())
+      bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
+    const bool proj = w_hr.has_value();
+    Tensor hfull = proj ? at::empty({B, H}, opts) : Tensor();
+    Tensor hproj = proj ? at::empty({B, P}, opts) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_layer_masked_cuda", [&] {
+      for (int64_t p = 0; p < T; ++p) {
+        const int64_t t = s.reverse ? T - 1 - p : p;
+        Tensor g = view_rows(gates, train ? t * B : 0, B);
+        at::mm_out(g, h_state, w_hh.t());
+        lstm_masked_forward_kernel<scalar_t><<<blocks_for(B * H), kThreads, 0, stream()>>>(
+            B, H, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), g.data_ptr<scalar_t>(),
+            xproj.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+            c_state.data_ptr<scalar_t>(), train ? cells.data_ptr<scalar_t>() + t * B * H : nullptr,
+            proj ? hfull.data_ptr<scalar_t>() : h_state.data_ptr<scalar_t>(), proj ? H : P,
+            output.data_ptr<scalar_t>(), proj);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (proj) {
+          at::mm_out(hproj, hfull, w_hr->t());
+          lstm_masked_projection_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
+              B, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), hproj.const_data_ptr<scalar_t>(),
+              h_state.data_ptr<scalar_t>(), output.data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+    });
+  }
+  if (!train) gates = at::empty({0}, opts);
+  return {output, h_state, c_state, gates, cells};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_backward_cuda(
+    const cpu::MaskedLayerShape& s, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& lengths, const Tensor& output, const Tensor& gates,
+    const Tensor& cells, bool has_bias) {
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H;
+  const auto opts = input.options();
+  const bool proj = w_hr.has_value();
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, G}) && cells.sizes() == at::IntArrayRef({T * B, H}),
+              "rnnext::lstm_layer_backward: expected the training workspace gates (", T * B, ", ", G, ") and cells (", T * B, ", ", H, ")");
+  Tensor dh_state = grad_hy.contiguous().clone(), dc_state = grad_cy.contiguous().clone();
+  Tensor dgates = at::zeros({T * B, G}, opts);
+  Tensor h_prev = at::zeros({T * B, P}, opts);
+  Tensor dh_proj = proj ? at::zeros({T * B, P}, opts) : Tensor();
+  if (T > 0 && B > 0) {
+    const Tensor len = lengths.contiguous();
+    const Tensor dy = grad_output.contiguous(), y = output.contiguous(), acts = gates.contiguous();
+    const Tensor cs = cells.contiguous(), c0 = cx.contiguous(), h0 = hx.contiguous();
+    Tensor dh_full = proj ? at::empty({B, H}, opts) : Tensor();
+    Tensor dh_rec = at::empty({B, P}, opts);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_layer_masked_backward_cuda",
+                                    [&] {
+      for (int64_t p = T - 1; p >= 0; --p) {
+        const int64_t t = s.reverse ? T - 1 - p : p;
+        const int64_t t_prev = p == 0 ? -1 : (s.reverse ? t + 1 : t - 1);  // the step processed before t
+        if (proj) {
+          lstm_masked_projection_grad_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
+              B, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), dh_state.const_data_ptr<scalar_t>(),
+              dy.const_data_ptr<scalar_t>(), dh_proj.data_ptr<scalar_t>() + t * B * P);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          at::mm_out(dh_full, view_rows(dh_proj, t * B, B), *w_hr);
+        }
+        lstm_masked_backward_kernel<scalar_t><<<blocks_for(B * H), kThreads, 0, stream()>>>(
+            B, H, P, T, t, t_prev, s.batch_first, len.const_data_ptr<int64_t>(), acts.const_data_ptr<scalar_t>(),
+            cs.const_data_ptr<scalar_t>(), c0.const_data_ptr<scalar_t>(),
+            proj ? dh_full.const_data_ptr<scalar_t>() : dh_state.const_data_ptr<scalar_t>(), proj ? H : P,
+            proj ? nullptr : dy.const_data_ptr<scalar_t>(), dc_state.data_ptr<scalar_t>(),
+            dgates.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        at::mm_out(dh_rec, view_rows(dgates, t * B, B), w_hh);
+        lstm_masked_carry_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
+            B, P, T, t, t_prev, s.batch_first, len.const_data_ptr<int64_t>(), dh_rec.const_data_ptr<scalar_t>(),
+            dh_state.data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+            h_prev.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  // Weight and input gradients as GEMMs over all (t, b) rows, time-major like the workspace.
+  const Tensor x_tm = s.batch_first ? input.transpose(0, 1).reshape({T * B, I}) : input.reshape({T * B, I});
+  Tensor dx = at::mm(dgates, w_ih).view({T, B, I});
+  Tensor grad_input = s.batch_first ? dx.transpose(0, 1).contiguous() : dx;
+  Tensor grad_w_hr = at::empty({0}, opts);
+  if (proj) grad_w_hr = at::mm(dh_proj.t(), at::mul(gates.narrow(1, 3 * H, H), at::tanh(cells)));
+  return {grad_input,
+          dh_state,
+          dc_state,
+          at::mm(dgates.t(), x_tm),
+          at::mm(dgates.t(), h_prev),
+          has_bias ? at::sum(dgates, {0}) : at::empty({0}, opts),
+          grad_w_hr};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Layer entry points
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cuda(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    bool reverse, bool train) {
+    bool reverse, bool train, const std::optional<Tensor>& lengths) {
   const char* op = "rnnext::lstm_layer";
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"hx", &hx}, {"cx", &cx}, {"w_ih", &w_ih},
                                 {"w_hh", &w_hh}})
     check_cuda(op, name, *t, input);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (lengths.has_value())
+    return lstm_layer_masked_cuda(masked_shape(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *lengths,
+                                               batch_sizes, sorted_indices, batch_first, reverse),
+                                  input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *lengths, train);
   const LayerPlan lp = make_layer_plan(op, input, hx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first,
                                        reverse);
   const Schedule& s = lp.s;
@@ -254,13 +408,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias) {
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths) {
   const char* op = "rnnext::lstm_layer_backward";
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
                                 {"grad_hy", &grad_hy}, {"grad_cy", &grad_cy}, {"hx", &hx}, {"cx", &cx},
                                 {"output", &output}, {"gates", &gates}, {"cells", &cells}})
     check_cuda(op, name, *t, input);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (lengths.has_value()) {
+    const cpu::MaskedLayerShape s = masked_shape(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+                                                 *lengths, batch_sizes, sorted_indices, batch_first, reverse);
+    TORCH_CHECK(grad_output.sizes() == output.sizes() && output.size(-1) == s.P &&
+                    output.numel() == s.T * s.B * s.P && grad_hy.sizes() == hx.sizes() && grad_cy.sizes() == cx.sizes(),
+                op, ": expected grad_output and output shaped like the layer's output, grad_hy like hx, grad_cy like cx");
+    return lstm_layer_masked_backward_cuda(s, grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                                           *lengths, output, gates, cells, has_bias);
+  }
   const LayerPlan lp = make_layer_plan(op, input, hx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first,
                                        reverse);
   const Schedule& s = lp.s;

@@ -45,6 +45,28 @@ def _check_state(module: str, name: str, t: Tensor, shape: Tuple[int, ...], ref:
         raise RuntimeError(f"{module}: expected {name} on {ref.device} (the input's device), got {t.device}")
 
 
+# Lengths already on the input's GPU run the masked layer mode, which reads them on the device: no host sync.
+# (Tests set this to run that mode on the CPU too.)
+_MASKED_ON_CPU = False
+
+
+def _masked_lengths(lengths, x: Tensor) -> bool:
+    return isinstance(lengths, Tensor) and lengths.device == x.device and (x.device.type != "cpu" or _MASKED_ON_CPU)
+
+
+def _check_device_lengths(module: str, lengths: Tensor, batch: int, x: Tensor) -> Tensor:
+    """Lengths on the input's device, checked without reading them (that would wait for the device): an
+    integer dtype and one entry per sequence. Their values are clamped to [0, T] by the kernel."""
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"{module}: expected integer lengths, got dtype {lengths.dtype}")
+    if lengths.dim() != 1:
+        raise ValueError(f"{module}: expected lengths to be 1-D (one length per sequence), got shape "
+                         f"{tuple(lengths.shape)}")
+    if lengths.numel() != batch:
+        raise ValueError(f"{module}: expected {batch} lengths (the batch size of the input), got {lengths.numel()}")
+    return lengths.detach().to(torch.int64)
+
+
 def _needs_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -199,13 +221,19 @@ class LSTM(nn.Module):
         ``pad_packed_sequence(lstm(pack_padded_sequence(input, lengths, enforce_sorted=False)),
         padding_value=padding_value, total_length=T)``: outputs past each length are ``padding_value``, ``h_n``
         and ``c_n`` are the states at each sequence's last step, and reverse directions start at each
-        sequence's own last step. It is computed straight from the padded tensor (no pack or unpack copies)."""
+        sequence's own last step. It is computed straight from the padded tensor (no pack or unpack copies).
+
+        Lengths on the CPU (or a list) are checked (each in [1, T]) and run a sorted schedule that skips the
+        padding. A lengths tensor already on the input's GPU is never read by the host, so the call does not
+        synchronize: every sequence runs at every step, masked past its length, and the values are not checked
+        but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding)."""
         name = "rnnext.nn.LSTM"
         ref = self.weight_ih_l0
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
         batch_first = False
+        masked_lengths: Optional[Tensor] = None
         if packed:
             if lengths is not None:
                 raise ValueError(f"{name}: lengths= is for a padded tensor input; a PackedSequence carries its own")
@@ -237,11 +265,14 @@ class LSTM(nn.Module):
                 if not batched:
                     raise ValueError(f"{name}: lengths= needs a batched 3-D input, got a 2-D (unbatched) one")
                 steps = x.size(1 if batch_first else 0)
-                lengths = check_lengths(name, lengths, batch, steps)
-                sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
-                batch_sizes = batch_sizes_from_lengths(sorted_lengths)
-                if not torch.equal(order, torch.arange(batch)):
-                    layer_sorted_indices = order
+                if _masked_lengths(lengths, x):
+                    masked_lengths = lengths = _check_device_lengths(name, lengths, batch, x)
+                else:
+                    lengths = check_lengths(name, lengths, batch, steps)
+                    sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
+                    batch_sizes = batch_sizes_from_lengths(sorted_lengths)
+                    if not torch.equal(order, torch.arange(batch)):
+                        layer_sorted_indices = order
         if x.size(-1) != self.input_size:
             raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
                                f"got {x.size(-1)}")
@@ -282,7 +313,7 @@ class LSTM(nn.Module):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
                 out, hy, cy, _, _ = _ops.ops.lstm_layer(
                     layer_input, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                    layer_sorted_indices, batch_first, direction == 1, train,
+                    layer_sorted_indices, batch_first, direction == 1, train, masked_lengths,
                 )
                 outputs.append(out)
                 h_n.append(hy)
@@ -304,7 +335,8 @@ class LSTM(nn.Module):
             return output.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
         if lengths is not None and padding_value != 0:
             steps = torch.arange(output.size(1 if batch_first else 0), device=output.device)
-            pad = steps.unsqueeze(0) >= lengths.to(output.device).unsqueeze(1)  # (B, T)
+            # non_blocking: host lengths reach a GPU without a stream synchronization
+            pad = steps.unsqueeze(0) >= lengths.to(output.device, non_blocking=True).unsqueeze(1)  # (B, T)
             output = output.masked_fill((pad if batch_first else pad.t()).unsqueeze(-1), padding_value)
         return output, (hn, cn)
 
