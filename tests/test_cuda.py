@@ -146,6 +146,23 @@ def test_padded_lstm_path_does_not_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_spinn_parse_loop_does_not_sync():
+    torch.manual_seed(0)
+    model = rnnext.nn.SPINN(6, tracker_size=4, predict_transitions=True).cuda().train()
+    buffers = torch.randn(5, 4, 12, device="cuda", requires_grad=True)
+    lengths = [5, 3, 1, 4]  # host lengths
+    parse = model(buffers, None, lengths=lengths)  # warm-up
+    (parse.h.sum() + parse.log_probs.sum()).backward()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        parse = model(buffers, None, lengths=lengths)
+        (parse.h.sum() + parse.log_probs.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    tr = parse.transitions.cpu()
+    assert ((tr == 0).sum(0) == torch.tensor(lengths)).all()
+
+
 def test_classifier_on_cuda_trains():
     torch.manual_seed(0)
     model = SPINNClassifier(16, 8, 6, 3).cuda()

@@ -172,6 +172,28 @@ def test_parse_mode_is_consistent_with_the_fused_op():
         assert (parse.log_probs <= 0).all() and (parse.log_probs[tr == -1] == 0).all()
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_sync_free_parse_loop_equals_the_cpu_loop(training, monkeypatch):
+    """The GPU's parse loop (stack on the device, every row composed and kept where it reduced, no
+    data-dependent shapes), run on the CPU, gives the CPU loop's transitions, log-probs, h and gradients."""
+    H = 4
+    torch.manual_seed(3)
+    model = SPINN(H, tracker_size=5, predict_transitions=True).double().train(training)
+    buffers, _, lengths = make_batch(6, 7, H, torch.float64, seed=5)
+    results = []
+    for sync_free in (False, True):
+        monkeypatch.setattr(rnnext.nn.tree, "_SYNC_FREE_PARSE_ON_CPU", sync_free)
+        torch.manual_seed(11)  # the same draws when sampling
+        b = buffers.clone().requires_grad_()
+        parse = model(b, None, lengths=lengths)
+        (parse.h.sin().sum() + parse.log_probs.sum()).backward()
+        results.append([parse.transitions, parse.log_probs, parse.h, b.grad] + [p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    assert torch.equal(results[0][0], results[1][0])
+    for a, c in zip(results[1][1:], results[0][1:]):
+        close(a, c, torch.float64)
+
+
 def test_reinforce_learns_gold_trees():
     """REINFORCE with reward = agreement with the gold transitions: the policy's agreement rises well above its
     starting value."""

@@ -189,10 +189,15 @@ class SPINN(nn.Module):
             raise ValueError(f"SPINN: every length must be in [1, {N}], got {n_tok.tolist()}")
         S = max(2 * int(n_tok.max()) - 1, 0) if B > 0 else 0
         table = torch.cat([buffers.new_zeros(1, W), buffers.reshape(N * B, W), buffers.new_zeros(S * B, W)])
-        rows = torch.arange(B)
-        stack = torch.zeros(B, S + 3, dtype=torch.int64)  # references; two nulls at the bottom
-        size = torch.full((B,), 2, dtype=torch.int64)
-        pos = torch.zeros(B, dtype=torch.int64)
+        # On a GPU the stack lives on the device and every row composes at every step (kept where it reduced),
+        # so the loop never waits for the device; on the CPU only the reducing rows compose.
+        dev = buffers.device if (buffers.device.type != "cpu" or _SYNC_FREE_PARSE_ON_CPU) else torch.device("cpu")
+        sync_free = dev == buffers.device
+        n_tok = n_tok.to(dev, non_blocking=True)
+        rows = torch.arange(B, device=dev)
+        stack = torch.zeros(B, S + 3, dtype=torch.int64, device=dev)  # references; two nulls at the bottom
+        size = torch.full((B,), 2, dtype=torch.int64, device=dev)
+        pos = torch.zeros(B, dtype=torch.int64, device=dev)
         state = None
         taken, logps = [], []
         for t in range(S):
@@ -207,14 +212,18 @@ class SPINN(nn.Module):
             # Invalid moves get probability 0 (finished rows: a dummy uniform choice, replaced by PAD below).
             masked = logits.masked_fill(~mask, -math.inf).masked_fill(done.unsqueeze(1).to(logits.device), 0.0)
             logp_all = F.log_softmax(masked, 1)
-            if self.training:
-                choice = torch.multinomial(logp_all.exp().detach(), 1).squeeze(1).cpu()
+            if self.training:  # inverse CDF over the two moves (torch.multinomial would synchronize a GPU)
+                u = torch.rand(B, dtype=logp_all.dtype, device=logp_all.device)
+                choice = (u >= logp_all[:, 0].detach().exp()).long().to(dev)
             else:
-                choice = masked.argmax(1).cpu()
+                choice = masked.argmax(1).to(dev)
             trans = torch.where(done, torch.full_like(choice, PAD), choice)
             logp = logp_all.gather(1, choice.to(logits.device).unsqueeze(1)).squeeze(1)
             logps.append(logp.masked_fill(done.to(logp.device), 0.0))
             taken.append(trans)
+            if sync_free:
+                table = self._parse_step_masked(table, stack, size, pos, trans, state[0], 1 + N * B + t * B, B)
+                continue
             red = (trans == REDUCE).nonzero().squeeze(1)
             if red.numel() > 0:
                 l_ref, r_ref = stack[red, size[red] - 2], stack[red, size[red] - 1]
@@ -229,11 +238,33 @@ class SPINN(nn.Module):
                 size[sh] += 1
                 pos[sh] += 1
         h = table[stack[:, 2], :H] if B > 0 else buffers.new_zeros(0, H)
-        transitions = torch.stack(taken) if taken else torch.zeros(0, B, dtype=torch.int64)
+        transitions = torch.stack(taken) if taken else torch.zeros(0, B, dtype=torch.int64, device=dev)
         log_probs = torch.stack(logps) if logps else buffers.new_zeros(0, B)
         if self.batch_first:
             transitions, log_probs = transitions.t(), log_probs.t()
         return SPINNParse(h, transitions, log_probs)
+
+
+    def _parse_step_masked(self, table: Tensor, stack: Tensor, size: Tensor, pos: Tensor, trans: Tensor,
+                           tracker_h: Tensor, first_node: int, B: int) -> Tensor:
+        """One parse step without data-dependent shapes: every row composes its two top references, the rows
+        that REDUCE keep the result as a new node, the rows that SHIFT push their buffer top. Updates stack, size
+        and pos in place; returns the table with the new nodes."""
+        rows = torch.arange(B, device=stack.device)
+        is_red, is_sh = trans == REDUCE, trans == SHIFT
+        l_ref, r_ref = stack[rows, size - 2], stack[rows, size - 1]
+        out = self.reduce(table[l_ref], table[r_ref], tracker_h)
+        node_ref = first_node + rows
+        table = table.index_put((node_ref,), torch.where(is_red.unsqueeze(1), out, table[node_ref]))
+        stack[rows, size - 2] = torch.where(is_red, node_ref, l_ref)
+        stack[rows, size] = torch.where(is_sh, 1 + pos * B + rows, stack[rows, size])
+        size += is_sh.long() - is_red.long()
+        pos += is_sh.long()
+        return table
+
+
+# Tests set this to run the GPU's sync-free parse loop on the CPU.
+_SYNC_FREE_PARSE_ON_CPU = False
 
 
 class ThinStack:
