@@ -594,3 +594,28 @@ def test_masked_mode_errors():
         close(y, m(x)[0], torch.float32)
     finally:
         rnnext.nn.lstm._MASKED_ON_CPU = False
+
+
+def test_masked_mode_compiles_fullgraph(monkeypatch):
+    """Masked mode has no host logic on the lengths, so a module call with a lengths tensor compiles into one
+    graph (forward and backward), equal to eager."""
+    monkeypatch.setattr(rnnext.nn.lstm, "_MASKED_ON_CPU", True)
+    torch.manual_seed(0)
+    m = rnnext.nn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+
+    def f(x, lengths):
+        y, (h, c) = m(x, lengths=lengths, padding_value=-1.0)
+        return y.sum() + h.square().sum() + c.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    lengths = torch.tensor([7, 2, 0, 5])
+    results = []
+    for fn in (f, compiled):
+        xi = x.clone().requires_grad_()
+        m.zero_grad()
+        loss = fn(xi, lengths)
+        loss.backward()
+        results.append([loss, xi.grad] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(results[1], results[0]):
+        close(a, b, torch.float64)
