@@ -9,6 +9,7 @@
 
 #include <tuple>
 
+#include "cpu/bias.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/pointwise.h"
@@ -65,9 +66,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
   const Tensor x_t = input.t().contiguous(), h_t = hx.t().contiguous();
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
   Tensor gates_t = at::empty({G, B}, input.options());
-  Tensor bias;
-  if (b_ih.has_value() || b_hh.has_value())
-    bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
+  const Tensor bias = sum_biases(b_ih, b_hh).value_or(Tensor());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
     scalar_t* gt = gates_t.data_ptr<scalar_t>();
     gemm_batch_parallel<scalar_t>({

@@ -13,6 +13,7 @@
 #include <optional>
 #include <tuple>
 
+#include "cpu/bias.h"
 #include "kernels/lstm_layout.h"
 
 namespace rnnext::cpu {
@@ -75,10 +76,7 @@ inline BlockedWeights block_weights(const at::Tensor& w_ih, const at::Tensor& w_
   BlockedWeights bw;
   bw.perm = blocked_gate_perm(w_hh.size(0) / 4);
   bw.w_t = blocked_transpose(w_ih, w_hh);
-  if (b_ih.has_value() || b_hh.has_value()) {
-    const at::Tensor bias = b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh;
-    bw.bias = bias.index_select(0, bw.perm).contiguous();
-  }
+  if (const auto bias = sum_biases(b_ih, b_hh)) bw.bias = bias->index_select(0, bw.perm).contiguous();
   return bw;
 }
 

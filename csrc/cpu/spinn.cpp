@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/bias.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/pointwise.h"

@@ -5,7 +5,6 @@
 // in `buffers` (N, B, 2H), and 1 + N B + k is node k, the k-th composition in schedule order.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -19,14 +18,6 @@ constexpr int64_t kSpinnShift = 0, kSpinnReduce = 1, kSpinnPad = -1;
 
 // Rows of the node workspace for N buffer positions and B rows: a row of n <= N tokens makes n - 1 compositions.
 inline int64_t max_nodes(int64_t N, int64_t B) { return B * std::max<int64_t>(N - 1, 0); }
-
-// The two optional biases of an LSTM (the tracker's b_ih and b_hh) as one contiguous bias, or none.
-inline std::optional<at::Tensor> sum_biases(const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& b) {
-  if (a.has_value() && b.has_value()) return at::add(*a, *b).contiguous();
-  if (a.has_value()) return a->contiguous();
-  if (b.has_value()) return b->contiguous();
-  return std::nullopt;
-}
 
 struct SpinnPlan {
   int64_t S = 0, B = 0, N = 0, M = 0;             // steps, rows, buffer positions, compositions

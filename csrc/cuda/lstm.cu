@@ -13,7 +13,6 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/transpose.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
@@ -21,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/bias.h"
 #include "cpu/lstm_masked.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
@@ -52,9 +52,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& input, const Ten
   const c10::cuda::CUDAGuard guard(input.device());
   Tensor gates = at::mm(input, w_ih.t());
   gates.addmm_(hx, w_hh.t());
-  Tensor bias;
-  if (b_ih.has_value() || b_hh.has_value())
-    bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
+  const Tensor bias = cpu::sum_biases(b_ih, b_hh).value_or(Tensor());
   Tensor cxc = cx.contiguous(), hy = at::empty({B, H}, input.options()), cy = at::empty({B, H}, input.options());
   if (B * H > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_cell_cuda", [&] {
@@ -218,47 +216,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_cuda(
     const cpu::MaskedLayerShape& s, const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
     const Tensor& w_hh, const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
     const std::optional<Tensor>& w_hr, const Tensor& lengths, bool train) {
-  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, G = 4 * H;
-  const auto opts = input.options();
-  std::vector<int64_t> out_shape = input.sizes().vec();
-  out_shape.back() = P;
-  Tensor output = at::zeros(out_shape, opts);
-  Tensor h_state = hx.contiguous().clone(), c_state = cx.contiguous().clone();
-  Tensor gates = at::zeros({train ? T * B : B, G}, opts);
-  Tensor cells = train ? at::zeros({T * B, H}, opts) : at::empty({0}, opts);
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P;
+  cpu::MaskedForwardBuffers fb = cpu::masked_forward_buffers(s, input, hx, cx, w_ih, b_ih, b_hh, train);
   if (T > 0 && B > 0) {
     const Tensor len = lengths.contiguous();
-    const Tensor xproj = at::mm(input.reshape({-1, s.I}), w_ih.t());  // rows in the input's order
-    Tensor bias;
-    if (b_ih.has_value() || b_hh.has_value())
-      bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
     const bool proj = w_hr.has_value();
-    Tensor hfull = proj ? at::empty({B, H}, opts) : Tensor();
-    Tensor hproj = proj ? at::empty({B, P}, opts) : Tensor();
+    Tensor hfull = proj ? at::empty({B, H}, input.options()) : Tensor();
+    Tensor hproj = proj ? at::empty({B, P}, input.options()) : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_layer_masked_cuda", [&] {
       for (int64_t p = 0; p < T; ++p) {
         const int64_t t = s.reverse ? T - 1 - p : p;
-        Tensor g = view_rows(gates, train ? t * B : 0, B);
-        at::mm_out(g, h_state, w_hh.t());
+        Tensor g = view_rows(fb.gates, train ? t * B : 0, B);
+        at::mm_out(g, fb.h_state, w_hh.t());
         lstm_masked_forward_kernel<scalar_t><<<blocks_for(B * H), kThreads, 0, stream()>>>(
             B, H, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), g.data_ptr<scalar_t>(),
-            xproj.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-            c_state.data_ptr<scalar_t>(), train ? cells.data_ptr<scalar_t>() + t * B * H : nullptr,
-            proj ? hfull.data_ptr<scalar_t>() : h_state.data_ptr<scalar_t>(), proj ? H : P,
-            output.data_ptr<scalar_t>(), proj);
+            fb.xproj.const_data_ptr<scalar_t>(), fb.bias.defined() ? fb.bias.const_data_ptr<scalar_t>() : nullptr,
+            fb.c_state.data_ptr<scalar_t>(), train ? fb.cells.data_ptr<scalar_t>() + t * B * H : nullptr,
+            proj ? hfull.data_ptr<scalar_t>() : fb.h_state.data_ptr<scalar_t>(), proj ? H : P,
+            fb.output.data_ptr<scalar_t>(), proj);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (proj) {
           at::mm_out(hproj, hfull, w_hr->t());
           lstm_masked_projection_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
               B, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), hproj.const_data_ptr<scalar_t>(),
-              h_state.data_ptr<scalar_t>(), output.data_ptr<scalar_t>());
+              fb.h_state.data_ptr<scalar_t>(), fb.output.data_ptr<scalar_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       }
     });
   }
-  if (!train) gates = at::empty({0}, opts);
-  return {output, h_state, c_state, gates, cells};
+  return {fb.output, fb.h_state, fb.c_state, train ? fb.gates : at::empty({0}, input.options()), fb.cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_backward_cuda(
@@ -266,21 +253,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ma
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& lengths, const Tensor& output, const Tensor& gates,
     const Tensor& cells, bool has_bias) {
-  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, I = s.I, G = 4 * H;
-  const auto opts = input.options();
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, G = 4 * H;
   const bool proj = w_hr.has_value();
   TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, G}) && cells.sizes() == at::IntArrayRef({T * B, H}),
-              "rnnext::lstm_layer_backward: expected the training workspace gates (", T * B, ", ", G, ") and cells (", T * B, ", ", H, ")");
-  Tensor dh_state = grad_hy.contiguous().clone(), dc_state = grad_cy.contiguous().clone();
-  Tensor dgates = at::zeros({T * B, G}, opts);
-  Tensor h_prev = at::zeros({T * B, P}, opts);
-  Tensor dh_proj = proj ? at::zeros({T * B, P}, opts) : Tensor();
+              "rnnext::lstm_layer_backward: expected the training workspace gates (", T * B, ", ", G, ") and cells (",
+              T * B, ", ", H, ")");
+  cpu::MaskedBackwardBuffers bb = cpu::masked_backward_buffers(s, grad_hy, grad_cy, proj);
   if (T > 0 && B > 0) {
     const Tensor len = lengths.contiguous();
     const Tensor dy = grad_output.contiguous(), y = output.contiguous(), acts = gates.contiguous();
     const Tensor cs = cells.contiguous(), c0 = cx.contiguous(), h0 = hx.contiguous();
-    Tensor dh_full = proj ? at::empty({B, H}, opts) : Tensor();
-    Tensor dh_rec = at::empty({B, P}, opts);
+    Tensor dh_full = proj ? at::empty({B, H}, input.options()) : Tensor();
+    Tensor dh_rec = at::empty({B, P}, input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_layer_masked_backward_cuda",
                                     [&] {
       for (int64_t p = T - 1; p >= 0; --p) {
@@ -288,40 +272,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ma
         const int64_t t_prev = p == 0 ? -1 : (s.reverse ? t + 1 : t - 1);  // the step processed before t
         if (proj) {
           lstm_masked_projection_grad_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
-              B, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), dh_state.const_data_ptr<scalar_t>(),
-              dy.const_data_ptr<scalar_t>(), dh_proj.data_ptr<scalar_t>() + t * B * P);
+              B, P, T, t, s.batch_first, len.const_data_ptr<int64_t>(), bb.dh_state.const_data_ptr<scalar_t>(),
+              dy.const_data_ptr<scalar_t>(), bb.dh_proj.data_ptr<scalar_t>() + t * B * P);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          at::mm_out(dh_full, view_rows(dh_proj, t * B, B), *w_hr);
+          at::mm_out(dh_full, view_rows(bb.dh_proj, t * B, B), *w_hr);
         }
         lstm_masked_backward_kernel<scalar_t><<<blocks_for(B * H), kThreads, 0, stream()>>>(
             B, H, P, T, t, t_prev, s.batch_first, len.const_data_ptr<int64_t>(), acts.const_data_ptr<scalar_t>(),
             cs.const_data_ptr<scalar_t>(), c0.const_data_ptr<scalar_t>(),
-            proj ? dh_full.const_data_ptr<scalar_t>() : dh_state.const_data_ptr<scalar_t>(), proj ? H : P,
-            proj ? nullptr : dy.const_data_ptr<scalar_t>(), dc_state.data_ptr<scalar_t>(),
-            dgates.data_ptr<scalar_t>());
+            proj ? dh_full.const_data_ptr<scalar_t>() : bb.dh_state.const_data_ptr<scalar_t>(), proj ? H : P,
+            proj ? nullptr : dy.const_data_ptr<scalar_t>(), bb.dc_state.data_ptr<scalar_t>(),
+            bb.dgates.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        at::mm_out(dh_rec, view_rows(dgates, t * B, B), w_hh);
+        at::mm_out(dh_rec, view_rows(bb.dgates, t * B, B), w_hh);
         lstm_masked_carry_kernel<scalar_t><<<blocks_for(B * P), kThreads, 0, stream()>>>(
             B, P, T, t, t_prev, s.batch_first, len.const_data_ptr<int64_t>(), dh_rec.const_data_ptr<scalar_t>(),
-            dh_state.data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-            h_prev.data_ptr<scalar_t>());
+            bb.dh_state.data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+            bb.h_prev.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
   }
-  // Weight and input gradients as GEMMs over all (t, b) rows, time-major like the workspace.
-  const Tensor x_tm = s.batch_first ? input.transpose(0, 1).reshape({T * B, I}) : input.reshape({T * B, I});
-  Tensor dx = at::mm(dgates, w_ih).view({T, B, I});
-  Tensor grad_input = s.batch_first ? dx.transpose(0, 1).contiguous() : dx;
-  Tensor grad_w_hr = at::empty({0}, opts);
-  if (proj) grad_w_hr = at::mm(dh_proj.t(), at::mul(gates.narrow(1, 3 * H, H), at::tanh(cells)));
-  return {grad_input,
-          dh_state,
-          dc_state,
-          at::mm(dgates.t(), x_tm),
-          at::mm(dgates.t(), h_prev),
-          has_bias ? at::sum(dgates, {0}) : at::empty({0}, opts),
-          grad_w_hr};
+  return cpu::masked_backward_gradients(s, bb, input, w_ih, gates, cells, has_bias);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -359,9 +331,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cuda(
   Tensor hy = hx.contiguous().clone(), cy = cx.contiguous().clone();
   if (s.used > 0) {
     const Tensor x = input.reshape({-1, I});
-    Tensor bias;
-    if (b_ih.has_value() || b_hh.has_value())
-      bias = (b_ih.has_value() ? (b_hh.has_value() ? at::add(*b_ih, *b_hh) : *b_ih) : *b_hh).contiguous();
+    const Tensor bias = cpu::sum_biases(b_ih, b_hh).value_or(Tensor());
     const Tensor xproj = at::mm(x, w_ih.t());  // every input row's input projection
     Tensor h_state = hx.index_select(0, lp.batch_of).contiguous();  // slot order
     Tensor c_state = cx.index_select(0, lp.batch_of).contiguous();

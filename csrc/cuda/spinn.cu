@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/bias.h"
 #include "cpu/spinn_plan.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
