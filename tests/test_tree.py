@@ -181,11 +181,15 @@ def test_sync_free_parse_loop_equals_the_cpu_loop(training, monkeypatch):
     model = SPINN(H, tracker_size=5, predict_transitions=True).double().train(training)
     buffers, _, lengths = make_batch(6, 7, H, torch.float64, seed=5)
     results = []
+    masked_steps = []
+    step = SPINN._parse_step_masked
+    monkeypatch.setattr(SPINN, "_parse_step_masked", lambda *a: masked_steps.append(1) or step(*a))
     for sync_free in (False, True):
         monkeypatch.setattr(rnnext.nn.tree, "_SYNC_FREE_PARSE_ON_CPU", sync_free)
         torch.manual_seed(11)  # the same draws when sampling
         b = buffers.clone().requires_grad_()
         parse = model(b, None, lengths=lengths)
+        assert (len(masked_steps) > 0) == sync_free  # each loop ran its own code
         (parse.h.sin().sum() + parse.log_probs.sum()).backward()
         results.append([parse.transitions, parse.log_probs, parse.h, b.grad] + [p.grad.clone() for p in model.parameters()])
         model.zero_grad()

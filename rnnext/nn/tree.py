@@ -191,8 +191,8 @@ class SPINN(nn.Module):
         table = torch.cat([buffers.new_zeros(1, W), buffers.reshape(N * B, W), buffers.new_zeros(S * B, W)])
         # On a GPU the stack lives on the device and every row composes at every step (kept where it reduced),
         # so the loop never waits for the device; on the CPU only the reducing rows compose.
-        dev = buffers.device if (buffers.device.type != "cpu" or _SYNC_FREE_PARSE_ON_CPU) else torch.device("cpu")
-        sync_free = dev == buffers.device
+        dev = buffers.device
+        sync_free = dev.type != "cpu" or _SYNC_FREE_PARSE_ON_CPU
         n_tok = n_tok.to(dev, non_blocking=True)
         rows = torch.arange(B, device=dev)
         stack = torch.zeros(B, S + 3, dtype=torch.int64, device=dev)  # references; two nulls at the bottom
@@ -208,18 +208,18 @@ class SPINN(nn.Module):
             can_shift = pos < n_tok
             can_reduce = size >= 4
             done = ~can_shift & ~can_reduce
-            mask = torch.stack([can_shift, can_reduce], 1).to(logits.device)
+            mask = torch.stack([can_shift, can_reduce], 1)
             # Invalid moves get probability 0 (finished rows: a dummy uniform choice, replaced by PAD below).
-            masked = logits.masked_fill(~mask, -math.inf).masked_fill(done.unsqueeze(1).to(logits.device), 0.0)
+            masked = logits.masked_fill(~mask, -math.inf).masked_fill(done.unsqueeze(1), 0.0)
             logp_all = F.log_softmax(masked, 1)
             if self.training:  # inverse CDF over the two moves (torch.multinomial would synchronize a GPU)
                 u = torch.rand(B, dtype=logp_all.dtype, device=logp_all.device)
-                choice = (u >= logp_all[:, 0].detach().exp()).long().to(dev)
+                choice = (u >= logp_all[:, 0].detach().exp()).long()
             else:
-                choice = masked.argmax(1).to(dev)
+                choice = masked.argmax(1)
             trans = torch.where(done, torch.full_like(choice, PAD), choice)
-            logp = logp_all.gather(1, choice.to(logits.device).unsqueeze(1)).squeeze(1)
-            logps.append(logp.masked_fill(done.to(logp.device), 0.0))
+            logp = logp_all.gather(1, choice.unsqueeze(1)).squeeze(1)
+            logps.append(logp.masked_fill(done, 0.0))
             taken.append(trans)
             if sync_free:
                 table = self._parse_step_masked(table, stack, size, pos, trans, state[0], 1 + N * B + t * B, B)
@@ -227,7 +227,7 @@ class SPINN(nn.Module):
             red = (trans == REDUCE).nonzero().squeeze(1)
             if red.numel() > 0:
                 l_ref, r_ref = stack[red, size[red] - 2], stack[red, size[red] - 1]
-                out = self.reduce(table[l_ref], table[r_ref], state[0][red.to(state[0].device)])
+                out = self.reduce(table[l_ref], table[r_ref], state[0][red])
                 node_ref = 1 + N * B + t * B + red
                 table = table.index_put((node_ref,), out)
                 stack[red, size[red] - 2] = node_ref
@@ -243,7 +243,6 @@ class SPINN(nn.Module):
         if self.batch_first:
             transitions, log_probs = transitions.t(), log_probs.t()
         return SPINNParse(h, transitions, log_probs)
-
 
     def _parse_step_masked(self, table: Tensor, stack: Tensor, size: Tensor, pos: Tensor, trans: Tensor,
                            tracker_h: Tensor, first_node: int, B: int) -> Tensor:
