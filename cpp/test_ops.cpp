@@ -69,7 +69,8 @@ int main() {
     expect_close(std::string("rnnext::lstm_layer h_n") + (reverse ? " (reverse)" : ""), hT, h, 1e-12);
     expect_close(std::string("rnnext::lstm_layer c_n") + (reverse ? " (reverse)" : ""), cT, c, 1e-12);
     // Masked mode with every length T (and one beyond, clamped) is the dense layer.
-    const at::Tensor lengths = at::full({B}, T, at::TensorOptions().dtype(at::kLong)).index_fill_(0, at::zeros({1}, at::kLong), T + 5);
+    at::Tensor lengths = at::full({B}, T, at::TensorOptions().dtype(at::kLong));
+    lengths[0] = T + 5;
     auto [ym, hm, cm, gm, cellsm] = layer.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
                                                std::nullopt, false, reverse, false, lengths);
     expect_close(std::string("rnnext::lstm_layer masked output") + (reverse ? " (reverse)" : ""), ym, y, 1e-12);
