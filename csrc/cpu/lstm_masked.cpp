@@ -126,7 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_forward(
             for (int64_t u = 0; u < H; ++u)
               kernels::lstm_masked_forward_point<scalar_t, scalar_t>(
                   active, H, u, gp + b * G, xp + row * G, bp, cs + b * H, save ? save + b * H : nullptr,
-                  proj ? hf + b * H : hs + b * P, proj ? nullptr : yp + row * P, proj);
+                  proj ? hf + b * H : hs + b * P, proj ? nullptr : yp + row * P);
           }
         });
         if (proj) {

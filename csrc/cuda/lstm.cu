@@ -233,7 +233,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_cuda(
             fb.xproj.const_data_ptr<scalar_t>(), fb.bias.defined() ? fb.bias.const_data_ptr<scalar_t>() : nullptr,
             fb.c_state.data_ptr<scalar_t>(), train ? fb.cells.data_ptr<scalar_t>() + t * B * H : nullptr,
             proj ? hfull.data_ptr<scalar_t>() : fb.h_state.data_ptr<scalar_t>(), proj ? H : P,
-            fb.output.data_ptr<scalar_t>(), proj);
+            proj ? nullptr : fb.output.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (proj) {
           at::mm_out(hproj, hfull, w_hr->t());

@@ -71,14 +71,14 @@ template <typename scalar_t>
 __global__ void lstm_masked_forward_kernel(int64_t B, int64_t H, int64_t P, int64_t T, int64_t t, bool batch_first,
                                            const int64_t* lengths, scalar_t* gates, const scalar_t* xproj,
                                            const scalar_t* bias, scalar_t* c_state, scalar_t* cells, scalar_t* h_dst,
-                                           int64_t ld_h, scalar_t* y, bool projected) {
+                                           int64_t ld_h, scalar_t* y) {
   using acc_t = at::opmath_type<scalar_t>;
   RNNEXT_CUDA_LOOP(idx, B * H) {
     const int64_t b = idx / H, u = idx % H;
     const int64_t row = kernels::padded_row(t, b, T, B, batch_first);
     kernels::lstm_masked_forward_point<scalar_t, acc_t>(
         masked_active(lengths, b, t, T), H, u, gates + b * 4 * H, xproj + row * 4 * H, bias, c_state + b * H,
-        cells ? cells + b * H : nullptr, h_dst + b * ld_h, projected ? nullptr : y + row * P, projected);
+        cells ? cells + b * H : nullptr, h_dst + b * ld_h, y ? y + row * P : nullptr);
   }
 }
 

@@ -22,11 +22,11 @@ RNNEXT_HD int64_t padded_row(int64_t t, int64_t b, int64_t T, int64_t B, bool ba
 // Forward, entry b and unit u of the step at time t. g: the entry's workspace row (4H, gate order i f g o)
 // holding the recurrent pre-activations h W_hh^T, overwritten with the activations (zeros when inactive);
 // xp: the input projection row of (t, b); bias (4H) or null; c_state: the entry's cell state (updated in
-// place); c_save: the entry's cells row of this step or null; h_dst: where h goes (the state without a
-// projection, the unprojected h with one: zero when inactive); y: the output row, or null with a projection.
+// place); c_save: the entry's cells row of this step or null; y: the output row, or null with a projection;
+// h_dst: where h goes (without a projection the state, with one (y null) the unprojected h: zero when inactive).
 template <typename T, typename Acc>
 RNNEXT_HD void lstm_masked_forward_point(bool active, int64_t H, int64_t u, T* g, const T* xp, const T* bias,
-                                         T* c_state, T* c_save, T* h_dst, T* y, bool projected) {
+                                         T* c_state, T* c_save, T* h_dst, T* y) {
   if (active) {
     Acc p[4];
     for (int k = 0; k < 4; ++k)
@@ -43,8 +43,10 @@ RNNEXT_HD void lstm_masked_forward_point(bool active, int64_t H, int64_t u, T* g
     if (y) y[u] = static_cast<T>(h);
   } else {
     for (int k = 0; k < 4; ++k) g[k * H + u] = T(0);
-    if (projected) h_dst[u] = T(0);
-    if (y) y[u] = T(0);
+    if (y)
+      y[u] = T(0);
+    else
+      h_dst[u] = T(0);
   }
   if (c_save) c_save[u] = c_state[u];
 }
