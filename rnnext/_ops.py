@@ -53,6 +53,64 @@ _load_library()
 
 ops = torch.ops.rnnext
 
+from . import _composite  # noqa: E402  (after the library: it calls rnnext ops)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks shared by the fake kernels: what the C++ kernels check, with torch._check, so that a bad call fails
+# the same way under torch.compile / FakeTensorMode and a meta tensor among real ones is refused (the
+# dispatcher sends such a call here, where it would otherwise return uninitialised memory).
+
+
+def _check_devices(op: str, ref_name: str, ref, *named, index=()) -> None:
+    """Float arguments on ref's device; index tensors (batch sizes, permutations, transitions) on the CPU or
+    on ref's device."""
+    for name, t in named:
+        if t is not None:
+            torch._check(
+                t.device == ref.device,
+                lambda: f"{op}: expected {name} on the device of {ref_name} ({ref.device}), got {t.device}",
+            )
+    for name, t in index:
+        if t is not None:
+            torch._check(
+                t.device == ref.device or t.device.type == "cpu",
+                lambda: f"{op}: expected {name} on the CPU or on the device of {ref_name} ({ref.device}), "
+                f"got {t.device}",
+            )
+
+
+def _check_shape(op: str, name: str, t, shape) -> None:
+    torch._check(tuple(t.shape) == tuple(shape), lambda: f"{op}: expected {name} of shape {list(shape)}, got "
+                 f"{list(t.shape)}")
+
+
+def _check_dim(op: str, name: str, t, dim: int, layout: str) -> None:
+    torch._check(t.dim() == dim, lambda: f"{op}: expected {name} to have {dim} dimensions {layout}, got "
+                 f"{t.dim()} dimensions with shape {list(t.shape)}")
+
+
+def _check_same_dtype(op: str, ref_name: str, ref, *named) -> None:
+    for name, t in named:
+        if t is not None:
+            torch._check(t.dtype == ref.dtype, lambda: f"{op}: expected {name} to have the dtype of {ref_name} "
+                         f"({ref.dtype}), got {t.dtype}")
+
+
+def _not_differentiable(op: str, forward: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op} is the backward of {forward} and has no derivative of its own: to differentiate twice, "
+            f"call {forward} (through its module) and use torch.autograd.grad(..., create_graph=True), which "
+            f"recomputes it with differentiable operations"
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
 
 # ---------------------------------------------------------------------------------------------------------
 # LSTM cell
@@ -60,12 +118,30 @@ ops = torch.ops.rnnext
 
 @torch.library.register_fake("rnnext::lstm_cell")
 def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    op = "rnnext::lstm_cell"
+    _check_devices(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                   ("b_hh", b_hh))
+    _check_same_dtype(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                      ("b_hh", b_hh))
+    _check_dim(op, "input", input, 2, "(batch, input_size)")
+    _check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)")
+    _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, hidden_size)")
     B, H = input.shape[0], w_hh.shape[1]
+    _check_shape(op, "w_ih", w_ih, (4 * H, input.shape[1]))
+    _check_shape(op, "w_hh", w_hh, (4 * H, H))
+    _check_shape(op, "hx", hx, (B, H))
+    _check_shape(op, "cx", cx, (B, H))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_shape(op, name, b, (4 * H,))
     return input.new_empty(B, H), input.new_empty(B, H), input.new_empty(B, 4 * H)
 
 
 @torch.library.register_fake("rnnext::lstm_cell_backward")
 def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias):
+    op = "rnnext::lstm_cell_backward"
+    _check_devices(op, "input", input, ("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx),
+                   ("w_ih", w_ih), ("w_hh", w_hh), ("gates", gates), ("cy", cy))
     G = w_ih.shape[0]
     return (
         input.new_empty(input.shape),
@@ -81,14 +157,17 @@ def _lstm_cell_setup_context(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
     hy, cy, gates = output
     ctx.bias = (b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh)
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused `gates` output
 
 
 def _lstm_cell_backward(ctx, grad_hy, grad_cy, grad_gates):
-    input, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    input, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh = ctx.saved_tensors
     if grad_hy is None and grad_cy is None:
         return (None,) * 7
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        return tuple(_composite.differentiate(_composite.lstm_cell, (input, hx, cx, w_ih, w_hh, b_ih, b_hh),
+                                              (grad_hy, grad_cy)))
     grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(cy)
     grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cy)
     has_bias = any(ctx.bias)
@@ -101,6 +180,9 @@ def _lstm_cell_backward(ctx, grad_hy, grad_cy, grad_gates):
 
 
 torch.library.register_autograd("rnnext::lstm_cell", _lstm_cell_backward, setup_context=_lstm_cell_setup_context)
+torch.library.register_autograd("rnnext::lstm_cell_backward",
+                                _not_differentiable("rnnext::lstm_cell_backward", "rnnext::lstm_cell"),
+                                setup_context=_no_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,7 +192,34 @@ torch.library.register_autograd("rnnext::lstm_cell", _lstm_cell_backward, setup_
 @torch.library.register_fake("rnnext::lstm_layer")
 def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse,
                      train, lengths=None):
-    H = w_hh.shape[0] // 4
+    op = "rnnext::lstm_layer"
+    _check_devices(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                   ("b_hh", b_hh), ("w_hr", w_hr), ("lengths", lengths),
+                   index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
+    _check_same_dtype(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                      ("b_hh", b_hh), ("w_hr", w_hr))
+    torch._check(input.dim() in (2, 3), lambda: f"{op}: expected input to have 3 dimensions (seq_len, batch, "
+                 f"input_size), or 2 for packed data, got {input.dim()}")
+    torch._check(input.dim() == 3 or batch_sizes is not None, lambda: f"{op}: a 2-D input is packed data "
+                 "(total_rows, input_size) and needs batch_sizes")
+    _check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)")
+    _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size or hidden_size)")
+    G = w_ih.shape[0]
+    torch._check(G % 4 == 0 and G > 0, lambda: f"{op}: expected w_ih.size(0) to be 4 * hidden_size > 0, got {G}")
+    H = G // 4
+    P = w_hr.shape[0] if w_hr is not None else H
+    if w_hr is not None:
+        _check_shape(op, "w_hr", w_hr, (P, H))
+    _check_shape(op, "w_ih", w_ih, (G, input.shape[-1]))
+    _check_shape(op, "w_hh", w_hh, (G, P))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_shape(op, name, b, (G,))
+    _check_dim(op, "hx", hx, 2, "(batch, proj_size or hidden_size)")
+    if input.dim() == 3:
+        B = input.shape[0 if batch_first else 1]
+        _check_shape(op, "hx", hx, (B, P))
+    _check_shape(op, "cx", cx, (hx.shape[0], H))
     P = w_hr.shape[0] if w_hr is not None else H
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
     output = input.new_empty(*input.shape[:-1], P)
@@ -124,6 +233,10 @@ def _lstm_layer_backward_fake(
     grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first, output,
     gates, cells, reverse, has_bias, lengths=None,
 ):
+    _check_devices("rnnext::lstm_layer_backward", "input", input, ("grad_output", grad_output),
+                   ("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx), ("w_ih", w_ih),
+                   ("w_hh", w_hh), ("w_hr", w_hr), ("output", output), ("gates", gates), ("cells", cells),
+                   ("lengths", lengths), index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
     return (
         input.new_empty(input.shape),
         hx.new_empty(hx.shape),
@@ -143,7 +256,8 @@ def _lstm_layer_setup_context(ctx, inputs, output):
     ctx.batch_first = batch_first
     ctx.train = train
     ctx.bias = (b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells,
+                          b_ih, b_hh)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the unused workspace outputs
 
 
@@ -155,7 +269,13 @@ def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_ce
             "rnnext::lstm_layer was run with train=False, which keeps no state for the backward pass; "
             "call it with train=True to differentiate it"
         )
-    input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells = ctx.saved_tensors
+    (input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, out, gates, cells, b_ih,
+     b_hh) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        inputs = (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, ctx.batch_first,
+                  ctx.reverse, lengths)
+        grads = _composite.differentiate(_composite.lstm_layer, inputs, (grad_output, grad_hy, grad_cy))
+        return (*grads[:8], None, None, None, None, None, None)
     grad_output = grad_output if grad_output is not None else torch.zeros_like(out)
     grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(hx)
     grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cx)
@@ -170,6 +290,9 @@ def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_ce
 
 
 torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
+torch.library.register_autograd("rnnext::lstm_layer_backward",
+                                _not_differentiable("rnnext::lstm_layer_backward", "rnnext::lstm_layer"),
+                                setup_context=_no_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,11 +301,15 @@ torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setu
 
 @torch.library.register_fake("rnnext::packed_gather")
 def _packed_gather_fake(input, batch_sizes, sorted_indices, batch_first, total_rows):
+    _check_devices("rnnext::packed_gather", "input", input,
+                   index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
     return input.new_empty((total_rows, *input.shape[2:]))
 
 
 @torch.library.register_fake("rnnext::packed_scatter")
 def _packed_scatter_fake(data, batch_sizes, sorted_indices, batch_first, padding_value, batch, total_length):
+    _check_devices("rnnext::packed_scatter", "data", data,
+                   index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
     lead = (batch, total_length) if batch_first else (total_length, batch)
     return data.new_empty((*lead, *data.shape[1:]))
 
@@ -230,6 +357,14 @@ torch.library.register_autograd(
 
 @torch.library.register_fake("rnnext::treelstm_cell")
 def _treelstm_cell_fake(lstm_in, c_left, c_right):
+    op = "rnnext::treelstm_cell"
+    _check_devices(op, "lstm_in", lstm_in, ("c_left", c_left), ("c_right", c_right))
+    _check_same_dtype(op, "lstm_in", lstm_in, ("c_left", c_left), ("c_right", c_right))
+    _check_dim(op, "lstm_in", lstm_in, 2, "(nodes, 5 * hidden_size)")
+    torch._check(lstm_in.shape[1] % 5 == 0, lambda: f"{op}: expected lstm_in.size(1) to be 5 * hidden_size, got "
+                 f"{lstm_in.shape[1]}")
+    _check_shape(op, "c_left", c_left, (lstm_in.shape[0], lstm_in.shape[1] // 5))
+    _check_shape(op, "c_right", c_right, (lstm_in.shape[0], lstm_in.shape[1] // 5))
     M, H = lstm_in.shape[0], lstm_in.shape[1] // 5
     return lstm_in.new_empty(M, H), lstm_in.new_empty(M, H), lstm_in.new_empty(M, 5 * H)
 
@@ -242,14 +377,17 @@ def _treelstm_cell_backward_fake(grad_h, grad_c, acts, c, c_left, c_right):
 def _treelstm_cell_setup_context(ctx, inputs, output):
     lstm_in, c_left, c_right = inputs
     h, c, acts = output
-    ctx.save_for_backward(acts, c, c_left, c_right)
+    ctx.save_for_backward(acts, c, c_left, c_right, lstm_in)
     ctx.set_materialize_grads(False)
 
 
 def _treelstm_cell_backward(ctx, grad_h, grad_c, grad_acts):
-    acts, c, c_left, c_right = ctx.saved_tensors
+    acts, c, c_left, c_right, lstm_in = ctx.saved_tensors
     if grad_h is None and grad_c is None:
         return None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        return tuple(_composite.differentiate(_composite.treelstm_cell, (lstm_in, c_left, c_right),
+                                              (grad_h, grad_c)))
     grad_h = grad_h if grad_h is not None else torch.zeros_like(c)
     grad_c = grad_c if grad_c is not None else torch.zeros_like(c)
     return ops.treelstm_cell_backward(grad_h, grad_c, acts, c, c_left, c_right)
@@ -258,6 +396,9 @@ def _treelstm_cell_backward(ctx, grad_h, grad_c, grad_acts):
 torch.library.register_autograd(
     "rnnext::treelstm_cell", _treelstm_cell_backward, setup_context=_treelstm_cell_setup_context
 )
+torch.library.register_autograd("rnnext::treelstm_cell_backward",
+                                _not_differentiable("rnnext::treelstm_cell_backward", "rnnext::treelstm_cell"),
+                                setup_context=_no_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,6 +408,22 @@ torch.library.register_autograd(
 @torch.library.register_fake("rnnext::spinn_encode")
 def _spinn_encode_fake(buffers, transitions, lengths, w_comp, b_comp, tracker_w_ih, tracker_w_hh, tracker_b_ih,
                        tracker_b_hh, train):
+    op = "rnnext::spinn_encode"
+    _check_devices(op, "buffers", buffers, ("w_comp", w_comp), ("b_comp", b_comp), ("tracker_w_ih", tracker_w_ih),
+                   ("tracker_w_hh", tracker_w_hh), ("tracker_b_ih", tracker_b_ih), ("tracker_b_hh", tracker_b_hh),
+                   index=(("transitions", transitions), ("lengths", lengths)))
+    _check_same_dtype(op, "buffers", buffers, ("w_comp", w_comp), ("b_comp", b_comp),
+                      ("tracker_w_ih", tracker_w_ih), ("tracker_w_hh", tracker_w_hh),
+                      ("tracker_b_ih", tracker_b_ih), ("tracker_b_hh", tracker_b_hh))
+    _check_dim(op, "buffers", buffers, 3, "(tokens, batch, 2 * hidden_size)")
+    _check_dim(op, "w_comp", w_comp, 2, "(5 * hidden_size, 2 * hidden_size [+ tracker_size])")
+    torch._check(transitions.dim() == 2 and transitions.shape[1] == buffers.shape[1],
+                 lambda: f"{op}: expected transitions of shape (steps, batch) = (S, {buffers.shape[1]}), got "
+                 f"{list(transitions.shape)}")
+    torch._check(w_comp.shape[0] % 5 == 0 and w_comp.shape[0] > 0, lambda: f"{op}: expected w_comp.size(0) to "
+                 f"be 5 * hidden_size > 0, got {w_comp.shape[0]}")
+    torch._check(buffers.shape[2] == 2 * (w_comp.shape[0] // 5), lambda: f"{op}: expected buffers rows [h | c] "
+                 f"of width 2 * hidden_size = {2 * (w_comp.shape[0] // 5)}, got {buffers.shape[2]}")
     S, B, H = transitions.shape[0], buffers.shape[1], w_comp.shape[0] // 5
     tracker = tracker_w_hh is not None
     Tt = tracker_w_hh.shape[1] if tracker else 0
@@ -284,6 +441,12 @@ def _spinn_encode_fake(buffers, transitions, lengths, w_comp, b_comp, tracker_w_
 def _spinn_encode_backward_fake(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp,
                                 tracker_w_ih, tracker_w_hh, tracker_b_ih, tracker_b_hh, nodes, node_acts,
                                 tracker_h, tracker_acts, tracker_c):
+    _check_devices("rnnext::spinn_encode_backward", "buffers", buffers, ("grad_top", grad_top),
+                   ("grad_tracker_h", grad_tracker_h), ("w_comp", w_comp), ("b_comp", b_comp),
+                   ("tracker_w_ih", tracker_w_ih), ("tracker_w_hh", tracker_w_hh), ("tracker_b_ih", tracker_b_ih),
+                   ("tracker_b_hh", tracker_b_hh), ("nodes", nodes), ("node_acts", node_acts),
+                   ("tracker_h", tracker_h), ("tracker_acts", tracker_acts), ("tracker_c", tracker_c),
+                   index=(("transitions", transitions), ("lengths", lengths)))
     tracker = tracker_w_hh is not None
     empty = lambda: buffers.new_empty(0)  # noqa: E731  (distinct tensors: outputs must not alias)
     has_tb = tracker and (tracker_b_ih is not None or tracker_b_hh is not None)
@@ -299,6 +462,9 @@ def _spinn_encode_backward_fake(grad_top, grad_tracker_h, buffers, transitions, 
 
 @torch.library.register_fake("rnnext::thin_stack_plan")
 def _thin_stack_plan_fake(transitions, num_tokens, lengths):
+    op = "rnnext::thin_stack_plan"
+    _check_devices(op, "transitions", transitions, ("lengths", lengths))
+    _check_dim(op, "transitions", transitions, 2, "(steps, batch)")
     S, B = transitions.shape
     new = lambda *shape: transitions.new_empty(shape, dtype=torch.int64)
     return new(S, B), new(S, B), new(S, B), new(S, B), new(S, B), new(S, B), new(B)
@@ -325,6 +491,10 @@ def _spinn_backward(ctx, grad_top, grad_tracker_h, *unused):
         )
     (buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h,
      tracker_acts, tracker_c) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        inputs = (buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh)
+        grads = _composite.differentiate(_composite.spinn_encode, inputs, (grad_top, grad_tracker_h))
+        return (*grads, None)
     B, H = buffers.shape[1], w_comp.shape[0] // 5
     grad_top = grad_top if grad_top is not None else buffers.new_zeros(B, H)
     if grad_tracker_h is None:
@@ -343,6 +513,9 @@ def _spinn_backward(ctx, grad_top, grad_tracker_h, *unused):
 
 
 torch.library.register_autograd("rnnext::spinn_encode", _spinn_backward, setup_context=_spinn_setup_context)
+torch.library.register_autograd("rnnext::spinn_encode_backward",
+                                _not_differentiable("rnnext::spinn_encode_backward", "rnnext::spinn_encode"),
+                                setup_context=_no_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,4 +525,13 @@ torch.library.register_autograd("rnnext::spinn_encode", _spinn_backward, setup_c
 @torch.library.register_fake("rnnext::lstm_generate")
 def _lstm_generate_fake(logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms,
                         temperature, top_k):
+    op = "rnnext::lstm_generate"
+    _check_devices(op, "logits", logits, ("h0", h0), ("c0", c0), ("embedding", embedding),
+                   ("head_weight", head_weight), ("head_bias", head_bias),
+                   *[(f"w_ih[{i}]", w) for i, w in enumerate(w_ih)], *[(f"w_hh[{i}]", w) for i, w in enumerate(w_hh)],
+                   *[(f"b_ih[{i}]", b) for i, b in enumerate(b_ih)], *[(f"b_hh[{i}]", b) for i, b in enumerate(b_hh)],
+                   index=(("uniforms", uniforms),))
+    _check_dim(op, "logits", logits, 2, "(batch, vocab)")
+    torch._check(logits.shape[1] >= 1, lambda: f"{op}: expected a vocabulary of at least 1 entry, got logits of "
+                 f"shape {list(logits.shape)}")
     return logits.new_empty((logits.shape[0], uniforms.shape[0]), dtype=torch.int64)

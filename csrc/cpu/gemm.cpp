@@ -24,12 +24,19 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
       for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, 0.0f);
     return;
   }
-  // oneDNN JIT-compiles (and keeps) a kernel per shape: tiles of at most kTileRows rows bound the shapes a
-  // varying row count (tree levels, packed steps) can create, without changing any element's arithmetic.
-  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
-    const int64_t m = std::min(kTileRows, M - m0);
-    at::native::cpublas::brgemm(m, N, K, lda, ldb, ldc, accumulate, A + m0 * lda, B, C + m0 * ldc, /*is_vnni=*/false);
-  }
+  // oneDNN JIT-compiles (and keeps, per thread, without bound) a kernel per shape. Row tiles of kTileRows and
+  // a remainder split into powers of two (37 = 32 + 4 + 1) keep a varying row count (batch sizes, tree levels,
+  // packed steps) to 7 + 1 shapes per (N, K, leading dimensions), without changing any element's arithmetic.
+  int64_t m0 = 0;
+  for (; M - m0 >= kTileRows; m0 += kTileRows)
+    at::native::cpublas::brgemm(kTileRows, N, K, lda, ldb, ldc, accumulate, A + m0 * lda, B, C + m0 * ldc,
+                                /*is_vnni=*/false);
+  for (int64_t piece = kTileRows / 2; piece >= 1; piece /= 2)
+    if (M - m0 >= piece) {
+      at::native::cpublas::brgemm(piece, N, K, lda, ldb, ldc, accumulate, A + m0 * lda, B, C + m0 * ldc,
+                                  /*is_vnni=*/false);
+      m0 += piece;
+    }
 }
 
 void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb,

@@ -82,8 +82,11 @@ void gemm_tn_parallel(int64_t M, int64_t N, int64_t K, const T* X, int64_t ldx, 
         continue;
       }
       std::vector<T> xt(m * std::min(K, kChunk));
-      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-        const int64_t kc = std::min(kChunk, K - k0);
+      // Chunks of kChunk rows, the remainder in powers of two: K (the number of nodes or rows, which varies
+      // from call to call) then creates a bounded set of GEMM shapes (see gemm_rowmajor).
+      for (int64_t k0 = 0, kc = 0; k0 < K; k0 += kc) {
+        kc = kChunk;
+        while (kc > K - k0) kc /= 2;
         for (int64_t k = 0; k < kc; ++k) {
           const T* row = X + (k0 + k) * ldx + i0;
           for (int64_t i = 0; i < m; ++i) xt[i * kc + k] = row[i];

@@ -75,6 +75,8 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
   check_float_cpu(op, "logits", logits);
   check_dim(op, "logits", logits, 2, "(batch, vocab)");
   const int64_t B = logits.size(0), V = logits.size(1);
+  // Every draw indexes the embedding: an empty vocabulary has nothing to draw (argmax of nothing is no row).
+  TORCH_CHECK(V >= 1, op, ": expected a vocabulary of at least 1 entry, got logits of shape ", logits.sizes());
   check_dim(op, "h0", h0, 3, "(num_layers, batch, hidden_size)");
   const int64_t L = h0.size(0), H = h0.size(2);
   TORCH_CHECK(L >= 1, op, ": expected at least one layer, got h0 of shape ", h0.sizes());
@@ -93,7 +95,14 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
   TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(1) == B && uniforms.scalar_type() == at::kFloat, op,
               ": expected uniforms as float32 of shape (steps, ", B, "), got ", uniforms.scalar_type(), " ",
               uniforms.sizes());
-  for (const Tensor* t : {&h0, &c0, &embedding, &head_weight}) check_same(op, "logits", logits, "a weight", *t);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"h0", &h0}, {"c0", &c0},
+                                {"embedding", &embedding}, {"head_weight", &head_weight}})
+    check_same(op, "logits", logits, name, *t);
+  if (head_bias.has_value()) {
+    check_same(op, "logits", logits, "head_bias", *head_bias);
+    check_shape(op, "head_bias", *head_bias, {V});
+  }
+  TORCH_CHECK(uniforms.device().is_cpu(), op, ": expected uniforms on the CPU, got ", uniforms.device());
   const int64_t steps = uniforms.size(0);
   std::vector<BlockedWeights> layers;
   for (int64_t l = 0; l < L; ++l) {
@@ -104,8 +113,11 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
                 op, ": layer ", l, ": expected w_ih (", 4 * H, ", ", in, ") and w_hh (", 4 * H, ", ", H, "), got ",
                 w_ih[l].sizes(), " and ", w_hh[l].sizes());
     std::optional<Tensor> bi = b_ih.get(l), bh = b_hh.get(l);
-    for (const auto* b : {&bi, &bh})
-      if (b->has_value()) check_shape(op, "b_ih/b_hh", **b, {4 * H});
+    for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"b_ih", &bi}, {"b_hh", &bh}})
+      if (b->has_value()) {
+        check_same(op, "logits", logits, name, **b);
+        check_shape(op, name, **b, {4 * H});
+      }
     layers.push_back(block_weights(w_ih[l], w_hh[l], bi, bh));
   }
   Tensor tokens = at::empty({B, steps}, logits.options().dtype(at::kLong));

@@ -3,7 +3,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <torch/library.h>
 
@@ -11,7 +13,6 @@
 
 #include "cpu/bias.h"
 #include "cpu/checks.h"
-#include "cpu/gemm.h"
 #include "cpu/pointwise.h"
 
 namespace rnnext::cpu {
@@ -61,20 +62,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& b_hh) {
   check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
-  // gates^T (4H, B) = W_ih x^T + W_hh h^T: the weights are the GEMMs' row-major left operands as they are, and
-  // only the small activations get transposed (the JIT GEMM takes no transposed operand).
-  const Tensor x_t = input.t().contiguous(), h_t = hx.t().contiguous();
-  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
-  Tensor gates_t = at::empty({G, B}, input.options());
+  // The two GEMMs through ATen's mm (BLAS), as torch.nn.LSTMCell runs them: the JIT micro-kernels of the layer
+  // would compile and keep one kernel per batch size, and a server with dynamic batching sees thousands.
+  Tensor gates = at::mm(input, w_ih.t());
+  gates.addmm_(hx, w_hh.t());
   const Tensor bias = sum_biases(b_ih, b_hh).value_or(Tensor());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
-    scalar_t* gt = gates_t.data_ptr<scalar_t>();
-    gemm_batch_parallel<scalar_t>({
-        {G, B, I, wi.const_data_ptr<scalar_t>(), I, x_t.const_data_ptr<scalar_t>(), B, gt, B, false, true},
-        {G, B, H, wh.const_data_ptr<scalar_t>(), H, h_t.const_data_ptr<scalar_t>(), B, gt, B, true, true},
-    });
-  });
-  Tensor gates = gates_t.t().contiguous();
   Tensor cxc = cx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
   Tensor cy = at::empty({B, H}, input.options());
@@ -124,23 +116,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
                                    nullptr, dhp + b0 * H, nullptr, H, 0, dcp + b0 * H, dg + b0 * 4 * H);
     });
   });
-  const int64_t I = input.size(1), G = 4 * H;
-  const Tensor dgates_t = dgates.t().contiguous();
-  const Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
-  Tensor grad_input = at::empty({B, I}, input.options());
-  Tensor grad_hx = at::empty({B, H}, input.options());
-  Tensor grad_w_ih = at::empty({G, I}, input.options());
-  Tensor grad_w_hh = at::empty({G, H}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward_gemms", [&] {
-    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
-    const scalar_t* dgt = dgates_t.const_data_ptr<scalar_t>();
-    gemm_batch_parallel<scalar_t>({
-        {B, I, G, dg, G, wi.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I, false, false},
-        {B, H, G, dg, G, wh.const_data_ptr<scalar_t>(), H, grad_hx.data_ptr<scalar_t>(), H, false, false},
-        {G, I, B, dgt, B, x.const_data_ptr<scalar_t>(), I, grad_w_ih.data_ptr<scalar_t>(), I, false, true},
-        {G, H, B, dgt, B, h.const_data_ptr<scalar_t>(), H, grad_w_hh.data_ptr<scalar_t>(), H, false, true},
-    });
-  });
+  // The GEMMs through ATen's mm, as in the forward (shapes that depend on the batch size stay out of the JIT
+  // kernel cache).
+  Tensor grad_input = at::mm(dgates, w_ih);
+  Tensor grad_hx = at::mm(dgates, w_hh);
+  Tensor grad_w_ih = at::mm(dgates.t(), input);
+  Tensor grad_w_hh = at::mm(dgates.t(), hx);
   Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
   return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
 }

@@ -433,9 +433,11 @@ struct Backward {
         const int64_t j0 = bounds[th], j1 = bounds[th + 1];
         if (j0 >= j1) continue;
         for (int64_t p = st.T - 1; p >= 0; --p) {
+          // Before skipping a step where none of this thread's slots is active: slots that join at p + 1
+          // (reverse direction) take their hx gradient from this recurrent product.
+          recurrent(p + 1, j0, std::min(j1, st.rows_at(p + 1)), 0, P);
           const int64_t e = std::min(j1, st.rows_at(p));
           if (e <= j0) continue;
-          recurrent(p + 1, j0, std::min(j1, st.rows_at(p + 1)), 0, P);
           if (proj) projected_grad(p, j0, e, 0, P);
           cells(p, j0, e, 0, NB);
         }

@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <tuple>
 #include <vector>
@@ -268,9 +269,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       check_same(op, "buffers", buffers, name, *t);
       check_shape(op, name, *t, {S, B, Tt});
     }
+    check_same(op, "buffers", buffers, "tracker_acts", tracker_acts);
     check_shape(op, "tracker_acts", tracker_acts, {S, B, 4 * Tt});
   }
   const Tensor buf = buffers.contiguous(), nd = nodes.contiguous(), ac = node_acts.contiguous();
+  // Read through raw pointers below: any layout (expanded, transposed) is made contiguous first.
+  const Tensor trk_h = s.tracker ? tracker_h.contiguous() : Tensor();
+  const Tensor trk_acts = s.tracker ? tracker_acts.contiguous() : Tensor();
+  const Tensor trk_c = s.tracker ? tracker_c.contiguous() : Tensor();
   const Tensor w = w_comp.contiguous();
   Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
   Tensor d_nodes = at::zeros({std::max<int64_t>(M, 1), 2 * H}, opts);
@@ -284,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const GradTable<scalar_t> dref{grad_buffers.data_ptr<scalar_t>(), d_nodes.data_ptr<scalar_t>(), s.N * B, 2 * H};
     const Tensor gt = grad_top.contiguous();
     for (int64_t b = 0; b < B; ++b) add_row(dref(plan.top[b]), gt.const_data_ptr<scalar_t>() + b * H, H);
-    const scalar_t* th = s.tracker ? tracker_h.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* th = s.tracker ? trk_h.const_data_ptr<scalar_t>() : nullptr;
     Tensor d_trk = s.tracker ? grad_tracker_h.contiguous().clone() : Tensor();  // gradient into tracker h (S, B, Tt)
     scalar_t* dt = s.tracker ? d_trk.data_ptr<scalar_t>() : nullptr;
     scalar_t* Dp = D.data_ptr<scalar_t>();
@@ -330,8 +336,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     } else {
       const int64_t KT = 3 * H + Tt, GT = 4 * Tt;
       const Tensor wt = at::cat({*t_w_ih, *t_w_hh}, 1).contiguous();  // (4Tt, 3H + Tt)
-      const scalar_t* ta = tracker_acts.const_data_ptr<scalar_t>();
-      const scalar_t* tc = tracker_c.const_data_ptr<scalar_t>();
+      const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
+      const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       Tensor d_gates = at::empty({S * B, GT}, opts);
       Tensor X_all = at::empty({S * B, KT}, opts);
       scalar_t* dg = d_gates.data_ptr<scalar_t>();
@@ -405,6 +411,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> thin_stack_pl
   TORCH_CHECK(transitions.dim() == 2, op, ": expected transitions of shape (steps, batch), got ", transitions.sizes());
   const int64_t S = transitions.size(0), B = transitions.size(1);
   TORCH_CHECK(num_tokens >= 0, op, ": expected num_tokens >= 0, got ", num_tokens);
+  // References reach 1 + num_tokens * B + (compositions): they must fit in int64 (and index real memory).
+  TORCH_CHECK(B == 0 || num_tokens <= (std::numeric_limits<int64_t>::max() / 4) / B / 2, op,
+              ": num_tokens = ", num_tokens, " is too large for ", B, " rows (the references would overflow int64)");
   const SpinnPlan plan = make_plan(op, transitions, num_tokens, B, lengths, false, true);
   const auto lopt = at::TensorOptions().dtype(at::kLong);
   Tensor left = at::full({S, B}, -1, lopt), right = at::full({S, B}, -1, lopt), node = at::full({S, B}, -1, lopt);

@@ -65,14 +65,30 @@ inline VN<N> sigmoid(const VN<N>& x) {
   return r;
 }
 
+// tanh for |x| < 0.625 as an odd polynomial (the scalar header's coefficients): relative error ~1e-7 down to
+// the smallest normals, where 2 sigmoid(2x) - 1 cancels (relative error 0.2 at 4e-7, exactly 0 below 4e-8).
+template <int N>
+inline VN<N> tanh_small_blend(const VN<N>& x, VN<N> big) {
+  const float coef[] = {2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f, -3.33332819422e-1f};
+  for (int k = 0; k < N; ++k) {
+    const __m512 s = _mm512_mul_ps(x.v[k], x.v[k]);
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    for (float c : coef) p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(c));
+    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), x.v[k], x.v[k]);
+    const __mmask16 is_small = _mm512_cmp_ps_mask(_mm512_abs_ps(x.v[k]), _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+    big.v[k] = _mm512_mask_blend_ps(is_small, big.v[k], small);
+  }
+  return big;
+}
+
 template <int N>
 inline VN<N> tanh_act(const VN<N>& x) {
-  // tanh(x) = 2 sigmoid(2x) - 1: absolute error ~1e-7 near 0, exactly +-1 at +-inf.
+  // |x| >= 0.625: tanh(x) = 2 sigmoid(2x) - 1, exactly +-1 at +-inf; small |x|: the polynomial.
   VN<N> x2;
   for (int k = 0; k < N; ++k) x2.v[k] = _mm512_add_ps(x.v[k], x.v[k]);
   VN<N> s = sigmoid(x2);
   for (int k = 0; k < N; ++k) s.v[k] = _mm512_fmsub_ps(_mm512_set1_ps(2.0f), s.v[k], _mm512_set1_ps(1.0f));
-  return s;
+  return tanh_small_blend(x, s);
 }
 
 // The four LSTM gate activations of N vectors as one group of 4N independent sigmoids
@@ -94,4 +110,5 @@ inline void lstm_gate_activations(const VN<N>& pi, const VN<N>& pf, const VN<N>&
     g.v[k] = _mm512_fmsub_ps(_mm512_set1_ps(2.0f), s.v[2 * N + k], _mm512_set1_ps(1.0f));
     o.v[k] = s.v[3 * N + k];
   }
+  g = tanh_small_blend(pg, g);
 }

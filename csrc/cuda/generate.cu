@@ -72,6 +72,7 @@ Tensor lstm_generate_cuda(const Tensor& logits, const Tensor& h0, const Tensor& 
     check_cuda(op, name, *t, logits);
   TORCH_CHECK(logits.dim() == 2 && h0.dim() == 3, op, ": expected logits (B, V) and h0 (L, B, H)");
   const int64_t B = logits.size(0), V = logits.size(1), L = h0.size(0), H = h0.size(2), E = embedding.size(1);
+  TORCH_CHECK(V >= 1, op, ": expected a vocabulary of at least 1 entry, got logits of shape ", logits.sizes());
   TORCH_CHECK(temperature >= 0.0 && std::isfinite(temperature), op, ": expected a finite temperature >= 0");
   TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(1) == B && uniforms.scalar_type() == at::kFloat, op,
               ": expected float32 uniforms of shape (steps, ", B, ")");

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cpu/bias.h"
+#include "cpu/checks.h"
 #include "cpu/lstm_masked.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
@@ -49,6 +50,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& input, const Ten
                   hx.sizes() == at::IntArrayRef({B, H}) && cx.sizes() == at::IntArrayRef({B, H}),
               op, ": shapes disagree: input ", input.sizes(), ", hx ", hx.sizes(), ", cx ", cx.sizes(), ", w_ih ",
               w_ih.sizes(), ", w_hh ", w_hh.sizes());
+  for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"b_ih", &b_ih}, {"b_hh", &b_hh}})
+    if (b->has_value()) {
+      check_cuda(op, name, **b, input);
+      cpu::check_shape(op, name, **b, {4 * H});
+    }
   const c10::cuda::CUDAGuard guard(input.device());
   Tensor gates = at::mm(input, w_ih.t());
   gates.addmm_(hx, w_hh.t());
@@ -73,7 +79,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cu
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_hy", &grad_hy}, {"grad_cy", &grad_cy},
                                 {"hx", &hx}, {"cx", &cx}, {"gates", &gates}, {"cy", &cy}})
     check_cuda(op, name, *t, input);
+  check_cuda(op, "w_ih", w_ih, input);
+  check_cuda(op, "w_hh", w_hh, input);
+  // The CPU kernel's checks, before any pointer is read.
+  cpu::check_dim(op, "input", input, 2, "(batch, input_size)");
+  cpu::check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, hidden_size)");
   const int64_t B = input.size(0), H = w_hh.size(1);
+  cpu::check_shape(op, "w_ih", w_ih, {4 * H, input.size(1)});
+  cpu::check_shape(op, "w_hh", w_hh, {4 * H, H});
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_hy", &grad_hy}, {"grad_cy", &grad_cy},
+                                {"hx", &hx}, {"cx", &cx}, {"cy", &cy}})
+    cpu::check_shape(op, name, *t, {B, H});
+  cpu::check_shape(op, "gates", gates, {B, 4 * H});
   const c10::cuda::CUDAGuard guard(input.device());
   Tensor acts = gates.contiguous(), c1 = cy.contiguous(), c0 = cx.contiguous(), dh = grad_hy.contiguous();
   Tensor dc = grad_cy.contiguous().clone();

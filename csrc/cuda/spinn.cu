@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu/bias.h"
+#include "cpu/checks.h"
 #include "cpu/spinn_plan.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
@@ -263,6 +264,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   const DevicePlan dp = upload_plan(plan, buffers.device());
   const int64_t H = s.H, K = s.K, Tt = s.Tt, B = s.B, S = s.S, G = 5 * H, NB = s.N * B, M = plan.M;
   const auto opts = buffers.options();
+  // The same checks as the CPU kernel, before any pointer is read.
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_top", &grad_top}, {"nodes", &nodes},
+                                {"node_acts", &node_acts}})
+    check_cuda(op, name, *t, buffers);
+  cpu::check_shape(op, "grad_top", grad_top, {B, H});
+  cpu::check_shape(op, "nodes", nodes, {cpu::max_nodes(s.N, B), 2 * H});
+  cpu::check_shape(op, "node_acts", node_acts, {cpu::max_nodes(s.N, B), G});
+  if (s.tracker) {
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
+                                  {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {
+      check_cuda(op, name, *t, buffers);
+      cpu::check_shape(op, name, *t, {S, B, Tt});
+    }
+    check_cuda(op, "tracker_acts", tracker_acts, buffers);
+    cpu::check_shape(op, "tracker_acts", tracker_acts, {S, B, 4 * Tt});
+  }
+  const Tensor trk_h = s.tracker ? tracker_h.contiguous() : Tensor();
+  const Tensor trk_acts = s.tracker ? tracker_acts.contiguous() : Tensor();
+  const Tensor trk_c = s.tracker ? tracker_c.contiguous() : Tensor();
   const Tensor buf = buffers.contiguous(), nd = nodes.contiguous(), ac = node_acts.contiguous(), w = w_comp.contiguous();
   Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
   Tensor d_nodes = at::zeros({std::max<int64_t>(M, 1), 2 * H}, opts);
@@ -276,7 +296,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const int64_t* R = dp.right.const_data_ptr<int64_t>();
     const int64_t* RW = dp.row.const_data_ptr<int64_t>();
     const int64_t* ST = dp.step.const_data_ptr<int64_t>();
-    const scalar_t* th = s.tracker ? tracker_h.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* th = s.tracker ? trk_h.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gb = grad_buffers.data_ptr<scalar_t>();
     scalar_t* gn = d_nodes.data_ptr<scalar_t>();
     const Tensor gt = grad_top.contiguous();
@@ -316,8 +336,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         decompose(plan.batch_start[t], plan.batch_start[t + 1]);
         at::add_out(dh, d_trk[t], dh_rec);
         lstm_backward_kernel<scalar_t><<<blocks_for(B * Tt), kThreads, 0, stream()>>>(
-            B, Tt, tracker_acts[t].const_data_ptr<scalar_t>(), tracker_c[t].const_data_ptr<scalar_t>(),
-            t == 0 ? zeros.const_data_ptr<scalar_t>() : tracker_c[t - 1].const_data_ptr<scalar_t>(), B, nullptr,
+            B, Tt, trk_acts[t].const_data_ptr<scalar_t>(), trk_c[t].const_data_ptr<scalar_t>(),
+            t == 0 ? zeros.const_data_ptr<scalar_t>() : trk_c[t - 1].const_data_ptr<scalar_t>(), B, nullptr,
             dh.const_data_ptr<scalar_t>(), Tt, nullptr, nullptr, 0, dc.data_ptr<scalar_t>(),
             d_gates.data_ptr<scalar_t>() + t * B * GT);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
