@@ -103,7 +103,14 @@ def extensions():
     ]
 
 
+def install_requires():
+    """The torch this build compiles against, pinned (its public version: 2.13.0 matches 2.13.0+cpu), so that
+    `pip install .` alone cannot pair the extension with another torch."""
+    return [f"torch=={torch.__version__.split('+', 1)[0]}", "numpy", "tqdm"]
+
+
 setup(
+    install_requires=install_requires(),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

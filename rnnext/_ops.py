@@ -371,6 +371,8 @@ def _treelstm_cell_fake(lstm_in, c_left, c_right):
 
 @torch.library.register_fake("rnnext::treelstm_cell_backward")
 def _treelstm_cell_backward_fake(grad_h, grad_c, acts, c, c_left, c_right):
+    _check_devices("rnnext::treelstm_cell_backward", "acts", acts, ("grad_h", grad_h), ("grad_c", grad_c), ("c", c),
+                   ("c_left", c_left), ("c_right", c_right))
     return acts.new_empty(acts.shape), c.new_empty(c.shape), c.new_empty(c.shape)
 
 

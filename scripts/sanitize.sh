@@ -16,7 +16,7 @@ rm -rf build/temp.* build/lib.*
 RNNEXT_SANITIZE=1 MAX_JOBS=2 pip install -q --no-build-isolation --no-deps --force-reinstall .
 rm -rf build/temp.* build/lib.*  # keep a later normal build from reusing the sanitized objects
 
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0:detect_odr_violation=0"
+export ASAN_OPTIONS="allocator_may_return_null=1:detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0:detect_odr_violation=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 echo "== C++ test under ASan + UBSan"

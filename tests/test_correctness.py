@@ -319,3 +319,115 @@ def test_memory_bounded_over_2000_batch_sizes(which):
     assert out.returncode == 0, out.stderr
     growth = float(out.stdout.strip().splitlines()[-1])
     assert growth < 50, f"{which}: resident memory grew by {growth:.1f} MiB over 2,000 batch sizes"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Double backward: gradgradcheck of every differentiable op in every layout, and a gradient penalty equal to
+# stock's; the backward ops say that they have no derivative of their own.
+
+def _f64(*shape, g):
+    return torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+
+
+LAYER_CASES = ["dense", "batch_first", "reverse", "proj", "packed", "padded_sorted", "masked", "no_bias"]
+
+
+@pytest.mark.parametrize("case", LAYER_CASES)
+def test_lstm_layer_gradgradcheck(case):
+    g = torch.Generator().manual_seed(3)
+    T, B, I, H = 4, 3, 2, 3
+    P = 2 if case == "proj" else H
+    x = _f64(B, T, I, g=g) if case == "batch_first" else _f64(T, B, I, g=g)
+    w_ih, w_hh = _f64(4 * H, I, g=g), _f64(4 * H, P, g=g)
+    b_ih, b_hh = (None, None) if case == "no_bias" else (_f64(4 * H, g=g), _f64(4 * H, g=g))
+    w_hr = _f64(P, H, g=g) if case == "proj" else None
+    batch_sizes = sorted_indices = lengths = None
+    if case == "packed":
+        batch_sizes = torch.tensor([3, 2, 2, 1])
+        x = _f64(8, I, g=g)
+    elif case == "padded_sorted":
+        batch_sizes = torch.tensor([3, 2, 1])
+        sorted_indices = torch.tensor([1, 2, 0])
+    elif case == "masked":
+        lengths = torch.tensor([4, 0, 2])
+    h0, c0 = _f64(B, P, g=g), _f64(B, H, g=g)
+
+    def fn(x, h0, c0, w_ih, w_hh, *rest):
+        it = iter(rest)
+        bi = next(it) if b_ih is not None else None
+        bh = next(it) if b_hh is not None else None
+        hr = next(it) if w_hr is not None else None
+        out, hy, cy, _, _ = torch.ops.rnnext.lstm_layer(x, h0, c0, w_ih, w_hh, bi, bh, hr, batch_sizes,
+                                                        sorted_indices, case == "batch_first", case == "reverse",
+                                                        True, lengths)
+        return out, hy, cy
+
+    inputs = (x, h0, c0, w_ih, w_hh) + tuple(t for t in (b_ih, b_hh, w_hr) if t is not None)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_lstm_cell_and_treelstm_gradgradcheck():
+    g = torch.Generator().manual_seed(4)
+    args = (_f64(3, 2, g=g), _f64(3, 4, g=g), _f64(3, 4, g=g), _f64(16, 2, g=g), _f64(16, 4, g=g), _f64(16, g=g),
+            _f64(16, g=g))
+    assert torch.autograd.gradgradcheck(lambda *a: torch.ops.rnnext.lstm_cell(*a)[:2], args)
+    targs = (_f64(3, 10, g=g), _f64(3, 2, g=g), _f64(3, 2, g=g))
+    assert torch.autograd.gradgradcheck(lambda *a: torch.ops.rnnext.treelstm_cell(*a)[:2], targs)
+
+
+@pytest.mark.parametrize("tracker", [False, True])
+def test_spinn_encode_gradgradcheck(tracker):
+    buffers, transitions, w, b, tw = _spinn_case(tracker=tracker, H=2, Tt=2)
+    leaves = [t.detach().clone().requires_grad_() for t in (buffers, w, b) + tuple(t for t in tw if t is not None)]
+
+    def fn(buffers, w, b, *trk):
+        tw_ = (trk[0], trk[1], trk[2], None) if tracker else (None, None, None, None)
+        out = torch.ops.rnnext.spinn_encode(buffers, transitions, None, w, b, *tw_, True)
+        return (out[0], out[1]) if tracker else (out[0],)
+
+    assert torch.autograd.gradgradcheck(fn, tuple(leaves))
+
+
+def test_gradient_penalty_matches_stock():
+    torch.manual_seed(0)
+    stock = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = rnnext.nn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    res = []
+    for m in (stock, ours):
+        xi = x.clone().requires_grad_()
+        out, _ = m(xi)
+        (gx,) = torch.autograd.grad(out.pow(2).sum(), xi, create_graph=True)
+        penalty = gx.pow(2).sum()
+        penalty.backward()
+        res.append([penalty] + [p.grad for p in m.parameters()])
+    for a, b in zip(res[1], res[0]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_backward_ops_say_they_have_no_derivative():
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
+    _, cy, gates = torch.ops.rnnext.lstm_cell(x.detach(), h, h, w_ih, w_hh, None, None)
+    grads = torch.ops.rnnext.lstm_cell_backward(torch.ones_like(h), torch.ones_like(h), x, h, h, w_ih, w_hh, gates,
+                                                cy, False)
+    with pytest.raises(RuntimeError, match="no derivative of its own"):
+        grads[0].sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A fresh `pip install .` pins the torch it was built against, so the import cannot meet another torch.
+
+def test_installed_metadata_pins_the_build_torch():
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("rnnext") or []
+    except metadata.PackageNotFoundError:
+        pytest.skip("rnnext is not installed (run from a source build)")
+    from rnnext import _build_info
+
+    want = f"torch=={_build_info.TORCH_VERSION.split('+')[0]}"
+    assert any(r.replace(" ", "") == want for r in requires), requires

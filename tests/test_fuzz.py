@@ -528,3 +528,137 @@ def test_fuzz_nan_and_inf_propagate_like_stock(data):
     assert torch.equal(h.isnan(), hr.isnan()) and torch.equal(c.isnan(), cr_.isnan())
     torch.testing.assert_close(h, hr, equal_nan=True)
     torch.testing.assert_close(c, cr_, equal_nan=True)
+
+
+# --------------------------------------------------------------------- every raw op: layouts, meta, huge sizes
+
+def _raw_op_calls():
+    """Valid calls of every raw op: (name, op, args). Forward workspaces come from real forward calls."""
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    T, B, I, H = 3, 4, 3, 2
+    calls = []
+    x, h, c = r(T, B, I), r(B, H), r(B, H)
+    w_ih, w_hh, b_ih, b_hh = r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H)
+    calls.append(("lstm_cell", ops.lstm_cell, [x[0], h, c, w_ih, w_hh, b_ih, b_hh]))
+    hy, cy, gates = ops.lstm_cell(x[0], h, c, w_ih, w_hh, b_ih, b_hh)
+    calls.append(("lstm_cell_backward", ops.lstm_cell_backward, [r(B, H), r(B, H), x[0], h, c, w_ih, w_hh, gates, cy,
+                                                                 True]))
+    bs, si, lengths = torch.tensor([4, 3, 1]), torch.tensor([2, 0, 3, 1]), torch.tensor([3, 1, 2, 0])
+    for label, extra in (("dense", (None, None, None)), ("padded", (bs, si, None)), ("masked", (None, None, lengths))):
+        args = [x, h, c, w_ih, w_hh, b_ih, b_hh, None, extra[0], extra[1], False, True, True, extra[2]]
+        calls.append((f"lstm_layer/{label}", ops.lstm_layer, args))
+        out, _, _, ga, ce = ops.lstm_layer(*args)
+        calls.append((f"lstm_layer_backward/{label}", ops.lstm_layer_backward,
+                      [torch.randn_like(out), r(B, H), r(B, H), x, h, c, w_ih, w_hh, None, extra[0], extra[1], False,
+                       out, ga, ce, True, True, extra[2]]))
+    packed = r(8, I)
+    calls.append(("lstm_layer/packed", ops.lstm_layer, [packed, h, c, w_ih, w_hh, b_ih, b_hh, None, bs, None, False,
+                                                        False, True, None]))
+    calls.append(("packed_gather", ops.packed_gather, [x, bs, si, False, 8]))
+    calls.append(("packed_scatter", ops.packed_scatter, [packed, bs, si, False, 0.0, B, T]))
+    lstm_in, cl, cr = r(5, 5 * H), r(5, H), r(5, H)
+    calls.append(("treelstm_cell", ops.treelstm_cell, [lstm_in, cl, cr]))
+    th, tc, acts = ops.treelstm_cell(lstm_in, cl, cr)
+    calls.append(("treelstm_cell_backward", ops.treelstm_cell_backward, [r(5, H), r(5, H), acts, tc, cl, cr]))
+    N, Tt = 3, 2
+    buffers, transitions = r(N, 2, 2 * H), torch.tensor([[0, 0], [0, 0], [1, 1], [0, -1], [1, -1]])
+    enc = [buffers, transitions, None, r(5 * H, 2 * H + Tt), r(5 * H), r(4 * Tt, 3 * H), r(4 * Tt, Tt), r(4 * Tt),
+           None]
+    calls.append(("spinn_encode", ops.spinn_encode, enc + [True]))
+    top, trk_h, nodes, node_acts, trk_acts, trk_c = ops.spinn_encode(*enc, True)
+    calls.append(("spinn_encode_backward", ops.spinn_encode_backward,
+                  [torch.randn_like(top), torch.randn_like(trk_h)] + enc + [nodes, node_acts, trk_h, trk_acts, trk_c]))
+    calls.append(("thin_stack_plan", ops.thin_stack_plan, [transitions, N, None]))
+    V, E = 5, 3
+    calls.append(("lstm_generate", ops.lstm_generate,
+                  [r(2, V), r(1, 2, H), r(1, 2, H), r(V, E), [r(4 * H, E)], [r(4 * H, H)], [r(4 * H)], [None],
+                   r(V, H), r(V), torch.rand(3, 2, generator=g), 0.0, 0]))
+    return calls
+
+
+RAW_CALLS = _raw_op_calls()
+
+
+def _outcome(fn):
+    try:
+        return "ok", fn()
+    except ERRORS as e:
+        assert str(e).strip(), "an exception without a message"
+        return "raised", None
+
+
+def _same_values_other_layout(t, kind):
+    if kind == "expanded":
+        return t[:1].expand_as(t) if t.dim() >= 1 and t.size(0) > 1 else t
+    if t.dim() < 2:  # 1-D: every other element of a wider tensor
+        return torch.stack([t, t], -1)[..., 0]
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_raw_ops_take_any_layout_and_refuse_meta(data):
+    """Any tensor argument of any raw op, expanded (stride 0), transposed in memory or meta: the same result as
+    with the same values contiguous (or the same refusal), and a meta tensor among CPU ones is refused."""
+    name, op, args = data.draw(st.sampled_from(RAW_CALLS), label="op")
+    slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    i = data.draw(st.sampled_from(slots), label="argument")
+    kind = data.draw(st.sampled_from(["expanded", "transposed", "meta"]), label="kind")
+    args = list(args)
+    if kind == "meta":
+        alone = all(not isinstance(a, torch.Tensor) for j, a in enumerate(args) if j != i)
+        args[i] = args[i].to("meta")
+        # Refused, or (a meta input with CPU index tensors) a shape computation: every output on meta. Never
+        # real tensors of uninitialised memory.
+        status, out = _outcome(lambda: op(*args))
+        if status == "ok":
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            assert all(o.device.type == "meta" for o in outs), f"{name}: meta argument {i} gave real outputs"
+            assert alone or args[0].device.type == "meta", f"{name}: meta argument {i} among CPU ones ran"
+        return
+    odd = _same_values_other_layout(args[i], kind)
+    args[i] = odd
+    got = _outcome(lambda: op(*args))
+    args[i] = odd.contiguous()
+    want = _outcome(lambda: op(*args))
+    assert got[0] == want[0], f"{name}: {kind} argument {i}: {got[0]} vs {want[0]} with the same values contiguous"
+    if got[0] == "ok":
+        for a, b in zip(got[1] if isinstance(got[1], (tuple, list)) else [got[1]],
+                        want[1] if isinstance(want[1], (tuple, list)) else [want[1]]):
+            assert torch.equal(a, b), f"{name}: {kind} argument {i} changed the result"
+
+
+HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**62, 2**63 - 1, -(2**63)]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_huge_integer_arguments_raise_or_run(data):
+    """Size arguments near 2^31 and 2^63 (and negative): a clear exception or a correct run, never a crash."""
+    n = data.draw(st.sampled_from(HUGE), label="value")
+    which = data.draw(st.sampled_from(["thin_stack_plan", "packed_gather", "packed_scatter.batch",
+                                       "packed_scatter.length", "lstm_generate.top_k"]), label="argument")
+    calls = {c[0]: c for c in RAW_CALLS}
+    if which == "lstm_generate.top_k":
+        _, op, args = calls["lstm_generate"]
+        args = list(args)
+        args[-1] = n
+        tokens = op(*args)  # top_k beyond the vocabulary means all of it
+        assert tokens.shape == (2, 3) and int(tokens.min()) >= 0 and int(tokens.max()) < 5
+        return
+    if which == "thin_stack_plan":  # a valid count runs (references past n * B), a negative or huge one raises
+        _, op, args = calls["thin_stack_plan"]
+        status, plan = _outcome(lambda: op(args[0], n, None))
+        assert status == "raised" or (n >= 0 and int(plan[2].max()) == 1 + n * 2 + 2), (n, status)
+        if n < 0 or n >= 2**62:
+            assert status == "raised", n
+        return
+    elif which == "packed_gather":
+        _, op, args = calls["packed_gather"]
+        args = list(args[:4]) + [n]
+    else:
+        _, op, args = calls["packed_scatter"]
+        args = list(args)
+        args[5 if which.endswith("batch") else 6] = n
+    raises_with_message(lambda: op(*args))

@@ -64,8 +64,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
   const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
   // The two GEMMs through ATen's mm (BLAS), as torch.nn.LSTMCell runs them: the JIT micro-kernels of the layer
   // would compile and keep one kernel per batch size, and a server with dynamic batching sees thousands.
-  Tensor gates = at::mm(input, w_ih.t());
-  gates.addmm_(hx, w_hh.t());
+  // (Contiguous operands: the same values give the same bits whatever their layout.)
+  Tensor gates = at::mm(input.contiguous(), w_ih.contiguous().t());
+  gates.addmm_(hx.contiguous(), w_hh.contiguous().t());
   const Tensor bias = sum_biases(b_ih, b_hh).value_or(Tensor());
   Tensor cxc = cx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
@@ -118,10 +119,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
   });
   // The GEMMs through ATen's mm, as in the forward (shapes that depend on the batch size stay out of the JIT
   // kernel cache).
-  Tensor grad_input = at::mm(dgates, w_ih);
-  Tensor grad_hx = at::mm(dgates, w_hh);
-  Tensor grad_w_ih = at::mm(dgates.t(), input);
-  Tensor grad_w_hh = at::mm(dgates.t(), hx);
+  Tensor grad_input = at::mm(dgates, w_ih.contiguous());
+  Tensor grad_hx = at::mm(dgates, w_hh.contiguous());
+  Tensor grad_w_ih = at::mm(dgates.t(), input.contiguous());
+  Tensor grad_w_hh = at::mm(dgates.t(), hx.contiguous());
   Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
   return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
 }

@@ -51,6 +51,10 @@ constexpr int64_t kParallelStepWork = 1 << 15;
 // Rows per thread below which the threads share each step's hidden units instead of the batch.
 constexpr int64_t kMinRowsPerThread = 16;
 
+std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
+}
+
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
 
 enum class Layout { kDense, kPacked, kPadded };
@@ -307,8 +311,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
   const LayerShapes s =
       check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first);
   if (lengths.has_value())
-    return lstm_layer_masked_forward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, input, hx, cx, w_ih, w_hh,
-                                     b_ih, b_hh, w_hr, *lengths, train);
+    // Contiguous operands: the ATen GEMMs of masked mode then give the same bits for the same values in any
+    // layout.
+    return lstm_layer_masked_forward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, input.contiguous(),
+                                     hx.contiguous(), cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih,
+                                     b_hh, contiguous_opt(w_hr), *lengths, train);
   const Steps st = make_steps(op, s, batch_sizes, reverse);
   const std::vector<int64_t> order = check_permutation(op, "sorted_indices", sorted_indices, s.B);
   const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
@@ -496,8 +503,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   check_shape(op, "gates", gates, {s.N, G});
   check_shape(op, "cells", cells, {s.N, H});
   if (lengths.has_value())
-    return lstm_layer_masked_backward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, grad_output, grad_hy, grad_cy,
-                                      input, hx, cx, w_ih, w_hh, w_hr, *lengths, output, gates, cells, has_bias);
+    return lstm_layer_masked_backward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, grad_output.contiguous(),
+                                      grad_hy.contiguous(), grad_cy.contiguous(), input.contiguous(), hx.contiguous(),
+                                      cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), contiguous_opt(w_hr),
+                                      *lengths, output.contiguous(), gates.contiguous(), cells.contiguous(), has_bias);
   const auto opts = input.options();
   const Tensor empty = at::empty({0}, opts);
   const Tensor idx = order.empty() ? Tensor() : *sorted_indices;
