@@ -38,8 +38,8 @@ struct GemmTask {
 
 // Runs every task with all threads in one parallel region: each thread takes its slice (rows or columns,
 // in multiples of 16) of every task.
-template <typename T>
-void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
+template <typename T, typename Tasks>
+void gemm_tasks_parallel(const Tasks& tasks) {
   int64_t work = 0;
   for (const auto& t : tasks) work += t.M * t.N * t.K;
   const int64_t nt = work < (1 << 16) ? 1 : at::get_num_threads();
@@ -56,6 +56,11 @@ void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
           gemm_rowmajor(t.M, b - a, t.K, t.A, t.lda, t.B + a, t.ldb, t.C + a, t.ldc, t.accumulate);
       }
   });
+}
+
+template <typename T>
+void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
+  gemm_tasks_parallel<T>(tasks);
 }
 
 }  // namespace rnnext::cpu

@@ -3,16 +3,18 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
+#include <vector>
 
 #include "cpu/bias.h"
 #include "cpu/checks.h"
+#include "cpu/gemm.h"
 #include "cpu/pointwise.h"
 
 namespace rnnext::cpu {
@@ -62,12 +64,50 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& b_hh) {
   check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
-  // The two GEMMs through ATen's mm (BLAS), as torch.nn.LSTMCell runs them: the JIT micro-kernels of the layer
-  // would compile and keep one kernel per batch size, and a server with dynamic batching sees thousands.
-  // (Contiguous operands: the same values give the same bits whatever their layout.)
-  Tensor gates = at::mm(input.contiguous(), w_ih.contiguous().t());
-  gates.addmm_(hx.contiguous(), w_hh.contiguous().t());
+  // gates^T = W_ih x^T + W_hh h^T: the weights are the GEMMs' row-major left operands as they are, and only the
+  // small activations get transposed (the JIT GEMM takes no transposed operand). The batch is cut into panels
+  // of kPanel columns (the last one padded to a multiple of 16) with a fixed leading dimension: the JIT kernel
+  // cache, which keeps one kernel per shape, then sees 4 column counts whatever the batch sizes.
+  constexpr int64_t kPanel = 64;
+  const int64_t panels = (B + kPanel - 1) / kPanel;
+  const auto opts = input.options();
+  Tensor x_p = at::zeros({std::max<int64_t>(panels, 1), I, kPanel}, opts);
+  Tensor h_p = at::zeros({std::max<int64_t>(panels, 1), H, kPanel}, opts);
+  Tensor g_p = at::empty({std::max<int64_t>(panels, 1), G, kPanel}, opts);
+  const Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bias = sum_biases(b_ih, b_hh).value_or(Tensor());
+  Tensor gates = at::empty({B, G}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* hs = h.const_data_ptr<scalar_t>();
+    scalar_t* xd = x_p.data_ptr<scalar_t>();
+    scalar_t* hd = h_p.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t p = b / kPanel, col = b % kPanel;
+      for (int64_t i = 0; i < I; ++i) xd[(p * I + i) * kPanel + col] = xs[b * I + i];
+      for (int64_t i = 0; i < H; ++i) hd[(p * H + i) * kPanel + col] = hs[b * H + i];
+    }
+    std::vector<GemmTask<scalar_t>> tasks;
+    scalar_t* gd = g_p.data_ptr<scalar_t>();
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t width = (std::min(kPanel, B - p * kPanel) + 15) / 16 * 16;
+      scalar_t* gp = gd + p * G * kPanel;
+      tasks.push_back({G, width, I, wi.const_data_ptr<scalar_t>(), I, xd + p * I * kPanel, kPanel, gp, kPanel, false,
+                       true});
+      tasks.push_back({G, width, H, wh.const_data_ptr<scalar_t>(), H, hd + p * H * kPanel, kPanel, gp, kPanel, true,
+                       true});
+    }
+    // Both GEMMs of a panel write the same rows: a thread's row slice of the second follows its slice of the
+    // first in its own task order, so accumulating is safe.
+    gemm_tasks_parallel<scalar_t>(tasks);
+    scalar_t* gt = gates.data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(B, B * G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* src = gd + (b / kPanel) * G * kPanel + b % kPanel;
+        for (int64_t g = 0; g < G; ++g) gt[b * G + g] = src[g * kPanel];
+      }
+    });
+  });
   Tensor cxc = cx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
   Tensor cy = at::empty({B, H}, input.options());
@@ -117,12 +157,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
                                    nullptr, dhp + b0 * H, nullptr, H, 0, dcp + b0 * H, dg + b0 * 4 * H);
     });
   });
-  // The GEMMs through ATen's mm, as in the forward (shapes that depend on the batch size stay out of the JIT
-  // kernel cache).
-  Tensor grad_input = at::mm(dgates, w_ih.contiguous());
-  Tensor grad_hx = at::mm(dgates, w_hh.contiguous());
-  Tensor grad_w_ih = at::mm(dgates.t(), input.contiguous());
-  Tensor grad_w_hh = at::mm(dgates.t(), hx.contiguous());
+  // dx, dh: rows of the batch (bounded row tiles); dW = dgates^T [x, h]: a sum over the batch, in K chunks of
+  // bounded sizes (gemm_tn_parallel). No GEMM shape follows the batch size.
+  const int64_t I = input.size(1), G = 4 * H;
+  const Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  Tensor grad_input = at::empty({B, I}, input.options());
+  Tensor grad_hx = at::empty({B, H}, input.options());
+  Tensor grad_w_ih = at::empty({G, I}, input.options());
+  Tensor grad_w_hh = at::empty({G, H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward_gemms", [&] {
+    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
+    gemm_batch_parallel<scalar_t>({
+        {B, I, G, dg, G, wi.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I, false, false},
+        {B, H, G, dg, G, wh.const_data_ptr<scalar_t>(), H, grad_hx.data_ptr<scalar_t>(), H, false, false},
+    });
+    gemm_tn_parallel<scalar_t>(G, I, B, dg, G, x.const_data_ptr<scalar_t>(), I, grad_w_ih.data_ptr<scalar_t>(), I);
+    gemm_tn_parallel<scalar_t>(G, H, B, dg, G, h.const_data_ptr<scalar_t>(), H, grad_w_hh.data_ptr<scalar_t>(), H);
+  });
   Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
   return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
 }
