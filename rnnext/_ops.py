@@ -142,6 +142,13 @@ def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates,
     op = "rnnext::lstm_cell_backward"
     _check_devices(op, "input", input, ("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx),
                    ("w_ih", w_ih), ("w_hh", w_hh), ("gates", gates), ("cy", cy))
+    _check_dim(op, "input", input, 2, "(batch, input_size)")
+    _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, hidden_size)")
+    B, H = input.shape[0], w_hh.shape[1]
+    _check_shape(op, "w_ih", w_ih, (4 * H, input.shape[1]))
+    for name, t in (("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx), ("cy", cy)):
+        _check_shape(op, name, t, (B, H))
+    _check_shape(op, "gates", gates, (B, 4 * H))
     G = w_ih.shape[0]
     return (
         input.new_empty(input.shape),
@@ -371,8 +378,12 @@ def _treelstm_cell_fake(lstm_in, c_left, c_right):
 
 @torch.library.register_fake("rnnext::treelstm_cell_backward")
 def _treelstm_cell_backward_fake(grad_h, grad_c, acts, c, c_left, c_right):
-    _check_devices("rnnext::treelstm_cell_backward", "acts", acts, ("grad_h", grad_h), ("grad_c", grad_c), ("c", c),
-                   ("c_left", c_left), ("c_right", c_right))
+    op = "rnnext::treelstm_cell_backward"
+    _check_devices(op, "acts", acts, ("grad_h", grad_h), ("grad_c", grad_c), ("c", c), ("c_left", c_left),
+                   ("c_right", c_right))
+    _check_dim(op, "acts", acts, 2, "(nodes, 5 * hidden_size)")
+    for name, t in (("grad_h", grad_h), ("grad_c", grad_c), ("c", c), ("c_left", c_left), ("c_right", c_right)):
+        _check_shape(op, name, t, (acts.shape[0], acts.shape[1] // 5))
     return acts.new_empty(acts.shape), c.new_empty(c.shape), c.new_empty(c.shape)
 
 

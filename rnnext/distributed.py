@@ -74,5 +74,10 @@ def barrier(ctx: Optional[Context]) -> None:
 
 
 def shutdown(ctx: Optional[Context]) -> None:
+    """Leaves the process group once every process is done. The other processes finish training before the
+    first one has evaluated and saved; tearing gloo down while a peer is still connected can abort the process
+    ("terminate called without an active exception"), so all of them meet at a barrier first."""
     if ctx is not None and dist.is_initialized():
+        if ctx.world_size > 1:
+            dist.barrier()
         dist.destroy_process_group()

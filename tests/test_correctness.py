@@ -431,3 +431,24 @@ def test_installed_metadata_pins_the_build_torch():
 
     want = f"torch=={_build_info.TORCH_VERSION.split('+')[0]}"
     assert any(r.replace(" ", "") == want for r in requires), requires
+
+
+def test_bad_call_fails_under_compile_with_the_kernels_message():
+    """The fake kernels check what the kernels check, so a traced call fails with the same message."""
+    args = _layer_args()
+    args[4] = torch.randn(8, 5, dtype=torch.float64)  # w_hh: (4H, H) expected, H = 2
+
+    def fn(*a):
+        return torch.ops.rnnext.lstm_layer(*a)[0]
+
+    with pytest.raises(RuntimeError, match=r"expected w_hh of shape \[8, 2\]"):
+        fn(*args)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"expected w_hh of shape \[8, 2\]"):
+        torch.compile(fn, fullgraph=True, backend="aot_eager")(*args)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=r"expected w_hh of shape \[8, 2\]"):
+            fn(*fake)

@@ -53,8 +53,11 @@ std::tuple<Tensor, Tensor, Tensor> treelstm_cell_backward_cuda(const Tensor& gra
   const int64_t H = check_cell(op, acts, c_left, c_right);
   const int64_t M = acts.size(0);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_h", &grad_h}, {"grad_c", &grad_c},
-                                {"c", &c}})
+                                {"c", &c}}) {
     check_cuda(op, name, *t, acts);
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({M, H}), op, ": expected ", name, " of shape (", M, ", ", H, "), got ",
+                t->sizes());
+  }
   const c10::cuda::CUDAGuard guard(acts.device());
   const Tensor a = acts.contiguous(), cc = c.contiguous(), cl = c_left.contiguous(), cr = c_right.contiguous();
   const Tensor dh = grad_h.contiguous(), dc = grad_c.contiguous();
