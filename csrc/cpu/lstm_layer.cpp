@@ -30,6 +30,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/layer_schedule.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/lstm_masked.h"
@@ -41,6 +42,12 @@ namespace rnnext::cpu {
 namespace {
 
 using at::Tensor;
+using common::check_layer_args;
+using common::LayerShapes;
+using common::Layout;
+using common::make_steps;
+using common::RowMap;
+using common::Steps;
 using kernels::block_first_col;
 using kernels::block_first_unit;
 using kernels::block_width;
@@ -56,114 +63,6 @@ std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
 }
 
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
-
-enum class Layout { kDense, kPacked, kPadded };
-
-struct Steps {
-  int64_t T = 0;
-  std::vector<int64_t> rows;    // active slots at time t
-  std::vector<int64_t> offset;  // first workspace row of time t
-  bool reverse = false;
-  int64_t time(int64_t p) const { return reverse ? T - 1 - p : p; }
-  // Slots active at processing step p (0 outside [0, T)).
-  int64_t rows_at(int64_t p) const { return p < 0 || p >= T ? 0 : rows[time(p)]; }
-  int64_t offset_at(int64_t p) const { return offset[time(p)]; }
-};
-
-struct LayerShapes {
-  Layout layout;
-  bool batch_first;
-  int64_t T, B, N, I, H, P;  // T: input steps; N: rows of the workspace (T * B unless packed)
-};
-
-// Which row of the (rows, features) view of input/output a slot of a step reads and writes.
-struct RowMap {
-  Layout layout;
-  bool batch_first;
-  int64_t T, B;
-  const int64_t* order;  // slot -> batch entry (padded layout with sorted_indices), else null
-
-  int64_t batch(int64_t j) const { return order != nullptr ? order[j] : j; }
-  int64_t row(const Steps& st, int64_t p, int64_t j) const {
-    if (layout == Layout::kPacked) return st.offset_at(p) + j;
-    const int64_t t = st.time(p), b = batch(j);
-    return batch_first ? b * T + t : t * B + b;
-  }
-  // Consecutive slots of a step sit at a constant row stride (then kernels can address them as a block).
-  bool uniform() const { return order == nullptr; }
-  int64_t row_stride() const { return layout != Layout::kPacked && batch_first ? T : 1; }
-};
-
-LayerShapes check_layer_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
-                             const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                             const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
-                             const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
-                             bool batch_first) {
-  check_float_cpu(op, "input", input);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"hx", &hx}, {"cx", &cx}, {"w_ih", &w_ih},
-                                {"w_hh", &w_hh}})
-    check_same(op, "input", input, name, *t);
-  LayerShapes s{};
-  s.batch_first = batch_first;
-  if (input.dim() == 2) {
-    TORCH_CHECK(batch_sizes.has_value(), op, ": a 2-D input is packed data (total_rows, input_size) and needs "
-                "batch_sizes; a dense sequence is 3-D (seq_len, batch, input_size)");
-    TORCH_CHECK(!sorted_indices.has_value(), op, ": sorted_indices applies to a padded 3-D input; for packed data "
-                "give hx and cx in the packed (sorted) order");
-    s.layout = Layout::kPacked;
-    s.N = input.size(0);
-    s.B = hx.dim() == 2 ? hx.size(0) : 0;
-  } else {
-    check_dim(op, "input", input, 3, batch_first ? "(batch, seq_len, input_size)" : "(seq_len, batch, input_size)");
-    TORCH_CHECK(batch_sizes.has_value() || !sorted_indices.has_value(), op,
-                ": sorted_indices needs batch_sizes (the lengths of a padded input)");
-    s.layout = batch_sizes.has_value() ? Layout::kPadded : Layout::kDense;
-    s.T = input.size(batch_first ? 1 : 0);
-    s.B = input.size(batch_first ? 0 : 1);
-    s.N = s.T * s.B;
-  }
-  s.I = input.size(-1);
-  check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)");
-  check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size or hidden_size)");
-  const int64_t G = w_ih.size(0);
-  TORCH_CHECK(G % 4 == 0 && G > 0, op, ": expected w_ih.size(0) to be 4 * hidden_size > 0, got ", G);
-  s.H = G / 4;
-  s.P = s.H;
-  if (w_hr.has_value()) {
-    check_same(op, "input", input, "w_hr", *w_hr);
-    check_dim(op, "w_hr", *w_hr, 2, "(proj_size, hidden_size)");
-    s.P = w_hr->size(0);
-    check_shape(op, "w_hr", *w_hr, {s.P, s.H});
-  }
-  check_shape(op, "w_ih", w_ih, {G, s.I});
-  check_shape(op, "w_hh", w_hh, {G, s.P});
-  for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"b_ih", &b_ih}, {"b_hh", &b_hh}})
-    if (b->has_value()) {
-      check_same(op, "input", input, name, **b);
-      check_shape(op, name, **b, {G});
-    }
-  check_dim(op, "hx", hx, 2, "(batch, proj_size or hidden_size)");
-  check_shape(op, "hx", hx, {s.B, s.P});
-  check_shape(op, "cx", cx, {s.B, s.H});
-  return s;
-}
-
-Steps make_steps(const char* op, const LayerShapes& s, const std::optional<Tensor>& batch_sizes, bool reverse) {
-  Steps st;
-  st.reverse = reverse;
-  if (s.layout == Layout::kDense) {
-    st.T = s.T;
-    st.rows.assign(s.T, s.B);
-  } else {
-    st.rows = check_batch_sizes(op, *batch_sizes, s.layout == Layout::kPacked ? s.N : -1, s.B);
-    st.T = static_cast<int64_t>(st.rows.size());
-    TORCH_CHECK(s.layout == Layout::kPacked || st.T <= s.T, op, ": batch_sizes has ", st.T,
-                " steps but the padded input only ", s.T, " (a length is longer than the sequence)");
-  }
-  st.offset.resize(st.T);
-  for (int64_t t = 0, acc = 0; t < st.T; acc += st.rows[t], ++t) st.offset[t] = acc;
-  return st;
-}
 
 // Threads share a layer's recurrence in one of two ways:
 //  - by slots (batch entries): the entries of a batch never interact, so each thread runs the whole sequence
@@ -490,18 +389,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
   const int64_t H = s.H, P = s.P, G = 4 * H, I = s.I;
   const int64_t used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;  // workspace rows in use
-  std::vector<int64_t> out_shape = input.sizes().vec();
-  out_shape.back() = P;
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
-                                {"grad_hy", &grad_hy}, {"grad_cy", &grad_cy}, {"output", &output},
-                                {"gates", &gates}, {"cells", &cells}})
-    check_same(op, "input", input, name, *t);
-  check_shape(op, "grad_output", grad_output, out_shape);
-  check_shape(op, "output", output, out_shape);
-  check_shape(op, "grad_hy", grad_hy, {s.B, P});
-  check_shape(op, "grad_cy", grad_cy, {s.B, H});
-  check_shape(op, "gates", gates, {s.N, G});
-  check_shape(op, "cells", cells, {s.N, H});
+  common::check_layer_backward_args(op, s, input, grad_output, grad_hy, grad_cy, output, gates, cells);
   if (lengths.has_value())
     return lstm_layer_masked_backward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, grad_output.contiguous(),
                                       grad_hy.contiguous(), grad_cy.contiguous(), input.contiguous(), hx.contiguous(),

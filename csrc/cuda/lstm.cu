@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/layer_schedule.h"
 #include "cpu/bias.h"
 #include "cpu/checks.h"
 #include "cpu/lstm_masked.h"
@@ -131,64 +132,40 @@ struct LayerPlan {
   int64_t P, H, I;
 };
 
-LayerPlan make_layer_plan(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const std::optional<Tensor>& w_hr, const std::optional<Tensor>& batch_sizes,
-                          const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse) {
+LayerPlan make_layer_plan(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
+                          const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                          const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                          const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
+                          bool batch_first, bool reverse) {
+  // The CPU kernel's checks and schedule (csrc/common/layer_schedule.h).
+  const common::LayerShapes sh = common::check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                          batch_sizes, sorted_indices, batch_first,
+                                                          common::Backend::kCUDA);
+  const common::Steps st = common::make_steps(op, sh, batch_sizes, reverse);
+  // A permutation read on the host (sorted_indices from host lengths already lives there).
+  const std::optional<Tensor> si_host =
+      sorted_indices.has_value() ? std::optional<Tensor>(sorted_indices->to(at::kCPU)) : std::nullopt;
+  std::vector<int64_t> order = cpu::check_permutation(op, "sorted_indices", si_host, sh.B);
+  const common::RowMap map{sh.layout, batch_first, sh.T, sh.B, order.empty() ? nullptr : order.data()};
   LayerPlan lp;
   Schedule& s = lp.s;
+  s.T = st.T;
+  s.B = sh.B;
+  s.N = sh.N;
+  s.rows = st.rows;
+  s.offset = st.offset;
   s.reverse = reverse;
-  lp.H = w_hh.size(0) / 4;
-  lp.P = w_hr.has_value() ? w_hr->size(0) : lp.H;
-  lp.I = input.size(-1);
-  s.packed = input.dim() == 2;
-  int64_t T_in = 0;
-  if (s.packed) {
-    TORCH_CHECK(batch_sizes.has_value(), op, ": a 2-D input is packed data and needs batch_sizes");
-    s.B = hx.size(0);
-  } else {
-    TORCH_CHECK(input.dim() == 3, op, ": expected input of 2 (packed) or 3 dimensions, got ", input.dim());
-    T_in = input.size(batch_first ? 1 : 0);
-    s.B = input.size(batch_first ? 0 : 1);
-  }
-  if (batch_sizes.has_value()) {
-    TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->scalar_type() == at::kLong && batch_sizes->is_cpu(), op,
-                ": expected batch_sizes as a 1-D int64 CPU tensor");
-    const Tensor bs = batch_sizes->contiguous();
-    s.rows.assign(bs.const_data_ptr<int64_t>(), bs.const_data_ptr<int64_t>() + bs.numel());
-    s.T = bs.numel();
-    for (int64_t t = 0; t < s.T; ++t)
-      TORCH_CHECK(s.rows[t] >= 1 && s.rows[t] <= s.B && (t == 0 || s.rows[t] <= s.rows[t - 1]), op,
-                  ": expected batch_sizes positive, non-increasing and at most the batch size");
-    TORCH_CHECK(s.T == 0 || s.rows[0] == s.B, op, ": expected batch_sizes[0] to equal the batch size");
-    TORCH_CHECK(s.packed || s.T <= T_in, op, ": batch_sizes has more steps than the padded input");
-  } else {
-    s.T = T_in;
-    s.rows.assign(s.T, s.B);
-  }
-  s.offset.resize(s.T);
-  for (int64_t t = 0, acc = 0; t < s.T; acc += s.rows[t], ++t) s.offset[t] = acc;
+  s.packed = sh.layout == common::Layout::kPacked;
   s.used = s.T > 0 ? s.offset[s.T - 1] + s.rows[s.T - 1] : 0;
-  s.N = s.packed ? input.size(0) : T_in * s.B;
-  TORCH_CHECK(!s.packed || s.used == s.N, op, ": expected batch_sizes to sum to the number of packed rows");
-  std::vector<int64_t> order(s.B);
-  for (int64_t j = 0; j < s.B; ++j) order[j] = j;
-  if (sorted_indices.has_value()) {
-    TORCH_CHECK(!s.packed, op, ": sorted_indices applies to a padded 3-D input");
-    const Tensor si = sorted_indices->to(at::kCPU).contiguous();
-    TORCH_CHECK(si.numel() == s.B && si.scalar_type() == at::kLong, op, ": expected sorted_indices of ", s.B,
-                " int64 entries");
-    std::vector<char> seen(s.B, 0);
-    for (int64_t j = 0; j < s.B; ++j) {
-      const int64_t b = si.const_data_ptr<int64_t>()[j];
-      TORCH_CHECK(b >= 0 && b < s.B && !seen[b], op, ": sorted_indices is not a permutation");
-      seen[b] = 1;
-      order[j] = b;
-    }
-  }
+  lp.H = sh.H;
+  lp.P = sh.P;
+  lp.I = sh.I;
   std::vector<int64_t> rows(std::max<int64_t>(s.T * s.B, 1), 0);
   for (int64_t t = 0; t < s.T; ++t)
-    for (int64_t j = 0; j < s.rows[t]; ++j)
-      rows[t * s.B + j] = s.packed ? s.offset[t] + j : (batch_first ? order[j] * T_in + t : t * s.B + order[j]);
+    for (int64_t j = 0; j < s.rows[t]; ++j) rows[t * s.B + j] = map.row_at_time(st, t, j);
+  if (order.empty())
+    for (int64_t j = 0; j < s.B; ++j) order.push_back(j);
+  order.resize(std::max<int64_t>(s.B, 1), 0);
   lp.row_of = upload(rows, input.device());
   lp.batch_of = upload(order, input.device()).narrow(0, 0, s.B);
   return lp;
@@ -197,36 +174,17 @@ LayerPlan make_layer_plan(const char* op, const Tensor& input, const Tensor& hx,
 // ---------------------------------------------------------------------------------------------------------
 // Masked layer: lengths on the device, every entry at every step (nothing read on the host, no sync).
 
+// Masked mode's sizes, after the same checks as every other layout (the CPU's, csrc/common/layer_schedule.h).
 cpu::MaskedLayerShape masked_shape(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
                                    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
                                    const Tensor& lengths, const std::optional<Tensor>& batch_sizes,
                                    const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse) {
   cpu::check_masked_lengths(op, input, lengths, batch_first, batch_sizes, sorted_indices);
-  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2 && w_ih.size(0) % 4 == 0 && w_ih.size(0) > 0, op,
-              ": expected w_ih (4 * hidden_size, input_size) and w_hh (4 * hidden_size, proj_size or hidden_size)");
-  cpu::MaskedLayerShape s{input.size(batch_first ? 1 : 0), input.size(batch_first ? 0 : 1), input.size(2),
-                          w_ih.size(0) / 4, w_ih.size(0) / 4, batch_first, reverse};
-  const int64_t G = 4 * s.H;
-  if (w_hr.has_value()) {
-    check_cuda(op, "w_hr", *w_hr, input);
-    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == s.H, op, ": expected w_hr (proj_size, ", s.H, "), got ",
-                w_hr->sizes());
-    s.P = w_hr->size(0);
-  }
-  TORCH_CHECK(w_ih.sizes() == at::IntArrayRef({G, s.I}) && w_hh.sizes() == at::IntArrayRef({G, s.P}), op,
-              ": expected w_ih (", G, ", ", s.I, ") and w_hh (", G, ", ", s.P, "), got ", w_ih.sizes(), " and ",
-              w_hh.sizes());
-  TORCH_CHECK(hx.sizes() == at::IntArrayRef({s.B, s.P}) && cx.sizes() == at::IntArrayRef({s.B, s.H}), op,
-              ": expected hx (", s.B, ", ", s.P, ") and cx (", s.B, ", ", s.H, "), got ", hx.sizes(), " and ",
-              cx.sizes());
-  for (const auto* b : {&b_ih, &b_hh})
-    if (b->has_value()) {
-      check_cuda(op, "bias", **b, input);
-      TORCH_CHECK((*b)->sizes() == at::IntArrayRef({G}), op, ": expected biases of shape (", G, "), got ",
-                  (*b)->sizes());
-    }
-  return s;
+  const common::LayerShapes s = common::check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                         batch_sizes, sorted_indices, batch_first,
+                                                         common::Backend::kCUDA);
+  return {s.T, s.B, s.I, s.H, s.P, batch_first, reverse};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_masked_cuda(
@@ -330,14 +288,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cuda(
     return lstm_layer_masked_cuda(masked_shape(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *lengths,
                                                batch_sizes, sorted_indices, batch_first, reverse),
                                   input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, *lengths, train);
-  const LayerPlan lp = make_layer_plan(op, input, hx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first,
-                                       reverse);
+  const LayerPlan lp = make_layer_plan(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices,
+                                       batch_first, reverse);
   const Schedule& s = lp.s;
   const int64_t H = lp.H, P = lp.P, I = lp.I, B = s.B, G = 4 * H;
-  TORCH_CHECK(hx.sizes() == at::IntArrayRef({B, P}) && cx.sizes() == at::IntArrayRef({B, H}), op,
-              ": expected hx (", B, ", ", P, ") and cx (", B, ", ", H, "), got ", hx.sizes(), " and ", cx.sizes());
-  TORCH_CHECK(w_ih.sizes() == at::IntArrayRef({G, I}) && w_hh.sizes() == at::IntArrayRef({G, P}), op,
-              ": expected w_ih (", G, ", ", I, ") and w_hh (", G, ", ", P, ")");
   const auto opts = input.options();
   std::vector<int64_t> out_shape = input.sizes().vec();
   out_shape.back() = P;
@@ -403,17 +357,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
                                 {"output", &output}, {"gates", &gates}, {"cells", &cells}})
     check_cuda(op, name, *t, input);
   const c10::cuda::CUDAGuard guard(input.device());
+  // The CPU kernel's checks, every layout (csrc/common/layer_schedule.h).
+  if (lengths.has_value()) cpu::check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
+  const common::LayerShapes shapes = common::check_layer_args(
+      op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, batch_sizes, sorted_indices, batch_first,
+      common::Backend::kCUDA);
+  common::check_layer_backward_args(op, shapes, input, grad_output, grad_hy, grad_cy, output, gates, cells);
   if (lengths.has_value()) {
-    const cpu::MaskedLayerShape s = masked_shape(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                                                 *lengths, batch_sizes, sorted_indices, batch_first, reverse);
-    TORCH_CHECK(grad_output.sizes() == output.sizes() && output.size(-1) == s.P &&
-                    output.numel() == s.T * s.B * s.P && grad_hy.sizes() == hx.sizes() && grad_cy.sizes() == cx.sizes(),
-                op, ": expected grad_output and output shaped like the layer's output, grad_hy like hx, grad_cy like cx");
+    const cpu::MaskedLayerShape s{shapes.T, shapes.B, shapes.I, shapes.H, shapes.P, batch_first, reverse};
     return lstm_layer_masked_backward_cuda(s, grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
                                            *lengths, output, gates, cells, has_bias);
   }
-  const LayerPlan lp = make_layer_plan(op, input, hx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first,
-                                       reverse);
+  const LayerPlan lp = make_layer_plan(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, batch_sizes,
+                                       sorted_indices, batch_first, reverse);
   const Schedule& s = lp.s;
   const int64_t H = lp.H, P = lp.P, I = lp.I, B = s.B, G = 4 * H;
   const auto opts = input.options();
