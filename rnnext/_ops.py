@@ -196,10 +196,9 @@ torch.library.register_autograd("rnnext::lstm_cell_backward",
 # LSTM layer
 
 
-@torch.library.register_fake("rnnext::lstm_layer")
-def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse,
-                     train, lengths=None):
-    op = "rnnext::lstm_layer"
+def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices,
+                           batch_first, lengths):
+    """csrc/common/layer_schedule.h's check_layer_args, for the fake kernels. Returns (H, P)."""
     _check_devices(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
                    ("b_hh", b_hh), ("w_hr", w_hr), ("lengths", lengths),
                    index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
@@ -227,7 +226,14 @@ def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, s
         B = input.shape[0 if batch_first else 1]
         _check_shape(op, "hx", hx, (B, P))
     _check_shape(op, "cx", cx, (hx.shape[0], H))
-    P = w_hr.shape[0] if w_hr is not None else H
+    return H, P
+
+
+@torch.library.register_fake("rnnext::lstm_layer")
+def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse,
+                     train, lengths=None):
+    H, P = _check_lstm_layer_args("rnnext::lstm_layer", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                  sorted_indices, batch_first, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
     output = input.new_empty(*input.shape[:-1], P)
     gates = input.new_empty(N, 4 * H) if train else input.new_empty(0)
@@ -240,10 +246,21 @@ def _lstm_layer_backward_fake(
     grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, batch_first, output,
     gates, cells, reverse, has_bias, lengths=None,
 ):
-    _check_devices("rnnext::lstm_layer_backward", "input", input, ("grad_output", grad_output),
-                   ("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx), ("w_ih", w_ih),
-                   ("w_hh", w_hh), ("w_hr", w_hr), ("output", output), ("gates", gates), ("cells", cells),
-                   ("lengths", lengths), index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
+    op = "rnnext::lstm_layer_backward"
+    H, P = _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, None, None, w_hr, batch_sizes, sorted_indices,
+                                  batch_first, lengths)
+    _check_devices(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
+                   ("output", output), ("gates", gates), ("cells", cells))
+    _check_same_dtype(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
+                      ("output", output), ("gates", gates), ("cells", cells))
+    out_shape = (*input.shape[:-1], P)
+    N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
+    _check_shape(op, "grad_output", grad_output, out_shape)
+    _check_shape(op, "output", output, out_shape)
+    _check_shape(op, "grad_hy", grad_hy, (hx.shape[0], P))
+    _check_shape(op, "grad_cy", grad_cy, (hx.shape[0], H))
+    _check_shape(op, "gates", gates, (N, 4 * H))
+    _check_shape(op, "cells", cells, (N, H))
     return (
         input.new_empty(input.shape),
         hx.new_empty(hx.shape),

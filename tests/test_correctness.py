@@ -452,3 +452,19 @@ def test_bad_call_fails_under_compile_with_the_kernels_message():
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         with pytest.raises(RuntimeError, match=r"expected w_hh of shape \[8, 2\]"):
             fn(*fake)
+
+
+def test_backward_fake_kernel_checks_workspace_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = _layer_args()
+    out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(*args)
+    x, hx, cx, w_ih, w_hh = args[:5]
+    bad = [torch.ones_like(out), torch.ones_like(hy), torch.ones_like(cy), x, hx, cx, w_ih, w_hh, None, None, None,
+           False, out, gates[:-1], cells, False, True]
+    with pytest.raises(RuntimeError, match=r"expected gates of shape \[6, 8\]"):
+        torch.ops.rnnext.lstm_layer_backward(*bad)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in bad]
+        with pytest.raises(RuntimeError, match=r"expected gates of shape \[6, 8\]"):
+            torch.ops.rnnext.lstm_layer_backward(*fake)
