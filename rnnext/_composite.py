@@ -44,47 +44,78 @@ def lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_
                lengths=None) -> Tuple[Tensor, Tensor, Tensor]:
     """rnnext::lstm_layer's (output, hy, cy): every layout is run as a padded (T, B, I) batch with one length
     per batch entry (slot order for packed data), masked past each length."""
-    packed = input.dim() == 2
-    if packed:
+    x, lens, restore = _padded_view(input, hx, batch_sizes, sorted_indices, batch_first, lengths)
+    bias = _bias(b_ih, b_hh)
+    P = hx.size(1)
+
+    def step(xt, hc):  # h and c side by side, so that one masked recurrence carries both
+        h_new, c_new = lstm_step(xt, hc[:, :P], hc[:, P:], w_ih, w_hh, bias)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
+        return torch.cat([h_new, c_new], 1)
+
+    out, hc = _masked_recurrence(x, lens, torch.cat([hx, cx], 1), step, reverse)
+    return restore(out[..., :P]), hc[:, :P], hc[:, P:]
+
+
+def _padded_view(input, hx, batch_sizes, sorted_indices, batch_first, lengths=None):
+    """Any layer layout as a padded (T, B, I) batch, each batch entry's length (slot order for packed data) and
+    a function putting a (T, B, F) result back in the input's layout."""
+    if input.dim() == 2:  # packed
         bs = batch_sizes.to("cpu", torch.int64)
         T = bs.numel()
         B = int(bs[0]) if T > 0 else hx.size(0)
         valid = (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).reshape(-1)  # (T * B), packed row order
-        where_rows = valid.nonzero().squeeze(1).to(input.device)
-        x = input.new_zeros(T * B, input.size(1)).index_copy(0, where_rows, input).view(T, B, -1)
+        rows = valid.nonzero().squeeze(1).to(input.device)
+        x = input.new_zeros(T * B, input.size(1)).index_copy(0, rows, input).view(T, B, -1)
         lens = bs.new_zeros(B) if T == 0 else (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).sum(0)
+        return x, lens.to(input.device), lambda out: out.reshape(T * B, -1).index_select(0, rows)
+    x = input.transpose(0, 1) if batch_first else input
+    T, B = x.size(0), x.size(1)
+    if lengths is not None:
+        lens = lengths.to(torch.int64).clamp(0, T)
+    elif batch_sizes is not None:
+        bs = batch_sizes.to("cpu", torch.int64)
+        slot_len = (torch.arange(B).unsqueeze(1) < bs.unsqueeze(0)).sum(1)
+        order = sorted_indices.cpu() if sorted_indices is not None else torch.arange(B)
+        lens = torch.empty(B, dtype=torch.int64).index_copy_(0, order, slot_len)
     else:
-        x = input.transpose(0, 1) if batch_first else input
-        T, B = x.size(0), x.size(1)
-        if lengths is not None:
-            lens = lengths.to(torch.int64).clamp(0, T)
-        elif batch_sizes is not None:
-            bs = batch_sizes.to("cpu", torch.int64)
-            slot_len = (torch.arange(B).unsqueeze(1) < bs.unsqueeze(0)).sum(1)
-            order = sorted_indices.cpu() if sorted_indices is not None else torch.arange(B)
-            lens = torch.empty(B, dtype=torch.int64).index_copy_(0, order, slot_len)
-        else:
-            lens = torch.full((B,), T, dtype=torch.int64)
-    lens = lens.to(x.device)
-    bias = _bias(b_ih, b_hh)
-    h, c = hx, cx
+        lens = torch.full((B,), T, dtype=torch.int64)
+    return x, lens.to(x.device), (lambda out: out.transpose(0, 1)) if batch_first else (lambda out: out)
+
+
+def _masked_recurrence(x, lens, h, step, reverse):
+    """Runs step(x_t, h) -> h' over a padded (T, B, I) batch, each entry only while t < its length; returns the
+    (T, B, H) outputs (zero past each length) and the final h."""
+    T = x.size(0)
     outs: List[Optional[Tensor]] = [None] * T
     for p in range(T):
         t = T - 1 - p if reverse else p
-        h_new, c_new = lstm_step(x[t], h, c, w_ih, w_hh, bias)
-        if w_hr is not None:
-            h_new = h_new @ w_hr.t()
+        h_new = step(x[t], h)
         active = (lens > t).unsqueeze(1)
         h = torch.where(active, h_new, h)
-        c = torch.where(active, c_new, c)
         outs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
-    P = h.size(1)
-    out = torch.stack(outs) if T > 0 else x.new_zeros(0, B, P)
-    if packed:
-        out = out.reshape(T * B, P).index_select(0, where_rows)
-    elif batch_first:
-        out = out.transpose(0, 1)
-    return out, h, c
+    out = torch.stack(outs) if T > 0 else x.new_zeros(0, x.size(1), h.size(1))
+    return out, h
+
+
+def rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell):
+    """rnnext::rnn_layer's (output, hy) for cell "gru", "rnn_tanh" or "rnn_relu"."""
+    x, lens, restore = _padded_view(input, hx, batch_sizes, sorted_indices, batch_first)
+
+    def step(xt, h):
+        gx = xt @ w_ih.t() + (b_ih if b_ih is not None else 0)
+        gh = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
+        if cell == "gru":
+            xr, xz, xn = gx.chunk(3, 1)
+            hr, hz, hn = gh.chunk(3, 1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            return (1 - z) * n + z * h
+        return torch.relu(gx + gh) if cell == "rnn_relu" else torch.tanh(gx + gh)
+
+    out, h = _masked_recurrence(x, lens, hx, step, reverse)
+    return restore(out), h
 
 
 def spinn_encode(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh):

@@ -209,7 +209,8 @@ def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batc
     torch._check(input.dim() == 3 or batch_sizes is not None, lambda: f"{op}: a 2-D input is packed data "
                  "(total_rows, input_size) and needs batch_sizes")
     _check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)")
-    _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size or hidden_size)")
+    _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size)" if w_hr is not None else
+               "(4 * hidden_size, hidden_size)")
     G = w_ih.shape[0]
     torch._check(G % 4 == 0 and G > 0, lambda: f"{op}: expected w_ih.size(0) to be 4 * hidden_size > 0, got {G}")
     H = G // 4
@@ -221,7 +222,7 @@ def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batc
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             _check_shape(op, name, b, (G,))
-    _check_dim(op, "hx", hx, 2, "(batch, proj_size or hidden_size)")
+    _check_dim(op, "hx", hx, 2, "(batch, proj_size)" if w_hr is not None else "(batch, hidden_size)")
     if input.dim() == 3:
         B = input.shape[0 if batch_first else 1]
         _check_shape(op, "hx", hx, (B, P))
@@ -316,6 +317,111 @@ def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, grad_gates, grad_ce
 torch.library.register_autograd("rnnext::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
 torch.library.register_autograd("rnnext::lstm_layer_backward",
                                 _not_differentiable("rnnext::lstm_layer_backward", "rnnext::lstm_layer"),
+                                setup_context=_no_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GRU and vanilla RNN layer
+
+_CELL_GATES = {"gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, cell):
+    """csrc/common/layer_schedule.h's check_recurrent_args for rnn_layer, for the fake kernels. Returns H."""
+    torch._check(cell in _CELL_GATES, lambda: f'{op}: expected cell to be "gru", "rnn_tanh" or "rnn_relu", got '
+                 f'"{cell}"')
+    _check_devices(op, "input", input, ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh),
+                   index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
+    _check_same_dtype(op, "input", input, ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh))
+    torch._check(input.dim() in (2, 3), lambda: f"{op}: expected input to have 3 dimensions (seq_len, batch, "
+                 f"input_size), or 2 for packed data, got {input.dim()}")
+    torch._check(input.dim() == 3 or batch_sizes is not None, lambda: f"{op}: a 2-D input is packed data "
+                 "(total_rows, input_size) and needs batch_sizes")
+    gates = _CELL_GATES[cell]
+    _check_dim(op, "w_ih", w_ih, 2, f"({gates} * hidden_size, input_size)")
+    _check_dim(op, "w_hh", w_hh, 2, f"({gates} * hidden_size, hidden_size)")
+    G = w_ih.shape[0]
+    torch._check(G % gates == 0 and G > 0, lambda: f"{op}: expected w_ih.size(0) to be {gates} * hidden_size > 0, "
+                 f"got {G}")
+    H = G // gates
+    _check_shape(op, "w_ih", w_ih, (G, input.shape[-1]))
+    _check_shape(op, "w_hh", w_hh, (G, H))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_shape(op, name, b, (G,))
+    _check_dim(op, "hx", hx, 2, "(batch, hidden_size)")
+    if input.dim() == 3:
+        _check_shape(op, "hx", hx, (input.shape[0 if batch_first else 1], H))
+    return H
+
+
+@torch.library.register_fake("rnnext::rnn_layer")
+def _rnn_layer_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train,
+                    cell):
+    H = _check_rnn_layer_args("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
+                              batch_first, cell)
+    N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
+    saved = input.new_empty(N, 4 * H) if train and cell == "gru" else input.new_empty(0)
+    return input.new_empty(*input.shape[:-1], H), hx.new_empty(hx.shape), saved
+
+
+@torch.library.register_fake("rnnext::rnn_layer_backward")
+def _rnn_layer_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, batch_sizes, sorted_indices, batch_first,
+                             reverse, output, saved, cell, has_bias):
+    op = "rnnext::rnn_layer_backward"
+    H = _check_rnn_layer_args(op, input, hx, w_ih, w_hh, None, None, batch_sizes, sorted_indices, batch_first, cell)
+    _check_devices(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("output", output),
+                   ("saved", saved))
+    out_shape = (*input.shape[:-1], H)
+    _check_shape(op, "grad_output", grad_output, out_shape)
+    _check_shape(op, "output", output, out_shape)
+    _check_shape(op, "grad_hy", grad_hy, (hx.shape[0], H))
+    G = w_ih.shape[0]
+    return (
+        input.new_empty(input.shape),
+        hx.new_empty(hx.shape),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        input.new_empty(G if has_bias else 0),
+        input.new_empty(G if has_bias else 0),
+    )
+
+
+def _rnn_layer_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train, cell = inputs
+    out, hy, saved = output
+    ctx.flags = (batch_first, reverse, train, cell, b_ih is not None, b_hh is not None)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused workspace output
+
+
+def _rnn_layer_backward(ctx, grad_output, grad_hy, grad_saved):
+    if grad_output is None and grad_hy is None:
+        return (None,) * 12
+    batch_first, reverse, train, cell, has_bih, has_bhh = ctx.flags
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        inputs = (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell)
+        grads = _composite.differentiate(_composite.rnn_layer, inputs, (grad_output, grad_hy))
+        return (*grads[:6], None, None, None, None, None, None)
+    if not train:
+        raise RuntimeError(
+            "rnnext::rnn_layer was run with train=False, which keeps no state for the backward pass; call it with "
+            "train=True to differentiate it"
+        )
+    grad_output = grad_output if grad_output is not None else torch.zeros_like(out)
+    grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(hx)
+    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = ops.rnn_layer_backward(
+        grad_output, grad_hy, input, hx, w_ih, w_hh, batch_sizes, sorted_indices, batch_first, reverse, out, saved,
+        cell, has_bih or has_bhh,
+    )
+    return (g_in, g_hx, g_wih, g_whh, g_bih if has_bih else None, g_bhh if has_bhh else None,
+            None, None, None, None, None, None)
+
+
+torch.library.register_autograd("rnnext::rnn_layer", _rnn_layer_backward, setup_context=_rnn_layer_setup_context)
+torch.library.register_autograd("rnnext::rnn_layer_backward",
+                                _not_differentiable("rnnext::rnn_layer_backward", "rnnext::rnn_layer"),
                                 setup_context=_no_context)
 
 

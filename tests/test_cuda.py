@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 OPS = ["lstm_cell", "lstm_cell_backward", "lstm_layer", "lstm_layer_backward", "packed_gather", "packed_scatter",
        "treelstm_cell", "treelstm_cell_backward", "spinn_encode", "spinn_encode_backward", "thin_stack_plan",
-       "lstm_generate"]
+       "lstm_generate", "rnn_layer", "rnn_layer_backward"]
 
 
 def close(a, b, dtype, what=""):
@@ -70,6 +70,27 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
         results.append([y, h, c, xi.grad] + [p.grad for p in m.parameters()])
     for a, b in zip(results[1], results[0]):
         close(a, b, dtype if dtype != torch.float64 else torch.float64)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["dense", "padded"])
+def test_rnn_layer_cuda_matches_cpu(cell, dtype, layout):
+    torch.manual_seed(0)
+    T, B, I, H = 6, 4, 3, 5
+    G = (3 if cell == "gru" else 1) * H
+    base = [torch.randn(T, B, I), torch.randn(B, H), torch.randn(G, I) * 0.5, torch.randn(G, H) * 0.5,
+            torch.randn(G), torch.randn(G)]
+    bs, si = (torch.tensor([4, 3, 3, 2, 1]), torch.tensor([2, 0, 3, 1])) if layout == "padded" else (None, None)
+    results = []
+    for dev in ("cpu", "cuda"):
+        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).requires_grad_()
+                for t in base]
+        out, hy, _ = torch.ops.rnnext.rnn_layer(*args, bs, si, False, True, True, cell)
+        (out.float().sin().sum() + hy.float().square().sum()).backward()
+        results.append([out, hy] + [a.grad for a in args])
+    for a, b in zip(results[1], results[0]):
+        close(a, b, dtype)
 
 
 def test_lstm_cell_and_treelstm_cell_cuda():

@@ -552,6 +552,15 @@ def _raw_op_calls():
         calls.append((f"lstm_layer_backward/{label}", ops.lstm_layer_backward,
                       [torch.randn_like(out), r(B, H), r(B, H), x, h, c, w_ih, w_hh, None, extra[0], extra[1], False,
                        out, ga, ce, True, True, extra[2]]))
+    for cell, G in (("gru", 3 * H), ("rnn_tanh", H), ("rnn_relu", H)):
+        rw_ih, rw_hh, rb_ih, rb_hh = r(G, I), r(G, H), r(G), r(G)
+        for label, extra in (("dense", (None, None)), ("padded", (bs, si))):
+            args = [x, h, rw_ih, rw_hh, rb_ih, rb_hh, extra[0], extra[1], False, True, True, cell]
+            calls.append((f"rnn_layer/{cell}/{label}", ops.rnn_layer, args))
+            out, hy, saved = ops.rnn_layer(*args)
+            calls.append((f"rnn_layer_backward/{cell}/{label}", ops.rnn_layer_backward,
+                          [torch.randn_like(out), r(B, H), x, h, rw_ih, rw_hh, extra[0], extra[1], False, True, out,
+                           saved, cell, True]))
     packed = r(8, I)
     calls.append(("lstm_layer/packed", ops.lstm_layer, [packed, h, c, w_ih, w_hh, b_ih, b_hh, None, bs, None, False,
                                                         False, True, None]))

@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -77,18 +78,19 @@ struct RowMap {
   int64_t row_stride() const { return layout != Layout::kPacked && batch_first ? T : 1; }
 };
 
-// Every argument of a layer op (all layouts but masked mode's lengths, see cpu/lstm_masked.h): dtypes, devices,
-// ranks and shapes, each failure naming the op, the argument and the expectation. Returns the layer's sizes.
-inline LayerShapes check_layer_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
-                                    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                                    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
-                                    const std::optional<Tensor>& batch_sizes,
-                                    const std::optional<Tensor>& sorted_indices, bool batch_first,
-                                    Backend backend = Backend::kCPU) {
+// Every argument of a recurrent layer op with num_gates gate blocks per hidden unit (LSTM 4, GRU 3, RNN 1) and
+// a cell state cx when the cell has one (all layouts but masked mode's lengths, see cpu/lstm_masked.h): dtypes,
+// devices, ranks and shapes, each failure naming the op, the argument and the expectation. Returns the sizes.
+inline LayerShapes check_recurrent_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor* cx,
+                                        const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                        const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                                        const std::optional<Tensor>& batch_sizes,
+                                        const std::optional<Tensor>& sorted_indices, bool batch_first,
+                                        int64_t num_gates, Backend backend) {
   check_float_input(op, "input", input, backend);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"hx", &hx}, {"cx", &cx}, {"w_ih", &w_ih},
-                                {"w_hh", &w_hh}})
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"hx", &hx}, {"w_ih", &w_ih}, {"w_hh", &w_hh}})
     cpu::check_same(op, "input", input, name, *t);
+  if (cx != nullptr) cpu::check_same(op, "input", input, "cx", *cx);
   LayerShapes s{};
   s.batch_first = batch_first;
   if (input.dim() == 2) {
@@ -100,7 +102,8 @@ inline LayerShapes check_layer_args(const char* op, const Tensor& input, const T
     s.N = input.size(0);
     s.B = hx.dim() == 2 ? hx.size(0) : 0;
   } else {
-    cpu::check_dim(op, "input", input, 3, batch_first ? "(batch, seq_len, input_size)" : "(seq_len, batch, input_size)");
+    cpu::check_dim(op, "input", input, 3,
+                   batch_first ? "(batch, seq_len, input_size)" : "(seq_len, batch, input_size)");
     TORCH_CHECK(batch_sizes.has_value() || !sorted_indices.has_value(), op,
                 ": sorted_indices needs batch_sizes (the lengths of a padded input)");
     s.layout = batch_sizes.has_value() ? Layout::kPadded : Layout::kDense;
@@ -109,11 +112,12 @@ inline LayerShapes check_layer_args(const char* op, const Tensor& input, const T
     s.N = s.T * s.B;
   }
   s.I = input.size(-1);
-  cpu::check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)");
-  cpu::check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size or hidden_size)");
+  const std::string gates = std::to_string(num_gates) + " * hidden_size";
+  cpu::check_dim(op, "w_ih", w_ih, 2, ("(" + gates + ", input_size)").c_str());
+  cpu::check_dim(op, "w_hh", w_hh, 2, ("(" + gates + (w_hr.has_value() ? ", proj_size)" : ", hidden_size)")).c_str());
   const int64_t G = w_ih.size(0);
-  TORCH_CHECK(G % 4 == 0 && G > 0, op, ": expected w_ih.size(0) to be 4 * hidden_size > 0, got ", G);
-  s.H = G / 4;
+  TORCH_CHECK(G % num_gates == 0 && G > 0, op, ": expected w_ih.size(0) to be ", gates, " > 0, got ", G);
+  s.H = G / num_gates;
   s.P = s.H;
   if (w_hr.has_value()) {
     cpu::check_same(op, "input", input, "w_hr", *w_hr);
@@ -128,10 +132,21 @@ inline LayerShapes check_layer_args(const char* op, const Tensor& input, const T
       cpu::check_same(op, "input", input, name, **b);
       cpu::check_shape(op, name, **b, {G});
     }
-  cpu::check_dim(op, "hx", hx, 2, "(batch, proj_size or hidden_size)");
+  cpu::check_dim(op, "hx", hx, 2, w_hr.has_value() ? "(batch, proj_size)" : "(batch, hidden_size)");
   cpu::check_shape(op, "hx", hx, {s.B, s.P});
-  cpu::check_shape(op, "cx", cx, {s.B, s.H});
+  if (cx != nullptr) cpu::check_shape(op, "cx", *cx, {s.B, s.H});
   return s;
+}
+
+// The LSTM layer's arguments (four gate blocks, a cell state cx).
+inline LayerShapes check_layer_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                    const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+                                    const std::optional<Tensor>& batch_sizes,
+                                    const std::optional<Tensor>& sorted_indices, bool batch_first,
+                                    Backend backend = Backend::kCPU) {
+  return check_recurrent_args(op, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices,
+                              batch_first, 4, backend);
 }
 
 inline Steps make_steps(const char* op, const LayerShapes& s, const std::optional<Tensor>& batch_sizes, bool reverse) {

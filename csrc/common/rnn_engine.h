@@ -1,0 +1,197 @@
+// The GRU / vanilla-RNN layer (rnnext::rnn_layer and its backward), written once for every device: the input
+// projection of all steps is one GEMM, each step runs the recurrent GEMM and the cell's fused pointwise step
+// (the only device-specific part: a Pointwise policy, csrc/cpu/rnn_layer.cpp and csrc/cuda/rnn_layer.cu), and
+// the backward computes the weight gradients as a few large GEMMs over all steps. Layouts and the slot
+// schedule are those of the LSTM layer (common/layer_schedule.h): dense, packed, padded with batch sizes (and
+// sorted_indices), batch_first, reverse. Workspace rows are slots in step order (like packed data).
+//
+// Keeping gx and gh apart is what GRU needs (n = tanh(gx_n + r * gh_n)), at no extra FLOPs.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_copy.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "common/layer_schedule.h"
+#include "cpu/checks.h"
+
+namespace rnnext::common {
+
+enum class CellKind { kGRU, kRNNTanh, kRNNRelu };
+
+inline CellKind parse_cell(const char* op, std::string_view cell) {
+  if (cell == "gru") return CellKind::kGRU;
+  if (cell == "rnn_tanh") return CellKind::kRNNTanh;
+  if (cell == "rnn_relu") return CellKind::kRNNRelu;
+  TORCH_CHECK(false, op, ": expected cell to be \"gru\", \"rnn_tanh\" or \"rnn_relu\", got \"", std::string(cell),
+              "\"");
+}
+
+inline int64_t num_gates(CellKind c) { return c == CellKind::kGRU ? 3 : 1; }
+// What a training forward keeps per slot row for the backward (beside the output): GRU r, z, n and gh_n.
+inline int64_t saved_width(CellKind c, int64_t H) { return c == CellKind::kGRU ? 4 * H : 0; }
+
+// A layer's schedule with everything the engine indexes on the device: the output row of every slot row, the
+// batch entry of every slot, and (for the backward) where every slot row's previous h lives.
+struct RnnPlan {
+  LayerShapes s;
+  Steps st;
+  int64_t used = 0;
+  std::vector<int64_t> order;  // slot -> batch entry
+  Tensor out_rows;             // (used) int64: the input/output row of each slot row
+  Tensor batch_of;             // (B) int64
+};
+
+// upload: host int64 vector -> int64 tensor on the input's device (the CPU: a copy; CUDA: through pinned memory).
+template <typename Upload>
+RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                      const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                      const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
+                      bool batch_first, bool reverse, CellKind cell, Backend backend, Upload upload) {
+  RnnPlan plan;
+  plan.s = check_recurrent_args(op, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, batch_sizes,
+                                sorted_indices, batch_first, num_gates(cell), backend);
+  plan.st = make_steps(op, plan.s, batch_sizes, reverse);
+  const std::optional<Tensor> si_host =
+      sorted_indices.has_value() ? std::optional<Tensor>(sorted_indices->to(at::kCPU)) : std::nullopt;
+  plan.order = cpu::check_permutation(op, "sorted_indices", si_host, plan.s.B);
+  const RowMap map{plan.s.layout, batch_first, plan.s.T, plan.s.B, plan.order.empty() ? nullptr : plan.order.data()};
+  const Steps& st = plan.st;
+  plan.used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;
+  std::vector<int64_t> rows(plan.used);
+  for (int64_t t = 0; t < st.T; ++t)
+    for (int64_t j = 0; j < st.rows[t]; ++j) rows[st.offset[t] + j] = map.row_at_time(st, t, j);
+  if (plan.order.empty())
+    for (int64_t j = 0; j < plan.s.B; ++j) plan.order.push_back(j);
+  plan.out_rows = upload(rows);
+  plan.batch_of = upload(plan.order);
+  return plan;
+}
+
+// Forward. Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
+// undefined) runs one step's cell on its n slots.
+template <typename Pointwise, typename Upload>
+std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tensor& input, const Tensor& hx,
+                                                     const Tensor& w_ih, const Tensor& w_hh,
+                                                     const std::optional<Tensor>& b_ih,
+                                                     const std::optional<Tensor>& b_hh,
+                                                     const std::optional<Tensor>& batch_sizes,
+                                                     const std::optional<Tensor>& sorted_indices, bool batch_first,
+                                                     bool reverse, bool train, std::string_view cell_name,
+                                                     Backend backend, Upload upload) {
+  const CellKind cell = parse_cell(op, cell_name);
+  const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first,
+                                     reverse, cell, backend, upload);
+  const LayerShapes& s = plan.s;
+  const Steps& st = plan.st;
+  const int64_t H = s.H, I = s.I, used = plan.used;
+  const auto opts = input.options();
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = H;
+  // A padded input's output is zero at the padding.
+  Tensor output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
+  const int64_t W = saved_width(cell, H);
+  Tensor saved = train && W > 0 ? at::zeros({s.N, W}, opts) : at::empty({0}, opts);
+  Tensor h = hx.index_select(0, plan.batch_of).contiguous();  // slot order; every slot keeps its state in place
+  if (used == 0) return {output, hx.contiguous().clone(), saved};
+  const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
+  const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, w_ih.t()) : at::mm(x_slots, w_ih.t());
+  Tensor h_slots = at::empty({used, H}, opts);  // every slot row's new h
+  Tensor gh = at::empty({s.B, num_gates(cell) * H}, opts);
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t p = 0; p < st.T; ++p) {
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
+    Tensor gh_n = gh.narrow(0, 0, n);
+    if (b_hh.has_value())
+      at::addmm_out(gh_n, *b_hh, h.narrow(0, 0, n), w_hh_t);
+    else
+      at::mm_out(gh_n, h.narrow(0, 0, n), w_hh_t);
+    Pointwise::forward(cell, n, H, gx.narrow(0, off, n), gh_n, h.narrow(0, 0, n), h_slots.narrow(0, off, n),
+                       train && W > 0 ? saved.narrow(0, off, n) : Tensor());
+  }
+  output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
+  Tensor hy = at::empty_like(h).index_copy_(0, plan.batch_of, h);
+  return {output, hy, saved};
+}
+
+// Backward. Pointwise::backward(cell, n, H, saved (n, W) or undefined, h_new (n, H), h_prev (n, H), dh (n, H),
+// dgx (n, G H), dgh (n, G H) or undefined when it equals dgx (RNN), dh_direct (n, H) or undefined (RNN)).
+template <typename Pointwise, typename Upload>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
+    const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& batch_sizes,
+    const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse, const Tensor& output,
+    const Tensor& saved, std::string_view cell_name, bool has_bias, Backend backend, Upload upload) {
+  const CellKind cell = parse_cell(op, cell_name);
+  const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt, batch_sizes,
+                                     sorted_indices, batch_first, reverse, cell, backend, upload);
+  const LayerShapes& s = plan.s;
+  const Steps& st = plan.st;
+  const int64_t H = s.H, I = s.I, used = plan.used, G = num_gates(cell) * H, W = saved_width(cell, H);
+  std::vector<int64_t> out_shape = input.sizes().vec();
+  out_shape.back() = H;
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
+                                {"grad_hy", &grad_hy}, {"output", &output}, {"saved", &saved}})
+    cpu::check_same(op, "input", input, name, *t);
+  cpu::check_shape(op, "grad_output", grad_output, out_shape);
+  cpu::check_shape(op, "output", output, out_shape);
+  cpu::check_shape(op, "grad_hy", grad_hy, {s.B, H});
+  if (W > 0)
+    cpu::check_shape(op, "saved", saved, {s.N, W});
+  const auto opts = input.options();
+  Tensor dh = grad_hy.index_select(0, plan.batch_of).contiguous();  // slot order
+  auto to_batch = [&](const Tensor& t) { return at::empty_like(t).index_copy_(0, plan.batch_of, t); };
+  const Tensor empty = at::empty({0}, opts);
+  if (used == 0)
+    return {at::zeros(input.sizes(), opts), to_batch(dh), at::zeros(w_ih.sizes(), opts),
+            at::zeros(w_hh.sizes(), opts), has_bias ? at::zeros({G}, opts) : empty,
+            has_bias ? at::zeros({G}, opts) : at::empty({0}, opts)};
+  const Tensor dy_slots = grad_output.reshape({-1, H}).index_select(0, plan.out_rows);
+  const Tensor h_slots = output.reshape({-1, H}).index_select(0, plan.out_rows);
+  // The h each slot row read: the slot's row of the previous step, or hx for a slot's first step.
+  std::vector<int64_t> prev(used);
+  for (int64_t p = 0; p < st.T; ++p)
+    for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
+      prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
+  const Tensor h0 = hx.index_select(0, plan.batch_of);
+  const Tensor h_prev = at::cat({h_slots, h0}).index_select(0, upload(prev));
+  Tensor dgx = at::empty({used, G}, opts);
+  Tensor dgh = cell == CellKind::kGRU ? at::empty({used, G}, opts) : dgx;
+  Tensor dh_direct = cell == CellKind::kGRU ? at::empty({s.B, H}, opts) : Tensor();
+  Tensor dtot = at::empty({s.B, H}, opts);
+  for (int64_t p = st.T - 1; p >= 0; --p) {
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
+    Tensor d = dtot.narrow(0, 0, n);
+    at::add_out(d, dh.narrow(0, 0, n), dy_slots.narrow(0, off, n));
+    Pointwise::backward(cell, n, H, W > 0 ? saved.narrow(0, off, n) : Tensor(), h_slots.narrow(0, off, n),
+                        h_prev.narrow(0, off, n), d, dgx.narrow(0, off, n),
+                        cell == CellKind::kGRU ? dgh.narrow(0, off, n) : Tensor(),
+                        cell == CellKind::kGRU ? dh_direct.narrow(0, 0, n) : Tensor());
+    Tensor dh_n = dh.narrow(0, 0, n);
+    if (cell == CellKind::kGRU)
+      at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), dgh.narrow(0, off, n), w_hh);
+    else
+      at::mm_out(dh_n, dgx.narrow(0, off, n), w_hh);
+  }
+  const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
+  const Tensor dx_slots = at::mm(dgx, w_ih);
+  Tensor grad_input = at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows, dx_slots);
+  return {grad_input.view(input.sizes()), to_batch(dh), at::mm(dgx.t(), x_slots), at::mm(dgh.t(), h_prev),
+          has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
+}
+
+}  // namespace rnnext::common

@@ -1,0 +1,174 @@
+"""rnnext::rnn_layer (GRU, tanh RNN, ReLU RNN; one layer, one direction) against torch.nn.GRU / torch.nn.RNN in
+every layout, both directions, below and above the threading thresholds, every gradient compared (hx included);
+gradcheck, gradgradcheck, opcheck, torch.compile and bad arguments."""
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnext  # noqa: F401  (loads the ops)
+
+ops = torch.ops.rnnext
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+CELLS = ["gru", "rnn_tanh", "rnn_relu"]
+
+
+def stock_module(cell, I, H, dtype, bias=True, batch_first=False):
+    if cell == "gru":
+        return torch.nn.GRU(I, H, bias=bias, batch_first=batch_first, bidirectional=True, dtype=dtype)
+    return torch.nn.RNN(I, H, nonlinearity=cell[4:], bias=bias, batch_first=batch_first, bidirectional=True,
+                        dtype=dtype)
+
+
+def layer_params(m, reverse):
+    sfx = "_reverse" if reverse else ""
+    get = lambda n: getattr(m, n + sfx, None)  # noqa: E731
+    return get("weight_ih_l0"), get("weight_hh_l0"), get("bias_ih_l0"), get("bias_hh_l0")
+
+
+@pytest.fixture
+def threads(request):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+GRID = list(itertools.product(CELLS, ["dense", "batch_first", "packed", "padded"], [False, True], [True, False],
+                              [3, 40]))
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1thread", "2threads"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,layout,reverse,bias,B", GRID)
+def test_rnn_layer_matches_torch(threads, dtype, cell, layout, reverse, bias, B):
+    torch.manual_seed(0)
+    T, I, H = 6, 3, 5
+    batch_first = layout == "batch_first"
+    m = stock_module(cell, I, H, dtype, bias=bias, batch_first=batch_first)
+    g = torch.Generator().manual_seed(B)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, generator=g)
+    h0 = torch.randn(2, B, H, dtype=dtype, generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    d = 1 if reverse else 0
+    w_ih, w_hh, b_ih, b_hh = layer_params(m, reverse)
+    params = [p for p in (w_ih, w_hh, b_ih, b_hh) if p is not None]
+    xs, hs = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    # stock: the bidirectional module's direction d
+    if layout in ("packed", "padded"):
+        packed = pack_padded_sequence(xs, lengths, enforce_sorted=False)
+        y, hn = m(packed, hs)
+        out_s, _ = pad_packed_sequence(y, total_length=T)
+    else:
+        out_s, hn = m(xs, hs)
+        if batch_first:
+            out_s = out_s.transpose(0, 1)
+    out_s = out_s[..., d * H:(d + 1) * H]
+    hy_s = hn[d]
+    # rnnext: the op on the same direction
+    xr, hr = x.clone().requires_grad_(), h0[d].clone().requires_grad_()
+    if layout == "packed":
+        packed_r = pack_padded_sequence(xr, lengths, enforce_sorted=False)
+        out_r, hy_r, _ = ops.rnn_layer(packed_r.data, hr.index_select(0, packed_r.sorted_indices), w_ih, w_hh, b_ih,
+                                       b_hh, packed_r.batch_sizes, None, False, reverse, True, cell)
+        out_r, _ = pad_packed_sequence(torch.nn.utils.rnn.PackedSequence(out_r, packed_r.batch_sizes,
+                                                                         packed_r.sorted_indices,
+                                                                         packed_r.unsorted_indices), total_length=T)
+        hy_r = hy_r.index_select(0, packed_r.unsorted_indices)
+    elif layout == "padded":
+        sorted_len, order = torch.sort(lengths, descending=True, stable=True)
+        bs = torch.tensor([(sorted_len > t).sum() for t in range(int(sorted_len[0]))])
+        out_r, hy_r, _ = ops.rnn_layer(xr, hr, w_ih, w_hh, b_ih, b_hh, bs, order, False, reverse, True, cell)
+    else:
+        out_r, hy_r, _ = ops.rnn_layer(xr, hr, w_ih, w_hh, b_ih, b_hh, None, None, batch_first, reverse, True, cell)
+        if batch_first:
+            out_r = out_r.transpose(0, 1)
+    torch.testing.assert_close(out_r, out_s, **TOL[dtype])
+    torch.testing.assert_close(hy_r, hy_s, **TOL[dtype])
+    wy = torch.randn(out_s.shape, dtype=dtype, generator=g)
+    wh = torch.randn(hy_s.shape, dtype=dtype, generator=g)
+    gs = torch.autograd.grad((out_s * wy).sum() + (hy_s * wh).sum(), [xs, hs] + params)
+    gr = torch.autograd.grad((out_r * wy).sum() + (hy_r * wh).sum(), [xr, hr] + params)
+    torch.testing.assert_close(gr[0], gs[0], **TOL[dtype], msg="grad input")
+    torch.testing.assert_close(gr[1], gs[1][d], **TOL[dtype], msg="grad h_0")
+    for name, a, b in zip(["w_ih", "w_hh", "b_ih", "b_hh"], gr[2:], gs[2:]):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=f"grad {name}")
+
+
+def _small(cell, layout="dense", dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    T, B, I, H = 4, 3, 2, 3
+    G = (3 if cell == "gru" else 1) * H
+    r = lambda *s: torch.randn(*s, dtype=dtype, generator=g, requires_grad=True)  # noqa: E731
+    x = r(7, I) if layout == "packed" else r(T, B, I)
+    bs = torch.tensor([3, 2, 1, 1]) if layout == "packed" else (torch.tensor([3, 2, 1]) if layout == "padded"
+                                                                 else None)
+    si = torch.tensor([2, 0, 1]) if layout == "padded" else None
+    return x, r(B, H), r(G, I), r(G, H), r(G), r(G), bs, si
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rnn_layer_gradcheck_and_gradgradcheck(cell, layout, reverse):
+    x, h, w_ih, w_hh, b_ih, b_hh, bs, si = _small(cell, layout)
+
+    def fn(*a):
+        out, hy, _ = ops.rnn_layer(*a, bs, si, False, reverse, True, cell)
+        return out, hy
+
+    args = (x, h, w_ih, w_hh, b_ih, b_hh)
+    if cell == "rnn_relu":  # keep pre-activations away from the kink at 0
+        with torch.no_grad():
+            b_ih.add_(2.0)
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
+def test_rnn_layer_opcheck(cell, layout):
+    x, h, w_ih, w_hh, b_ih, b_hh, bs, si = _small(cell, layout)
+    torch.library.opcheck(ops.rnn_layer.default, (x, h, w_ih, w_hh, b_ih, b_hh, bs, si, False, False, True, cell))
+    with torch.no_grad():
+        out, hy, saved = ops.rnn_layer(x, h, w_ih, w_hh, b_ih, b_hh, bs, si, False, False, True, cell)
+    torch.library.opcheck(ops.rnn_layer_backward.default,
+                          (torch.randn_like(out), torch.randn_like(hy), x.detach(), h.detach(), w_ih.detach(),
+                           w_hh.detach(), bs, si, False, False, out, saved, cell, True))
+
+
+def test_rnn_layer_compiles_fullgraph():
+    x, h, w_ih, w_hh, b_ih, b_hh, _, _ = _small("gru")
+
+    def fn(x, h, w_ih, w_hh, b_ih, b_hh):
+        out, hy, _ = ops.rnn_layer(x, h, w_ih, w_hh, b_ih, b_hh, None, None, False, False, True, "gru")
+        return (out.sin().sum() + hy.sum())
+
+    torch._dynamo.reset()
+    args = (x, h, w_ih, w_hh, b_ih, b_hh)
+    want = torch.autograd.grad(fn(*args), args)
+    got = torch.autograd.grad(torch.compile(fn, fullgraph=True)(*args), args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_rnn_layer_bad_arguments():
+    x, h, w_ih, w_hh, b_ih, b_hh, _, _ = _small("gru")
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match='expected cell to be "gru", "rnn_tanh" or "rnn_relu", got "lstm"'):
+            ops.rnn_layer(x, h, w_ih, w_hh, b_ih, b_hh, None, None, False, False, True, "lstm")
+        with pytest.raises(RuntimeError, match=r"expected w_ih.size\(0\) to be 3 \* hidden_size"):
+            ops.rnn_layer(x, h, w_ih[:8], w_hh, b_ih, b_hh, None, None, False, False, True, "gru")
+        with pytest.raises(RuntimeError, match="expected hx of shape"):
+            ops.rnn_layer(x, h[:2], w_ih, w_hh, b_ih, b_hh, None, None, False, False, True, "gru")
+        with pytest.raises(RuntimeError, match="expected b_hh of shape"):
+            ops.rnn_layer(x, h, w_ih, w_hh, b_ih, b_hh[:3], None, None, False, False, True, "gru")
+        with pytest.raises(RuntimeError, match="to have the dtype of input"):
+            ops.rnn_layer(x, h.float(), w_ih, w_hh, b_ih, b_hh, None, None, False, False, True, "gru")
+        out, hy, saved = ops.rnn_layer(x, h, w_ih, w_hh, b_ih, b_hh, None, None, False, False, False, "gru")
+    with pytest.raises(RuntimeError, match="expected saved of shape"):
+        ops.rnn_layer_backward(out, hy, x.detach(), h.detach(), w_ih.detach(), w_hh.detach(), None, None, False,
+                               False, out, saved, "gru", True)
