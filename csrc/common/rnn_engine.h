@@ -109,10 +109,11 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   Tensor h = hx.index_select(0, plan.batch_of).contiguous();  // slot order; every slot keeps its state in place
   if (used == 0) return {output, hx.contiguous().clone(), saved};
   const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
-  const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, w_ih.t()) : at::mm(x_slots, w_ih.t());
+  // (Contiguous weights: the same values give the same bits in any layout.)
+  const Tensor wi_t = w_ih.contiguous().t(), w_hh_t = w_hh.contiguous().t();
+  const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, wi_t) : at::mm(x_slots, wi_t);
   Tensor h_slots = at::empty({used, H}, opts);  // every slot row's new h
   Tensor gh = at::empty({s.B, num_gates(cell) * H}, opts);
-  const Tensor w_hh_t = w_hh.t();
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
     Tensor gh_n = gh.narrow(0, 0, n);
@@ -153,6 +154,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   if (W > 0)
     cpu::check_shape(op, "saved", saved, {s.N, W});
   const auto opts = input.options();
+  // The pointwise policies read through raw pointers, and the GEMMs should give the same bits for the same
+  // values in any layout: contiguous operands.
+  const Tensor sv = saved.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
   Tensor dh = grad_hy.index_select(0, plan.batch_of).contiguous();  // slot order
   auto to_batch = [&](const Tensor& t) { return at::empty_like(t).index_copy_(0, plan.batch_of, t); };
   const Tensor empty = at::empty({0}, opts);
@@ -177,18 +181,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
     Tensor d = dtot.narrow(0, 0, n);
     at::add_out(d, dh.narrow(0, 0, n), dy_slots.narrow(0, off, n));
-    Pointwise::backward(cell, n, H, W > 0 ? saved.narrow(0, off, n) : Tensor(), h_slots.narrow(0, off, n),
+    Pointwise::backward(cell, n, H, W > 0 ? sv.narrow(0, off, n) : Tensor(), h_slots.narrow(0, off, n),
                         h_prev.narrow(0, off, n), d, dgx.narrow(0, off, n),
                         cell == CellKind::kGRU ? dgh.narrow(0, off, n) : Tensor(),
                         cell == CellKind::kGRU ? dh_direct.narrow(0, 0, n) : Tensor());
     Tensor dh_n = dh.narrow(0, 0, n);
     if (cell == CellKind::kGRU)
-      at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), dgh.narrow(0, off, n), w_hh);
+      at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), dgh.narrow(0, off, n), wh);
     else
-      at::mm_out(dh_n, dgx.narrow(0, off, n), w_hh);
+      at::mm_out(dh_n, dgx.narrow(0, off, n), wh);
   }
   const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
-  const Tensor dx_slots = at::mm(dgx, w_ih);
+  const Tensor dx_slots = at::mm(dgx, wi);
   Tensor grad_input = at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows, dx_slots);
   return {grad_input.view(input.sizes()), to_batch(dh), at::mm(dgx.t(), x_slots), at::mm(dgh.t(), h_prev),
           has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
