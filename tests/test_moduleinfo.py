@@ -1,5 +1,6 @@
-"""PyTorch's own test material for nn.LSTM and nn.LSTMCell (torch.testing._internal.common_modules ModuleInfo
-samples) run against rnnext: forward, backward, gradcheck and gradgradcheck, stock torch.nn as the oracle."""
+"""PyTorch's own test material for nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell, nn.RNN and nn.RNNCell
+(torch.testing._internal.common_modules ModuleInfo samples) run against rnnext: forward, backward, gradcheck and
+gradgradcheck, stock torch.nn as the oracle."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import rnnext
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
 
-PAIRS = {torch.nn.LSTM: rnnext.nn.LSTM, torch.nn.LSTMCell: rnnext.nn.LSTMCell}
+PAIRS = {torch.nn.LSTM: rnnext.nn.LSTM, torch.nn.LSTMCell: rnnext.nn.LSTMCell, torch.nn.GRU: rnnext.nn.GRU,
+         torch.nn.GRUCell: rnnext.nn.GRUCell, torch.nn.RNN: rnnext.nn.RNN, torch.nn.RNNCell: rnnext.nn.RNNCell}
 
 
 def _samples():
@@ -30,7 +32,7 @@ SAMPLES = _samples()
 
 
 def test_samples_were_found():
-    assert len(SAMPLES) >= 60, len(SAMPLES)
+    assert len(SAMPLES) >= 120, len(SAMPLES)
 
 
 def _build(cls, sample, training):

@@ -71,72 +71,39 @@ def _needs_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-class LSTM(nn.Module):
-    r"""A multi-layer LSTM with the interface of :class:`torch.nn.LSTM`, run by rnnext's fused layer op.
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
-    The constructor arguments, parameter names and shapes, ``state_dict`` keys, initialisation (for the same
-    seed, the same initial weights), the forward signature and the return values are those of
-    ``torch.nn.LSTM``, so a state_dict saved from one loads into the other and the two give the same
-    numbers. For each layer and direction, with PyTorch's gate order (input, forget, cell, output)::
 
-        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, 4)
-        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-        h_t = sigmoid(o) * tanh(c_t)          (then h_t = h_t W_hr^T when proj_size > 0)
+class _RNNBase(nn.Module):
+    """What rnnext's LSTM, GRU and RNN share: the parameters (names, shapes, initialisation and order of
+    torch.nn's), the layer and direction loop, dropout between layers, ``hx`` handling and the dispatch of padded,
+    packed, unbatched and ``lengths=`` inputs to the fused layer ops. Subclasses say which cell (``mode``) and
+    run one layer and direction (``_run_direction``)."""
 
-    All weights and biases are initialised from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+    _kind = "RNN"  # the public class name, for messages
 
-    Each layer and direction is one call of ``torch.ops.rnnext.lstm_layer``: the input projection of all steps
-    as one GEMM, then the recurrence in C++ (the recurrent GEMM and the fused pointwise step, threads owning
-    blocks of hidden units), and an explicit backward op (BPTT in C++, the weight gradients as large GEMMs).
-    A ``PackedSequence`` computes only its real rows at every step.
-
-    Args:
-        input_size: features of the input ``x``.
-        hidden_size: features of the hidden state ``h``.
-        num_layers: number of stacked layers. Default: 1.
-        bias: if ``False``, the layers have no ``b_ih`` and ``b_hh``. Default: ``True``.
-        batch_first: if ``True``, input and output are ``(batch, seq, feature)``. Default: ``False``.
-        dropout: dropout on the outputs of every layer but the last, in training. Default: 0.
-        bidirectional: if ``True``, a bidirectional LSTM. Default: ``False``.
-        proj_size: if > 0, an LSTM with projections of that size. Default: 0.
-
-    Forward: ``forward(input, hx=None)`` takes ``input`` of shape ``(L, H_in)`` (unbatched), ``(L, N, H_in)``
-    (or ``(N, L, H_in)`` with ``batch_first``) or a ``PackedSequence``, and ``hx = (h_0, c_0)`` of shapes
-    ``(D * num_layers, N, H_out)`` and ``(D * num_layers, N, hidden_size)`` (no batch dimension when
-    unbatched), zeros when omitted. Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM`` does.
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None) -> None:
         super().__init__()
+        kind = self._kind
         factory = {"device": device, "dtype": dtype}
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LSTM: {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{kind}: {name} must be a positive integer, got {value!r}")
         if not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"LSTM: proj_size must be a non-negative integer, got {proj_size!r}")
+            raise ValueError(f"{kind}: proj_size must be a non-negative integer, got {proj_size!r}")
         if proj_size >= hidden_size:
-            raise ValueError(f"LSTM: proj_size ({proj_size}) has to be smaller than hidden_size ({hidden_size})")
+            raise ValueError(f"{kind}: proj_size ({proj_size}) has to be smaller than hidden_size ({hidden_size})")
         if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError(f"LSTM: dropout should be a number in [0, 1] representing the probability of an "
+            raise ValueError(f"{kind}: dropout should be a number in [0, 1] representing the probability of an "
                              f"element being zeroed, got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
                 f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}"
             )
-        self.mode = "LSTM"
+        self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -147,7 +114,7 @@ class LSTM(nn.Module):
         self.proj_size = proj_size
         num_directions = 2 if bidirectional else 1
         real_hidden = proj_size if proj_size > 0 else hidden_size
-        gate_size = 4 * hidden_size
+        gate_size = _GATES[mode] * hidden_size
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
@@ -182,7 +149,7 @@ class LSTM(nn.Module):
         return [getattr(self, name) for name in self._flat_weights_names]
 
     def flatten_parameters(self) -> None:
-        """No-op, for compatibility with ``torch.nn.LSTM`` (rnnext needs no flattened weight buffer)."""
+        """No-op, for compatibility with ``torch.nn`` (rnnext needs no flattened weight buffer)."""
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -190,6 +157,8 @@ class LSTM(nn.Module):
             s += ", proj_size={proj_size}"
         if self.num_layers != 1:
             s += ", num_layers={num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
         if self.bias is not True:
             s += ", bias={bias}"
         if self.batch_first is not False:
@@ -208,26 +177,29 @@ class LSTM(nn.Module):
         w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
         return w_ih, w_hh, b_ih, b_hh, w_hr
 
-    def forward(
-        self,
-        input: Union[Tensor, PackedSequence],
-        hx: Optional[_HiddenState] = None,
-        *,
-        lengths: Optional[Union[Tensor, List[int]]] = None,
-        padding_value: float = 0.0,
-    ) -> Tuple[Union[Tensor, PackedSequence], _HiddenState]:
-        """Runs the LSTM. ``lengths`` (keyword only, with a padded batched input): the length of every
+    # What a subclass supplies.
+    _num_states = 1          # LSTM: (h, c); GRU and RNN: h
+    _device_lengths = False  # runs lengths on the input's device without reading them (masked mode)
+
+    def _run_direction(self, idx: int, x: Tensor, states: List[Tensor], batch_sizes, sorted_indices,
+                       batch_first: bool, reverse: bool, train: bool, masked_lengths) -> Tuple[Tensor, List[Tensor]]:
+        raise NotImplementedError  # pragma: no cover  (every subclass overrides it)
+
+    def forward(self, input: Union[Tensor, PackedSequence], hx=None, *,
+                lengths: Optional[Union[Tensor, List[int]]] = None, padding_value: float = 0.0):
+        """Runs the network. ``lengths`` (keyword only, with a padded batched input): the length of every
         sequence, as a list or a tensor on any device; the result then equals
-        ``pad_packed_sequence(lstm(pack_padded_sequence(input, lengths, enforce_sorted=False)),
-        padding_value=padding_value, total_length=T)``: outputs past each length are ``padding_value``, ``h_n``
-        and ``c_n`` are the states at each sequence's last step, and reverse directions start at each
-        sequence's own last step. It is computed straight from the padded tensor (no pack or unpack copies).
+        ``pad_packed_sequence(module(pack_padded_sequence(input, lengths, enforce_sorted=False)),
+        padding_value=padding_value, total_length=T)``: outputs past each length are ``padding_value``, the final
+        states are those at each sequence's last step, and reverse directions start at each sequence's own last
+        step. It is computed straight from the padded tensor (no pack or unpack copies).
 
         Lengths on the CPU (or a list) are checked (each in [1, T]) and run a sorted schedule that skips the
-        padding. A lengths tensor already on the input's GPU is never read by the host, so the call does not
-        synchronize: every sequence runs at every step, masked past its length, and the values are not checked
-        but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding)."""
-        name = "rnnext.nn.LSTM"
+        padding. For LSTM, a lengths tensor already on the input's GPU is never read by the host, so the call does
+        not synchronize: every sequence runs at every step, masked past its length, and the values are not
+        checked but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding). GRU
+        and RNN read device lengths on the host (one synchronization)."""
+        name = f"rnnext.nn.{self._kind}"
         ref = self.weight_ih_l0
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -265,7 +237,7 @@ class LSTM(nn.Module):
                 if not batched:
                     raise ValueError(f"{name}: lengths= needs a batched 3-D input, got a 2-D (unbatched) one")
                 steps = x.size(1 if batch_first else 0)
-                if _masked_lengths(lengths, x):
+                if self._device_lengths and _masked_lengths(lengths, x):
                     masked_lengths = lengths = _check_device_lengths(name, lengths, batch, x)
                 else:
                     lengths = check_lengths(name, lengths, batch, steps)
@@ -277,17 +249,22 @@ class LSTM(nn.Module):
             raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
                                f"got {x.size(-1)}")
 
-        state_shape_h = (self.num_layers * num_directions, batch, real_hidden)
-        state_shape_c = (self.num_layers * num_directions, batch, self.hidden_size)
+        shapes = [(self.num_layers * num_directions, batch, real_hidden)]
+        labels = ["h_0"]
+        if self._num_states == 2:
+            shapes.append((self.num_layers * num_directions, batch, self.hidden_size))
+            labels.append("c_0")
         if hx is None:
-            h0 = x.new_zeros(state_shape_h)
-            c0 = x.new_zeros(state_shape_c)
+            states = [x.new_zeros(shape) for shape in shapes]
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
-            h0, c0 = hx
+            if self._num_states == 2:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+                states = list(hx)
+            else:
+                states = [hx]
             want = 3 if batched else 2
-            for label, t in (("h_0", h0), ("c_0", c0)):
+            for label, t in zip(labels, states):
                 if not isinstance(t, Tensor):
                     raise TypeError(f"{name}: expected {label} to be a Tensor, got {type(t).__name__}")
                 if t.dim() != want:
@@ -295,50 +272,122 @@ class LSTM(nn.Module):
                     raise RuntimeError(f"{name}: for {kind} input, expected {label} to be {want}-D, "
                                        f"got {t.dim()}-D with shape {tuple(t.shape)}")
             if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            _check_state(name, "h_0", h0, state_shape_h, x)
-            _check_state(name, "c_0", c0, state_shape_c, x)
+                states = [t.unsqueeze(1) for t in states]
+            for label, t, shape in zip(labels, states, shapes):
+                _check_state(name, label, t, shape, x)
             if sorted_indices is not None:
-                h0 = h0.index_select(1, sorted_indices)
-                c0 = c0.index_select(1, sorted_indices)
+                states = [t.index_select(1, sorted_indices) for t in states]
 
-        train = _needs_grad([x, h0, c0, *self._flat_weights])
+        train = _needs_grad([x, *states, *self._flat_weights])
         layer_input = x
-        h_n: List[Tensor] = []
-        c_n: List[Tensor] = []
+        finals: List[List[Tensor]] = [[] for _ in shapes]
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
-                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
-                out, hy, cy, _, _ = _ops.ops.lstm_layer(
-                    layer_input, h0[idx], c0[idx], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                    layer_sorted_indices, batch_first, direction == 1, train, masked_lengths,
-                )
+                out, new_states = self._run_direction(idx, layer_input, [t[idx] for t in states], batch_sizes,
+                                                      layer_sorted_indices, batch_first, direction == 1, train,
+                                                      masked_lengths)
                 outputs.append(out)
-                h_n.append(hy)
-                c_n.append(cy)
+                for acc, t in zip(finals, new_states):
+                    acc.append(t)
             layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_output = F.dropout(layer_output, self.dropout, True)
             layer_input = layer_output
         output = layer_input
-        hn = torch.stack(h_n, 0)
-        cn = torch.stack(c_n, 0)
+        state_n = [torch.stack(acc, 0) for acc in finals]
+
+        def pack_state(ts: List[Tensor]):
+            return (ts[0], ts[1]) if self._num_states == 2 else ts[0]
 
         if packed:
             if unsorted_indices is not None:
-                hn = hn.index_select(1, unsorted_indices)
-                cn = cn.index_select(1, unsorted_indices)
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (hn, cn)
+                state_n = [t.index_select(1, unsorted_indices) for t in state_n]
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), pack_state(state_n)
         if not batched:
-            return output.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
+            return output.squeeze(1), pack_state([t.squeeze(1) for t in state_n])
         if lengths is not None and padding_value != 0:
             steps = torch.arange(output.size(1 if batch_first else 0), device=output.device)
             # non_blocking: host lengths reach a GPU without a stream synchronization
             pad = steps.unsqueeze(0) >= lengths.to(output.device, non_blocking=True).unsqueeze(1)  # (B, T)
             output = output.masked_fill((pad if batch_first else pad.t()).unsqueeze(-1), padding_value)
-        return output, (hn, cn)
+        return output, pack_state(state_n)
+
+
+class LSTM(_RNNBase):
+    r"""A multi-layer LSTM with the interface of :class:`torch.nn.LSTM`, run by rnnext's fused layer op.
+
+    The constructor arguments, parameter names and shapes, ``state_dict`` keys, initialisation (for the same
+    seed, the same initial weights), the forward signature and the return values are those of
+    ``torch.nn.LSTM``, so a state_dict saved from one loads into the other and the two give the same
+    numbers. For each layer and direction, with PyTorch's gate order (input, forget, cell, output)::
+
+        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh, 4)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)          (then h_t = h_t W_hr^T when proj_size > 0)
+
+    All weights and biases are initialised from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+
+    Each layer and direction is one call of ``torch.ops.rnnext.lstm_layer``: the input projection of all steps
+    as one GEMM, then the recurrence in C++ (the recurrent GEMM and the fused pointwise step, threads owning
+    blocks of hidden units), and an explicit backward op (BPTT in C++, the weight gradients as large GEMMs).
+    A ``PackedSequence`` computes only its real rows at every step.
+
+    Args:
+        input_size: features of the input ``x``.
+        hidden_size: features of the hidden state ``h``.
+        num_layers: number of stacked layers. Default: 1.
+        bias: if ``False``, the layers have no ``b_ih`` and ``b_hh``. Default: ``True``.
+        batch_first: if ``True``, input and output are ``(batch, seq, feature)``. Default: ``False``.
+        dropout: dropout on the outputs of every layer but the last, in training. Default: 0.
+        bidirectional: if ``True``, a bidirectional LSTM. Default: ``False``.
+        proj_size: if > 0, an LSTM with projections of that size. Default: 0.
+
+    Forward: ``forward(input, hx=None)`` takes ``input`` of shape ``(L, H_in)`` (unbatched), ``(L, N, H_in)``
+    (or ``(N, L, H_in)`` with ``batch_first``) or a ``PackedSequence``, and ``hx = (h_0, c_0)`` of shapes
+    ``(D * num_layers, N, H_out)`` and ``(D * num_layers, N, hidden_size)`` (no batch dimension when
+    unbatched), zeros when omitted. Returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM`` does.
+    """
+
+    _kind = "LSTM"
+    _num_states = 2
+    _device_lengths = True
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype)
+
+    def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
+                       masked_lengths):
+        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
+        out, hy, cy, _, _ = _ops.ops.lstm_layer(x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                                sorted_indices, batch_first, reverse, train, masked_lengths)
+        return out, [hy, cy]
+
+    def forward(
+        self,
+        input: Union[Tensor, PackedSequence],
+        hx: Optional[_HiddenState] = None,
+        *,
+        lengths: Optional[Union[Tensor, List[int]]] = None,
+        padding_value: float = 0.0,
+    ) -> Tuple[Union[Tensor, PackedSequence], _HiddenState]:
+        """Runs the LSTM; returns ``output, (h_n, c_n)`` as ``torch.nn.LSTM`` does. See ``_RNNBase.forward`` for
+        ``lengths`` and ``padding_value``."""
+        return super().forward(input, hx, lengths=lengths, padding_value=padding_value)
 
 
 class LSTMCell(nn.Module):

@@ -1,0 +1,190 @@
+"""Drop-in replacements for ``torch.nn.GRU``, ``torch.nn.RNN``, ``torch.nn.GRUCell`` and ``torch.nn.RNNCell`` on
+top of the fused ``rnnext::rnn_layer`` op (csrc/common/rnn_engine.h)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import _ops
+from .lstm import _check_float_input, _check_state, _RNNBase
+
+__all__ = ["GRU", "RNN", "GRUCell", "RNNCell"]
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def _check_nonlinearity(kind: str, nonlinearity) -> None:
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"{kind}: unknown nonlinearity {nonlinearity!r}; select from 'tanh' or 'relu'")
+
+
+class _GRUOrRNN(_RNNBase):
+    """The GRU and RNN layers: one ``rnnext::rnn_layer`` call per layer and direction."""
+
+    _cell = "gru"
+
+    def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
+                       masked_lengths):
+        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx)
+        out, hy, _ = _ops.ops.rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
+                                        batch_first, reverse, train, self._cell)
+        return out, [hy]
+
+
+class GRU(_GRUOrRNN):
+    r"""A multi-layer GRU with the interface of :class:`torch.nn.GRU`, run by rnnext's fused ``rnn_layer`` op.
+
+    Same constructor arguments, parameter names and shapes (``weight_ih_l{k}`` (3H, in), ``weight_hh_l{k}``
+    (3H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the second direction), ``state_dict`` keys,
+    initialisation U(-1/sqrt(H), 1/sqrt(H)) (the same initial weights for the same seed), forward signature and
+    return values ``output, h_n``. Gate order r, z, n as PyTorch::
+
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+        z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+        h' = (1 - z) * n + z * h
+
+    Each layer and direction is one op call: the input projection of all steps as one GEMM, then per step the
+    recurrent GEMM and one fused pointwise step; the backward is its own op. ``PackedSequence`` input computes
+    only the real rows; ``forward(x, lengths=...)`` runs a padded batch on its lengths (see ``LSTM``). Lengths on
+    a GPU are read on the host (one synchronization; LSTM's masked mode is not yet there for GRU).
+    """
+
+    _kind = "GRU"
+    _cell = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
+
+
+class RNN(_GRUOrRNN):
+    r"""A multi-layer Elman RNN with the interface of :class:`torch.nn.RNN` (``nonlinearity="tanh"`` or
+    ``"relu"``), run by rnnext's fused ``rnn_layer`` op: ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``.
+
+    Same constructor arguments, parameters (``weight_ih_l{k}`` (H, in), ``weight_hh_l{k}`` (H, H), biases),
+    ``state_dict`` keys, initialisation and forward (``output, h_n``) as ``torch.nn.RNN``; layouts and
+    ``lengths=`` as ``GRU``.
+    """
+
+    _kind = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        _check_nonlinearity("RNN", nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device, dtype)
+
+    @property
+    def _cell(self) -> str:
+        return "rnn_" + self.nonlinearity
+
+
+class _CellBase(nn.Module):
+    """GRUCell / RNNCell: one step, as ``rnnext::rnn_layer`` over a sequence of length 1."""
+
+    _kind = "RNNCell"
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{self._kind}: {name} must be a positive integer, got {value!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        G = self._gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def _cell_name(self) -> str:
+        return "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        name = f"rnnext.nn.{self._kind}"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        _check_float_input(name, input, self.weight_ih)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: expected input to be 1-D (unbatched) or 2-D, got {input.dim()}-D "
+                             f"with shape {tuple(input.shape)}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
+                               f"got {input.size(-1)}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        shape = (x.size(0), self.hidden_size)
+        if hx is None:
+            h = x.new_zeros(shape)
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"{name}: expected hx to be a Tensor, got {type(hx).__name__}")
+            want = 2 if batched else 1
+            if hx.dim() != want:
+                kind = "batched 2-D" if batched else "unbatched 1-D"
+                raise RuntimeError(f"{name}: for {kind} input, expected hx to be {want}-D, got {hx.dim()}-D with "
+                                   f"shape {tuple(hx.shape)}")
+            h = hx if batched else hx.unsqueeze(0)
+            _check_state(name, "hx", h, shape, x)
+        train = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h, self.weight_ih, self.weight_hh, self.bias_ih,
+                                                        self.bias_hh))
+        _, hy, _ = _ops.ops.rnn_layer(x.unsqueeze(0), h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                                      None, None, False, False, train, self._cell_name())
+        return hy if batched else hy.squeeze(0)
+
+
+class GRUCell(_CellBase):
+    r"""One GRU step with the interface of :class:`torch.nn.GRUCell` (parameters ``weight_ih`` (3H, I),
+    ``weight_hh`` (3H, H), ``bias_ih``, ``bias_hh``; ``forward(input, hx=None) -> h'``), run by the fused
+    ``rnnext::rnn_layer`` op (gate math as :class:`GRU`)."""
+
+    _kind = "GRUCell"
+    _gates = 3
+
+
+class RNNCell(_CellBase):
+    r"""One Elman RNN step with the interface of :class:`torch.nn.RNNCell` (``nonlinearity="tanh"`` or
+    ``"relu"``; parameters ``weight_ih`` (H, I), ``weight_hh`` (H, H), biases), run by ``rnnext::rnn_layer``."""
+
+    _kind = "RNNCell"
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        _check_nonlinearity("RNNCell", nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+
+    def _cell_name(self) -> str:
+        return "rnn_" + self.nonlinearity
