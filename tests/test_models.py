@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import rnnext
 from rnnext.models import CharGenerator, CharVocab, RNNClassifier
 
 
@@ -143,3 +144,8 @@ def test_generation_op_opcheck_and_errors():
     with pytest.raises(RuntimeError, match="temperature"):
         torch.ops.rnnext.lstm_generate(*args[:11], -1.0, 0)
     assert model.generate(torch.zeros(2, 1, dtype=torch.int64), 0).shape == (2, 0)
+
+
+@pytest.mark.parametrize("cell,cls", [("lstm", rnnext.nn.LSTM), ("gru", rnnext.nn.GRU), ("rnn", rnnext.nn.RNN)])
+def test_classifier_uses_the_fused_modules(cell, cls):
+    assert type(RNNClassifier(20, 8, 6, 4, cell=cell).rnn) is cls

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.lstm import LSTM
+from ..nn.rnn import GRU, RNN
 
 __all__ = ["RNNClassifier"]
 
@@ -18,8 +19,8 @@ class RNNClassifier(nn.Module):
         hidden_size, num_layers, bidirectional, dropout: the recurrent layer (dropout between layers and on the
             pooled features).
         num_classes: output classes.
-        cell: "lstm" (rnnext.nn.LSTM, run on the real lengths with no padding computed), "gru" or "rnn" (stock
-            torch.nn.GRU / torch.nn.RNN on a PackedSequence).
+        cell: "lstm", "gru" or "rnn" (rnnext.nn.LSTM / GRU / RNN (tanh), run on the real lengths with no
+            padding computed).
         pooling: "last" (the final states of all directions), "mean" or "max" (over the real length).
 
     ``forward(tokens, lengths)``: tokens (B, T) padded, lengths (B,) -> logits (B, num_classes).
@@ -36,7 +37,7 @@ class RNNClassifier(nn.Module):
         self.cell, self.pooling = cell, pooling
         self.num_layers, self.bidirectional = num_layers, bidirectional
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        kinds = {"lstm": LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+        kinds = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
         self.rnn = kinds[cell](embed_dim, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                                batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
@@ -48,14 +49,8 @@ class RNNClassifier(nn.Module):
             raise ValueError(f"RNNClassifier: expected tokens (B, T), got shape {tuple(tokens.shape)}")
         lengths = torch.as_tensor(lengths, dtype=torch.int64)
         x = self.embedding(tokens)
-        if self.cell == "lstm":
-            out, (h, _) = self.rnn(x, lengths=lengths)
-        else:
-            from ..utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, h = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.size(1))
+        out, state = self.rnn(x, lengths=lengths)
+        h = state[0] if self.cell == "lstm" else state
         if self.pooling == "last":
             directions = 2 if self.bidirectional else 1
             feats = h.view(self.num_layers, directions, h.size(1), h.size(2))[-1]  # last layer, all directions

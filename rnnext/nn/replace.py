@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .lstm import LSTM, LSTMCell
+from .rnn import GRU, RNN, GRUCell, RNNCell
 
 __all__ = ["replace_rnns", "ReplaceReport"]
 
@@ -30,18 +31,28 @@ class ReplaceReport:
     left_stock: List[Tuple[str, str]] = field(default_factory=list)
 
 
+# Each stock class and its rnnext twin.
+_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+_STOCK = tuple(_TWINS)
+_OURS = tuple(_TWINS.values())
+
+
+def _stock_class(module: nn.Module):
+    return next(c for c in _STOCK if isinstance(module, c))
+
+
 def _expected_params(module: nn.Module) -> List[str]:
-    if isinstance(module, nn.LSTM):
+    if isinstance(module, nn.RNNBase):
         return list(module._flat_weights_names)
     names = ["weight_ih", "weight_hh"]
     return names + (["bias_ih", "bias_hh"] if module.bias else [])
 
 
 def _why_not(module: nn.Module) -> Optional[str]:
-    """Why ``module`` (an nn.LSTM or nn.LSTMCell) cannot be swapped without changing what it does, or None."""
+    """Why ``module`` (a stock recurrent module or cell) cannot be swapped without changing what it does, or None."""
     if parametrize.is_parametrized(module):
         return "it has parametrizations (e.g. parametrizations.weight_norm), which the fused ops would bypass"
-    stock = nn.LSTM if isinstance(module, nn.LSTM) else nn.LSTMCell
+    stock = _stock_class(module)
     if type(module) is not stock:
         return (f"it is a subclass ({type(module).__qualname__}) of {stock.__name__}, whose own methods "
                 "(forward, ...) the rnnext module would not have")
@@ -59,21 +70,24 @@ def _why_not(module: nn.Module) -> Optional[str]:
 
 def _convert(module: nn.Module) -> nn.Module:
     """The rnnext twin of ``module`` sharing its Parameter objects and hooks."""
-    if isinstance(module, nn.LSTM):
-        new = LSTM.__new__(LSTM)
-        nn.Module.__init__(new)
+    cls = _TWINS[type(module)]
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    if isinstance(module, nn.RNNBase):
         for attr in ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional",
                      "proj_size"):
             setattr(new, attr, getattr(module, attr))
+        if isinstance(module, nn.RNN):
+            new.nonlinearity = module.nonlinearity
         new.dropout = float(module.dropout)
         new._flat_weights_names = list(module._flat_weights_names)
         new._all_weights = [list(names) for names in module._all_weights]
         for name in new._flat_weights_names:
             setattr(new, name, getattr(module, name))
     else:
-        new = LSTMCell.__new__(LSTMCell)
-        nn.Module.__init__(new)
         new.input_size, new.hidden_size, new.bias = module.input_size, module.hidden_size, module.bias
+        if isinstance(module, nn.RNNCell):
+            new.nonlinearity = module.nonlinearity
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             p = getattr(module, name)
             if p is None:
@@ -91,7 +105,8 @@ def _convert(module: nn.Module) -> nn.Module:
 
 
 def replace_rnns(module: nn.Module, *, return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, ReplaceReport]]:
-    """Replace every ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` inside ``module`` with the rnnext version.
+    """Replace every ``torch.nn`` LSTM, GRU, RNN, LSTMCell, GRUCell and RNNCell inside ``module`` with the
+    rnnext version.
 
     The replacements are made in place and share the original ``Parameter`` objects (an optimizer built before
     the swap keeps working, ``state_dict`` keys do not change) and the module's hooks (forward, pre-forward,
@@ -100,7 +115,7 @@ def replace_rnns(module: nn.Module, *, return_report: bool = False) -> Union[nn.
     whose weights a pre-hook recomputes (``weight_norm``, ``spectral_norm``, ``prune``). If nothing was
     replaced, a warning says so.
 
-    Returns the model (the replacement itself if ``module`` is an LSTM or LSTMCell); with
+    Returns the model (the replacement itself if ``module`` is one of those classes); with
     ``return_report=True``, ``(model, ReplaceReport)``.
     """
     if not isinstance(module, nn.Module):
@@ -108,7 +123,7 @@ def replace_rnns(module: nn.Module, *, return_report: bool = False) -> Union[nn.
     report = ReplaceReport()
 
     def consider(name: str, child: nn.Module) -> Optional[nn.Module]:
-        if isinstance(child, (LSTM, LSTMCell)) or not isinstance(child, (nn.LSTM, nn.LSTMCell)):
+        if isinstance(child, _OURS) or not isinstance(child, _STOCK):
             return None
         label = name or type(child).__name__
         why = _why_not(child)
@@ -130,6 +145,6 @@ def replace_rnns(module: nn.Module, *, return_report: bool = False) -> Union[nn.
                 if new is not None:
                     setattr(parent, name, new)
     if not report.replaced:
-        warnings.warn(f"replace_rnns: nothing was replaced in {type(module).__name__} (no stock nn.LSTM or "
-                      "nn.LSTMCell that could be swapped)", stacklevel=2)
+        warnings.warn(f"replace_rnns: nothing was replaced in {type(module).__name__} (no stock nn.LSTM, GRU, RNN "
+                      "or their cells that could be swapped)", stacklevel=2)
     return (result, report) if return_report else result

@@ -1,0 +1,101 @@
+"""rnnext.nn.GRU / RNN / GRUCell against torch.nn.GRU / RNN / GRUCell (on the CPU or a GPU): dense forward +
+backward, inference, packed, and a Python loop of cells, with the GEMM-only roofline."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnext
+
+from .timing import GemmProbe, Row, resolve_device, time_interleaved
+
+CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
+
+
+def layer_gflop(rows_per_step: List[int], I: int, H: int, gates: int, backward: bool) -> float:
+    """The unavoidable GEMM work of one layer: the input and recurrent projections of every real row
+    (2 N G H (I + H) FLOP, G = 3 for GRU, 1 for RNN), three times that with the backward."""
+    N = sum(rows_per_step)
+    return 2 * N * gates * H * (I + H) * (3 if backward else 1) / 1e9
+
+
+def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object]:
+    dev = resolve_device(device)
+    c = dict(CONFIG)
+    T, B, I, H = c["T"], c["B"], c["I"], c["H"]
+    if quick:
+        rounds = min(rounds, 7)
+    rows: List[Row] = []
+    x = torch.randn(T, B, I, device=dev, requires_grad=True)
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
+    lengths[0] = T
+    packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    packed = PackedSequence(packed0.data.clone().requires_grad_(), packed0.batch_sizes, packed0.sorted_indices,
+                            packed0.unsorted_indices)
+    probe = GemmProbe(device=dev)
+    rates = []
+
+    def timed(fns, gflop):
+        t = time_interleaved({**fns, "gemm": probe}, rounds, device=dev)
+        rates.append(probe.gflop / t["gemm"] * 1e3)
+        return t, probe.roofline_ms(gflop, t["gemm"])
+
+    def fwd_bwd(m):
+        def f():
+            y, _ = m(x)
+            y.sum().backward()
+        return f
+
+    def infer(m):
+        def f():
+            with torch.no_grad():
+                m(x)
+        return f
+
+    def packed_fb(m):
+        def f():
+            y, _ = m(packed)
+            y.data.sum().backward()
+        return f
+
+    for label, stock_cls, ours_cls, gates in (("GRU", torch.nn.GRU, rnnext.nn.GRU, 3),
+                                              ("RNN (tanh)", torch.nn.RNN, rnnext.nn.RNN, 1)):
+        torch.manual_seed(0)
+        stock = stock_cls(I, H).to(dev)
+        ours = ours_cls(I, H).to(dev)
+        ours.load_state_dict(stock.state_dict())
+        gf = layer_gflop([B] * T, I, H, gates, backward=True)
+        t, roof = timed({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours)}, gf)
+        rows.append(Row(f"{label} dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
+        gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, gates, backward=True)
+        t, roof = timed({"stock": packed_fb(stock), "rnnext": packed_fb(ours)}, gf)
+        rows.append(Row(f"{label} packed fwd+bwd", t["stock"], t["rnnext"], roof, gf))
+        if gates == 3:
+            gf = layer_gflop([B] * T, I, H, gates, backward=False)
+            t, roof = timed({"stock": infer(stock), "rnnext": infer(ours)}, gf)
+            rows.append(Row(f"{label} dense inference", t["stock"], t["rnnext"], roof, gf))
+
+    torch.manual_seed(0)
+    cell_s = torch.nn.GRUCell(I, H).to(dev)
+    cell_r = rnnext.nn.GRUCell(I, H).to(dev)
+    cell_r.load_state_dict(cell_s.state_dict())
+
+    def cell_loop(cell):
+        def f():
+            h = torch.zeros(B, H, device=dev)
+            total = 0
+            for x_t in x.unbind(0):
+                h = cell(x_t, h)
+                total = total + h.sum()
+            total.backward()
+        return f
+
+    gf = layer_gflop([B] * T, I, H, 3, backward=True)
+    t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
+    rows.append(Row(f"GRUCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
+    c["device"] = str(dev)
+    return {"config": c, "rows": rows, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}
