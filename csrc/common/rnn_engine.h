@@ -52,8 +52,21 @@ struct RnnPlan {
   Steps st;
   int64_t used = 0;
   std::vector<int64_t> order;  // slot -> batch entry
-  Tensor out_rows;             // (used) int64: the input/output row of each slot row
-  Tensor batch_of;             // (B) int64
+  // Slot rows are the input's rows in order (dense time-major, packed) and slots are batch entries in order:
+  // then no gather or scatter is needed (out_rows / batch_of stay undefined).
+  bool identity_rows = false, identity_order = false;
+  Tensor out_rows;  // (used) int64: the input/output row of each slot row
+  Tensor batch_of;  // (B) int64
+
+  Tensor to_slots(const Tensor& rows2d) const {  // (rows, F) in the input's row order -> slot rows
+    return identity_rows ? rows2d : rows2d.index_select(0, out_rows);
+  }
+  Tensor state_to_slots(const Tensor& t) const {
+    return identity_order ? t.contiguous() : t.index_select(0, batch_of).contiguous();
+  }
+  Tensor state_to_batch(const Tensor& t) const {
+    return identity_order ? t : at::empty_like(t).index_copy_(0, batch_of, t);
+  }
 };
 
 // upload: host int64 vector -> int64 tensor on the input's device (the CPU: a copy; CUDA: through pinned memory).
@@ -72,13 +85,16 @@ RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, con
   const RowMap map{plan.s.layout, batch_first, plan.s.T, plan.s.B, plan.order.empty() ? nullptr : plan.order.data()};
   const Steps& st = plan.st;
   plan.used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;
-  std::vector<int64_t> rows(plan.used);
-  for (int64_t t = 0; t < st.T; ++t)
-    for (int64_t j = 0; j < st.rows[t]; ++j) rows[st.offset[t] + j] = map.row_at_time(st, t, j);
-  if (plan.order.empty())
-    for (int64_t j = 0; j < plan.s.B; ++j) plan.order.push_back(j);
-  plan.out_rows = upload(rows);
-  plan.batch_of = upload(plan.order);
+  plan.identity_order = plan.order.empty();
+  plan.identity_rows = plan.identity_order && (plan.s.layout == Layout::kPacked ||
+                                               (plan.s.layout == Layout::kDense && !batch_first));
+  if (!plan.identity_rows) {
+    std::vector<int64_t> rows(plan.used);
+    for (int64_t t = 0; t < st.T; ++t)
+      for (int64_t j = 0; j < st.rows[t]; ++j) rows[st.offset[t] + j] = map.row_at_time(st, t, j);
+    plan.out_rows = upload(rows);
+  }
+  if (!plan.identity_order) plan.batch_of = upload(plan.order);
   return plan;
 }
 
@@ -106,13 +122,15 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   Tensor output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
   const int64_t W = saved_width(cell, H);
   Tensor saved = train && W > 0 ? at::zeros({s.N, W}, opts) : at::empty({0}, opts);
-  Tensor h = hx.index_select(0, plan.batch_of).contiguous();  // slot order; every slot keeps its state in place
+  // Slot order; every slot keeps its state in place (a copy: the steps update it).
+  Tensor h = plan.identity_order ? hx.contiguous().clone() : plan.state_to_slots(hx);
   if (used == 0) return {output, hx.contiguous().clone(), saved};
-  const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
+  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   // (Contiguous weights: the same values give the same bits in any layout.)
   const Tensor wi_t = w_ih.contiguous().t(), w_hh_t = w_hh.contiguous().t();
   const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, wi_t) : at::mm(x_slots, wi_t);
-  Tensor h_slots = at::empty({used, H}, opts);  // every slot row's new h
+  // Every slot row's new h: the output itself when the slot rows are its rows.
+  Tensor h_slots = plan.identity_rows ? output.view({-1, H}) : at::empty({used, H}, opts);
   Tensor gh = at::empty({s.B, num_gates(cell) * H}, opts);
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
@@ -124,9 +142,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
     Pointwise::forward(cell, n, H, gx.narrow(0, off, n), gh_n, h.narrow(0, 0, n), h_slots.narrow(0, off, n),
                        train && W > 0 ? saved.narrow(0, off, n) : Tensor());
   }
-  output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
-  Tensor hy = at::empty_like(h).index_copy_(0, plan.batch_of, h);
-  return {output, hy, saved};
+  if (!plan.identity_rows) output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
+  return {output, plan.state_to_batch(h), saved};
 }
 
 // Backward. Pointwise::backward(cell, n, H, saved (n, W) or undefined, h_new (n, H), h_prev (n, H), dh (n, H),
@@ -157,21 +174,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   // The pointwise policies read through raw pointers, and the GEMMs should give the same bits for the same
   // values in any layout: contiguous operands.
   const Tensor sv = saved.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
-  Tensor dh = grad_hy.index_select(0, plan.batch_of).contiguous();  // slot order
-  auto to_batch = [&](const Tensor& t) { return at::empty_like(t).index_copy_(0, plan.batch_of, t); };
+  Tensor dh = plan.identity_order ? grad_hy.contiguous().clone() : plan.state_to_slots(grad_hy);  // slot order
+  auto to_batch = [&](const Tensor& t) { return plan.state_to_batch(t); };
   const Tensor empty = at::empty({0}, opts);
   if (used == 0)
     return {at::zeros(input.sizes(), opts), to_batch(dh), at::zeros(w_ih.sizes(), opts),
             at::zeros(w_hh.sizes(), opts), has_bias ? at::zeros({G}, opts) : empty,
             has_bias ? at::zeros({G}, opts) : at::empty({0}, opts)};
-  const Tensor dy_slots = grad_output.reshape({-1, H}).index_select(0, plan.out_rows);
-  const Tensor h_slots = output.reshape({-1, H}).index_select(0, plan.out_rows);
+  const Tensor dy_slots = plan.to_slots(grad_output.reshape({-1, H})).contiguous();
+  const Tensor h_slots = plan.to_slots(output.reshape({-1, H})).contiguous();
   // The h each slot row read: the slot's row of the previous step, or hx for a slot's first step.
   std::vector<int64_t> prev(used);
   for (int64_t p = 0; p < st.T; ++p)
     for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
       prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
-  const Tensor h0 = hx.index_select(0, plan.batch_of);
+  const Tensor h0 = plan.state_to_slots(hx);
   const Tensor h_prev = at::cat({h_slots, h0}).index_select(0, upload(prev));
   Tensor dgx = at::empty({used, G}, opts);
   Tensor dgh = cell == CellKind::kGRU ? at::empty({used, G}, opts) : dgx;
@@ -191,9 +208,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     else
       at::mm_out(dh_n, dgx.narrow(0, off, n), wh);
   }
-  const Tensor x_slots = input.reshape({-1, I}).index_select(0, plan.out_rows);
+  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   const Tensor dx_slots = at::mm(dgx, wi);
-  Tensor grad_input = at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows, dx_slots);
+  const Tensor grad_input = plan.identity_rows ? dx_slots
+                                               : at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows,
+                                                                                                    dx_slots);
   return {grad_input.view(input.sizes()), to_batch(dh), at::mm(dgx.t(), x_slots), at::mm(dgh.t(), h_prev),
           has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
 }
