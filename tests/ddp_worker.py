@@ -59,4 +59,7 @@ if __name__ == "__main__":
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     params = train(args.model, rank, world)
     torch.save(params, f"{args.out}.rank{rank}")
+    # Leave together: tearing gloo down while the peer is still connected aborted a process now and then under
+    # torch 2.14.1 ("terminate called without an active exception"), as rnnext.distributed.shutdown notes.
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
