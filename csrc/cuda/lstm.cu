@@ -113,14 +113,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cu
 // ---------------------------------------------------------------------------------------------------------
 // Layer
 
-struct Schedule {
-  int64_t T = 0, B = 0, N = 0, used = 0;
-  std::vector<int64_t> rows, offset;  // per time: active slots, first workspace row
-  bool reverse = false;
+// The shared step schedule (common/layer_schedule.h) and the sizes the CUDA layer reads beside it.
+struct Schedule : common::Steps {
+  int64_t B = 0, N = 0, used = 0;  // batch, workspace rows, rows in use
   bool packed = false;
-  int64_t time(int64_t p) const { return reverse ? T - 1 - p : p; }
-  int64_t rows_at(int64_t p) const { return p < 0 || p >= T ? 0 : rows[time(p)]; }
-  int64_t offset_at(int64_t p) const { return offset[time(p)]; }
 };
 
 // The schedule and, on the device, the input/output row of every (step, slot): (T, B) int64 (only slots active
@@ -149,12 +145,9 @@ LayerPlan make_layer_plan(const char* op, const Tensor& input, const Tensor& hx,
   const common::RowMap map{sh.layout, batch_first, sh.T, sh.B, order.empty() ? nullptr : order.data()};
   LayerPlan lp;
   Schedule& s = lp.s;
-  s.T = st.T;
+  static_cast<common::Steps&>(s) = st;
   s.B = sh.B;
   s.N = sh.N;
-  s.rows = st.rows;
-  s.offset = st.offset;
-  s.reverse = reverse;
   s.packed = sh.layout == common::Layout::kPacked;
   s.used = s.T > 0 ? s.offset[s.T - 1] + s.rows[s.T - 1] : 0;
   lp.H = sh.H;
