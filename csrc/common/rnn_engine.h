@@ -98,8 +98,84 @@ RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, con
   return plan;
 }
 
-// Forward. Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
-// undefined) runs one step's cell on its n slots.
+// One direction's recurrence after the input projection, in slot order: what a policy's forward_steps reads
+// and writes. h (B, H) holds every slot's state in place (hx on entry, the final states on exit); h_slots
+// (used, H) gets every slot row's new h; saved (N, W) the rows the backward needs, when defined.
+struct ForwardSteps {
+  const RnnPlan& plan;
+  CellKind cell;
+  const Tensor& gx;    // (used, G): x W_ih^T + b_ih of every slot row
+  const Tensor& w_hh;  // (G, H), contiguous
+  const std::optional<Tensor>& b_hh;
+  const Tensor& h;
+  const Tensor& h_slots;
+  const Tensor& saved;
+};
+
+// The backward recurrence: given every slot row's output gradient (dy_slots), the h it produced (h_slots) and
+// the h it read (h_prev), writes the pre-activation gradients dgx (used, G) and dgh (used, G; the same tensor
+// as dgx for RNN); dh (B, H) holds grad_hy on entry and the gradient of hx on exit.
+struct BackwardSteps {
+  const RnnPlan& plan;
+  CellKind cell;
+  const Tensor& saved;  // (N, W) or undefined (RNN)
+  const Tensor& h_slots;
+  const Tensor& h_prev;
+  const Tensor& dy_slots;
+  const Tensor& w_hh;  // (G, H), contiguous
+  const Tensor& dh;
+  const Tensor& dgx;
+  const Tensor& dgh;
+};
+
+// The recurrence as ATen GEMMs and one pointwise call per step (all threads inside each step): any device.
+// Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
+// undefined) runs one step's cell on its n slots; Pointwise::backward(cell, n, H, saved (n, W) or undefined,
+// h_new (n, H), h_prev (n, H), dh (n, H), dgx (n, G H), dgh (n, G H) or undefined when it equals dgx (RNN),
+// dh_direct (n, H) or undefined (RNN)) its backward.
+template <typename Pointwise>
+void aten_forward_steps(const ForwardSteps& f) {
+  const Steps& st = f.plan.st;
+  const int64_t H = f.plan.s.H;
+  const Tensor w_hh_t = f.w_hh.t();
+  Tensor gh = at::empty({f.plan.s.B, num_gates(f.cell) * H}, f.gx.options());
+  for (int64_t p = 0; p < st.T; ++p) {
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
+    Tensor gh_n = gh.narrow(0, 0, n);
+    if (f.b_hh.has_value())
+      at::addmm_out(gh_n, *f.b_hh, f.h.narrow(0, 0, n), w_hh_t);
+    else
+      at::mm_out(gh_n, f.h.narrow(0, 0, n), w_hh_t);
+    Pointwise::forward(f.cell, n, H, f.gx.narrow(0, off, n), gh_n, f.h.narrow(0, 0, n), f.h_slots.narrow(0, off, n),
+                       f.saved.defined() ? f.saved.narrow(0, off, n) : Tensor());
+  }
+}
+
+template <typename Pointwise>
+void aten_backward_steps(const BackwardSteps& b) {
+  const Steps& st = b.plan.st;
+  const int64_t B = b.plan.s.B, H = b.plan.s.H;
+  const bool gru = b.cell == CellKind::kGRU;
+  const auto opts = b.dh.options();
+  Tensor dh_direct = gru ? at::empty({B, H}, opts) : Tensor();
+  Tensor dtot = at::empty({B, H}, opts);
+  for (int64_t p = st.T - 1; p >= 0; --p) {
+    const int64_t n = st.rows_at(p), off = st.offset_at(p);
+    Tensor d = dtot.narrow(0, 0, n);
+    at::add_out(d, b.dh.narrow(0, 0, n), b.dy_slots.narrow(0, off, n));
+    Pointwise::backward(b.cell, n, H, b.saved.defined() ? b.saved.narrow(0, off, n) : Tensor(),
+                        b.h_slots.narrow(0, off, n), b.h_prev.narrow(0, off, n), d, b.dgx.narrow(0, off, n),
+                        gru ? b.dgh.narrow(0, off, n) : Tensor(), gru ? dh_direct.narrow(0, 0, n) : Tensor());
+    Tensor dh_n = b.dh.narrow(0, 0, n);
+    if (gru)
+      at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), b.dgh.narrow(0, off, n), b.w_hh);
+    else
+      at::mm_out(dh_n, b.dgx.narrow(0, off, n), b.w_hh);
+  }
+}
+
+// Forward. Pointwise::forward_steps(const ForwardSteps&) runs the recurrence (aten_forward_steps, or a
+// device's own schedule).
 template <typename Pointwise, typename Upload>
 std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tensor& input, const Tensor& hx,
                                                      const Tensor& w_ih, const Tensor& w_hh,
@@ -113,7 +189,6 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first,
                                      reverse, cell, backend, upload);
   const LayerShapes& s = plan.s;
-  const Steps& st = plan.st;
   const int64_t H = s.H, I = s.I, used = plan.used;
   const auto opts = input.options();
   std::vector<int64_t> out_shape = input.sizes().vec();
@@ -127,27 +202,17 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   if (used == 0) return {output, hx.contiguous().clone(), saved};
   const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   // (Contiguous weights: the same values give the same bits in any layout.)
-  const Tensor wi_t = w_ih.contiguous().t(), w_hh_t = w_hh.contiguous().t();
+  const Tensor wi_t = w_ih.contiguous().t();
   const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, wi_t) : at::mm(x_slots, wi_t);
   // Every slot row's new h: the output itself when the slot rows are its rows.
   Tensor h_slots = plan.identity_rows ? output.view({-1, H}) : at::empty({used, H}, opts);
-  Tensor gh = at::empty({s.B, num_gates(cell) * H}, opts);
-  for (int64_t p = 0; p < st.T; ++p) {
-    const int64_t n = st.rows_at(p), off = st.offset_at(p);
-    Tensor gh_n = gh.narrow(0, 0, n);
-    if (b_hh.has_value())
-      at::addmm_out(gh_n, *b_hh, h.narrow(0, 0, n), w_hh_t);
-    else
-      at::mm_out(gh_n, h.narrow(0, 0, n), w_hh_t);
-    Pointwise::forward(cell, n, H, gx.narrow(0, off, n), gh_n, h.narrow(0, 0, n), h_slots.narrow(0, off, n),
-                       train && W > 0 ? saved.narrow(0, off, n) : Tensor());
-  }
+  Pointwise::forward_steps(
+      ForwardSteps{plan, cell, gx, w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? saved : Tensor()});
   if (!plan.identity_rows) output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
   return {output, plan.state_to_batch(h), saved};
 }
 
-// Backward. Pointwise::backward(cell, n, H, saved (n, W) or undefined, h_new (n, H), h_prev (n, H), dh (n, H),
-// dgx (n, G H), dgh (n, G H) or undefined when it equals dgx (RNN), dh_direct (n, H) or undefined (RNN)).
+// Backward. Pointwise::backward_steps(const BackwardSteps&) runs the backward recurrence.
 template <typename Pointwise, typename Upload>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
@@ -192,22 +257,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
   const Tensor h_prev = at::cat({h_slots, h0}).index_select(0, upload(prev));
   Tensor dgx = at::empty({used, G}, opts);
   Tensor dgh = cell == CellKind::kGRU ? at::empty({used, G}, opts) : dgx;
-  Tensor dh_direct = cell == CellKind::kGRU ? at::empty({s.B, H}, opts) : Tensor();
-  Tensor dtot = at::empty({s.B, H}, opts);
-  for (int64_t p = st.T - 1; p >= 0; --p) {
-    const int64_t n = st.rows_at(p), off = st.offset_at(p);
-    Tensor d = dtot.narrow(0, 0, n);
-    at::add_out(d, dh.narrow(0, 0, n), dy_slots.narrow(0, off, n));
-    Pointwise::backward(cell, n, H, W > 0 ? sv.narrow(0, off, n) : Tensor(), h_slots.narrow(0, off, n),
-                        h_prev.narrow(0, off, n), d, dgx.narrow(0, off, n),
-                        cell == CellKind::kGRU ? dgh.narrow(0, off, n) : Tensor(),
-                        cell == CellKind::kGRU ? dh_direct.narrow(0, 0, n) : Tensor());
-    Tensor dh_n = dh.narrow(0, 0, n);
-    if (cell == CellKind::kGRU)
-      at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), dgh.narrow(0, off, n), wh);
-    else
-      at::mm_out(dh_n, dgx.narrow(0, off, n), wh);
-  }
+  Pointwise::backward_steps(
+      BackwardSteps{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh});
   const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   const Tensor dx_slots = at::mm(dgx, wi);
   const Tensor grad_input = plan.identity_rows ? dx_slots

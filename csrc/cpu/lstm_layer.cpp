@@ -36,6 +36,7 @@
 #include "cpu/lstm_masked.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
+#include "cpu/slot_split.h"
 #include "kernels/lstm_layout.h"
 
 namespace rnnext::cpu {
@@ -55,39 +56,10 @@ using kernels::num_unit_blocks;
 
 // Below this many multiply-adds per step, threads cost more than they give.
 constexpr int64_t kParallelStepWork = 1 << 15;
-// Rows per thread below which the threads share each step's hidden units instead of the batch.
-constexpr int64_t kMinRowsPerThread = 16;
+int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
 
 std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
   return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
-}
-
-int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
-
-// Threads share a layer's recurrence in one of two ways:
-//  - by slots (batch entries): the entries of a batch never interact, so each thread runs the whole sequence
-//    for its own slots with no synchronization at all (when every thread gets kMinRowsPerThread slots);
-//  - by hidden units: all threads work on every step, one barrier per step (small batches).
-int64_t slot_split_threads(int64_t B) {
-  const int64_t nt = at::get_num_threads();
-  return B >= kMinRowsPerThread * nt ? nt : 0;
-}
-
-// Splits the slots [0, B) into nt contiguous ranges of about equal work (a slot's work is its number of steps).
-std::vector<int64_t> balanced_slot_split(const Steps& st, int64_t B, int64_t nt) {
-  std::vector<int64_t> steps_of_slot(B, 0);
-  for (int64_t t = 0; t < st.T; ++t)
-    for (int64_t b = 0; b < st.rows[t]; ++b) ++steps_of_slot[b];
-  int64_t total = 0;
-  for (int64_t v : steps_of_slot) total += v;
-  std::vector<int64_t> bounds{0};
-  int64_t acc = 0, b = 0;
-  for (int64_t th = 1; th < nt; ++th) {
-    while (b < B && acc * nt < total * th) acc += steps_of_slot[b++];
-    bounds.push_back(b);
-  }
-  bounds.push_back(B);
-  return bounds;
 }
 
 // ---------------------------------------------------------------------------------------------------------

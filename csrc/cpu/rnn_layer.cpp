@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "common/rnn_engine.h"
+#include "cpu/gemm.h"
+#include "cpu/slot_split.h"
 #include "kernels/gru.h"
 
 namespace rnnext::cpu {
@@ -99,6 +101,12 @@ RNNEXT_HD void rnn_backward_rows(int64_t n, bool relu, const T* __restrict__ h_n
   for (int64_t i = 0; i < n; ++i) dgx[i] = kernels::rnn_activation_backward(h_new[i], dh[i], relu);
 }
 
+template <typename T>
+RNNEXT_HD void add_rows(int64_t n, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
 #define RNNEXT_CLONES __attribute__((target_clones("avx2", "default")))
 RNNEXT_CLONES void gru_forward_rows_f32(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
                                         float* h_out, float* saved) {
@@ -115,6 +123,7 @@ RNNEXT_CLONES void rnn_forward_rows_f32(int64_t n, bool relu, const float* gx, c
 RNNEXT_CLONES void rnn_backward_rows_f32(int64_t n, bool relu, const float* h_new, const float* dh, float* dgx) {
   rnn_backward_rows(n, relu, h_new, dh, dgx);
 }
+RNNEXT_CLONES void add_rows_f32(int64_t n, const float* a, const float* b, float* out) { add_rows(n, a, b, out); }
 #undef RNNEXT_CLONES
 
 // float: the cloned (vectorized) versions; double: the plain ones.
@@ -146,7 +155,101 @@ void rnn_backward_dispatch(int64_t n, bool relu, const double* hn, const double*
   rnn_backward_rows(n, relu, hn, d, gx);
 }
 
+void add_rows_dispatch(int64_t n, const float* a, const float* b, float* out) { add_rows_f32(n, a, b, out); }
+void add_rows_dispatch(int64_t n, const double* a, const double* b, double* out) { add_rows(n, a, b, out); }
+
+// The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
+// of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
+template <typename scalar_t>
+void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t) {
+  const common::Steps& st = f.plan.st;
+  const int64_t H = f.plan.s.H, G = common::num_gates(f.cell) * H, W = common::saved_width(f.cell, H);
+  const scalar_t* gx = f.gx.const_data_ptr<scalar_t>();
+  const scalar_t* bias = f.b_hh.has_value() ? f.b_hh->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* h = f.h.data_ptr<scalar_t>();
+  scalar_t* hs = f.h_slots.data_ptr<scalar_t>();
+  scalar_t* sv = f.saved.defined() ? f.saved.data_ptr<scalar_t>() : nullptr;
+  Tensor gh_buf = at::empty({f.plan.s.B, G}, f.gx.options());
+  scalar_t* gh = gh_buf.data_ptr<scalar_t>();
+  const bool relu = f.cell == CellKind::kRNNRelu;
+  const std::vector<int64_t> bounds = balanced_slot_split(st, f.plan.s.B, nt);
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      const int64_t j0 = bounds[th], j1 = bounds[th + 1];
+      for (int64_t p = 0; p < st.T && j0 < j1; ++p) {
+        const int64_t e = std::min(j1, st.rows_at(p)), m = e - j0, r = st.offset_at(p) + j0;
+        if (m <= 0) continue;
+        scalar_t* ghr = gh + j0 * G;
+        if (bias != nullptr)
+          for (int64_t j = 0; j < m; ++j) std::copy(bias, bias + G, ghr + j * G);
+        gemm_rowmajor(m, G, H, h + j0 * H, H, w_hh_t, G, ghr, G, /*accumulate=*/bias != nullptr);
+        if (f.cell == CellKind::kGRU)
+          gru_forward_dispatch(m, H, gx + r * G, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
+        else
+          rnn_forward_dispatch(m * H, relu, gx + r * G, ghr, h + j0 * H, hs + r * H);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void slot_backward(const common::BackwardSteps& b, int64_t nt) {
+  const common::Steps& st = b.plan.st;
+  const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
+  const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
+  const scalar_t* sv = gru ? b.saved.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* hs = b.h_slots.const_data_ptr<scalar_t>();
+  const scalar_t* hp = b.h_prev.const_data_ptr<scalar_t>();
+  const scalar_t* dy = b.dy_slots.const_data_ptr<scalar_t>();
+  const scalar_t* whh = b.w_hh.const_data_ptr<scalar_t>();
+  scalar_t* dh = b.dh.data_ptr<scalar_t>();
+  scalar_t* dgx = b.dgx.data_ptr<scalar_t>();
+  scalar_t* dgh = b.dgh.data_ptr<scalar_t>();
+  Tensor dtot_buf = at::empty({b.plan.s.B, H}, b.dh.options());
+  scalar_t* dtot = dtot_buf.data_ptr<scalar_t>();
+  const std::vector<int64_t> bounds = balanced_slot_split(st, b.plan.s.B, nt);
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      const int64_t j0 = bounds[th], j1 = bounds[th + 1];
+      for (int64_t p = st.T - 1; p >= 0 && j0 < j1; --p) {
+        const int64_t e = std::min(j1, st.rows_at(p)), m = e - j0, r = st.offset_at(p) + j0;
+        if (m <= 0) continue;
+        scalar_t* d = dtot + j0 * H;
+        add_rows_dispatch(m * H, dh + j0 * H, dy + r * H, d);
+        if (gru) {
+          // The direct part of the gradient into the previous h goes straight into dh; the recurrent GEMM adds
+          // the rest.
+          gru_backward_dispatch(m, H, sv + r * W, hp + r * H, d, dgx + r * G, dgh + r * G, dh + j0 * H);
+          gemm_rowmajor(m, H, G, dgh + r * G, G, whh, H, dh + j0 * H, H, /*accumulate=*/true);
+        } else {
+          rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
+          gemm_rowmajor(m, H, G, dgx + r * G, G, whh, H, dh + j0 * H, H, /*accumulate=*/false);
+        }
+      }
+    }
+  });
+}
+
+// Steps below which the forward runs on ATen's GEMMs: the slot split needs W_hh^T laid out row-major (one copy
+// of the weights per call), which a few steps do not repay.
+constexpr int64_t kMinSlotSteps = 4;
+
 struct CpuPointwise {
+  static void forward_steps(const common::ForwardSteps& f) {
+    const int64_t nt = slot_split_threads(f.plan.s.B);
+    if (nt == 0 || f.plan.st.T < kMinSlotSteps) return common::aten_forward_steps<CpuPointwise>(f);
+    AT_DISPATCH_FLOATING_TYPES(f.gx.scalar_type(), "rnn_forward_steps", [&] {
+      const Tensor w_hh_t = f.w_hh.t().contiguous();
+      slot_forward<scalar_t>(f, nt, w_hh_t.const_data_ptr<scalar_t>());
+    });
+  }
+
+  static void backward_steps(const common::BackwardSteps& b) {
+    const int64_t nt = slot_split_threads(b.plan.s.B);
+    if (nt == 0) return common::aten_backward_steps<CpuPointwise>(b);
+    AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "rnn_backward_steps", [&] { slot_backward<scalar_t>(b, nt); });
+  }
+
   static void forward(CellKind cell, int64_t n, int64_t H, const Tensor& gx, const Tensor& gh, const Tensor& h,
                       const Tensor& h_out, const Tensor& saved) {
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward_step", [&] {
