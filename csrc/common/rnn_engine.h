@@ -128,7 +128,17 @@ struct BackwardSteps {
   const Tensor& dgh;
 };
 
-// The recurrence as ATen GEMMs and one pointwise call per step (all threads inside each step): any device.
+// out = x W^T + b through ATen (any device): a policy's linear_out unless it has a better kernel for the shape.
+inline void aten_linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+  Tensor o = out;
+  if (b.has_value())
+    at::addmm_out(o, *b, x, w.t());
+  else
+    at::mm_out(o, x, w.t());
+}
+
+// The recurrence as one GEMM (Pointwise::linear_out) and one pointwise call per step (all threads inside each
+// step): any device.
 // Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
 // undefined) runs one step's cell on its n slots; Pointwise::backward(cell, n, H, saved (n, W) or undefined,
 // h_new (n, H), h_prev (n, H), dh (n, H), dgx (n, G H), dgh (n, G H) or undefined when it equals dgx (RNN),
@@ -137,17 +147,16 @@ template <typename Pointwise>
 void aten_forward_steps(const ForwardSteps& f) {
   const Steps& st = f.plan.st;
   const int64_t H = f.plan.s.H;
-  const Tensor w_hh_t = f.w_hh.t();
   Tensor gh = at::empty({f.plan.s.B, num_gates(f.cell) * H}, f.gx.options());
+  // (Rows [a, a + n) of t: t itself when that is all of it, sparing a view per operand on a single step.)
+  auto rows = [](const Tensor& t, int64_t a, int64_t n) { return a == 0 && n == t.size(0) ? t : t.narrow(0, a, n); };
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
-    Tensor gh_n = gh.narrow(0, 0, n);
-    if (f.b_hh.has_value())
-      at::addmm_out(gh_n, *f.b_hh, f.h.narrow(0, 0, n), w_hh_t);
-    else
-      at::mm_out(gh_n, f.h.narrow(0, 0, n), w_hh_t);
-    Pointwise::forward(f.cell, n, H, f.gx.narrow(0, off, n), gh_n, f.h.narrow(0, 0, n), f.h_slots.narrow(0, off, n),
-                       f.saved.defined() ? f.saved.narrow(0, off, n) : Tensor());
+    const Tensor gh_n = rows(gh, 0, n);
+    const Tensor h_n = rows(f.h, 0, n);
+    Pointwise::linear_out(gh_n, h_n, f.w_hh, f.b_hh);
+    Pointwise::forward(f.cell, n, H, rows(f.gx, off, n), gh_n, h_n, rows(f.h_slots, off, n),
+                       f.saved.defined() ? rows(f.saved, off, n) : Tensor());
   }
 }
 
@@ -202,8 +211,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   if (used == 0) return {output, hx.contiguous().clone(), saved};
   const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   // (Contiguous weights: the same values give the same bits in any layout.)
-  const Tensor wi_t = w_ih.contiguous().t();
-  const Tensor gx = b_ih.has_value() ? at::addmm(*b_ih, x_slots, wi_t) : at::mm(x_slots, wi_t);
+  const Tensor gx = at::empty({used, num_gates(cell) * H}, opts);
+  Pointwise::linear_out(gx, x_slots, w_ih.contiguous(), b_ih);
   // Every slot row's new h: the output itself when the slot rows are its rows.
   Tensor h_slots = plan.identity_rows ? output.view({-1, H}) : at::empty({used, H}, opts);
   Pointwise::forward_steps(

@@ -1,6 +1,7 @@
 // Row-major GEMM entry points for the kernels (see gemm.h).
 #include "cpu/gemm.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/addmm.h>
@@ -37,6 +38,57 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                                   /*is_vnni=*/false);
       m0 += piece;
     }
+}
+
+namespace {
+
+// Rows [g0, g1) of Y = bias + X W^T: four rows of W at a time (four independent sums hide the FMA latency).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gemv_block(
+    int64_t B, int64_t g0, int64_t g1, int64_t K, const float* __restrict__ X, int64_t ldx,
+    const float* __restrict__ W, int64_t ldw, const float* __restrict__ bias, float* __restrict__ Y, int64_t ldy,
+    bool accumulate) {
+  int64_t g = g0;
+  for (; g + 4 <= g1; g += 4) {
+    const float *w0 = W + g * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* x = X + b * ldx;
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      for (int64_t k = 0; k < K; ++k) {
+        a0 += w0[k] * x[k];
+        a1 += w1[k] * x[k];
+        a2 += w2[k] * x[k];
+        a3 += w3[k] * x[k];
+      }
+      float* y = Y + b * ldy + g;
+      y[0] = (accumulate ? y[0] : 0.0f) + a0 + (bias != nullptr ? bias[g] : 0.0f);
+      y[1] = (accumulate ? y[1] : 0.0f) + a1 + (bias != nullptr ? bias[g + 1] : 0.0f);
+      y[2] = (accumulate ? y[2] : 0.0f) + a2 + (bias != nullptr ? bias[g + 2] : 0.0f);
+      y[3] = (accumulate ? y[3] : 0.0f) + a3 + (bias != nullptr ? bias[g + 3] : 0.0f);
+    }
+  }
+  for (; g < g1; ++g)
+    for (int64_t b = 0; b < B; ++b) {
+      const float* w = W + g * ldw;
+      const float* x = X + b * ldx;
+      float a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < K; ++k) a += w[k] * x[k];
+      Y[b * ldy + g] = (accumulate ? Y[b * ldy + g] : 0.0f) + a + (bias != nullptr ? bias[g] : 0.0f);
+    }
+}
+
+}  // namespace
+
+void gemv_rows(int64_t B, int64_t G, int64_t K, const float* X, int64_t ldx, const float* W, int64_t ldw,
+               const float* bias, float* Y, int64_t ldy, bool accumulate) {
+  // Threads take blocks of 64 rows of W (multiples of 4: the same rows go through the same code path
+  // whatever the thread count), when there is enough to share.
+  constexpr int64_t kRows = 64;
+  const int64_t blocks = (G + kRows - 1) / kRows;
+  at::parallel_for(0, blocks, G * K < (1 << 15) ? blocks : 1, [&](int64_t b0, int64_t b1) {
+    gemv_block(B, b0 * kRows, std::min(G, b1 * kRows), K, X, ldx, W, ldw, bias, Y, ldy, accumulate);
+  });
 }
 
 void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb,

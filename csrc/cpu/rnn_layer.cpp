@@ -235,6 +235,17 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt) {
 constexpr int64_t kMinSlotSteps = 4;
 
 struct CpuPointwise {
+  // out = x W^T + b; a few float rows (one step at batch <= kGemvMaxRows) as a matrix-vector product over W as
+  // it is stored, all threads sharing W's rows.
+  static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    const bool contiguous = out.is_contiguous() && x.is_contiguous() && w.is_contiguous() &&
+                            (!b.has_value() || b->is_contiguous());
+    if (x.scalar_type() != at::kFloat || x.size(0) > kGemvMaxRows || !contiguous)
+      return common::aten_linear_out(out, x, w, b);
+    gemv_rows(x.size(0), w.size(0), w.size(1), x.const_data_ptr<float>(), x.size(1), w.const_data_ptr<float>(),
+              w.size(1), b.has_value() ? b->const_data_ptr<float>() : nullptr, out.data_ptr<float>(), out.size(1));
+  }
+
   static void forward_steps(const common::ForwardSteps& f) {
     const int64_t nt = slot_split_threads(f.plan.s.B);
     if (nt == 0 || f.plan.st.T < kMinSlotSteps) return common::aten_forward_steps<CpuPointwise>(f);

@@ -76,6 +76,9 @@ __global__ void rnn_backward_kernel(int64_t n, int64_t H, int cell, const scalar
 }
 
 struct CudaPointwise {
+  static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    common::aten_linear_out(out, x, w, b);
+  }
   static void forward_steps(const common::ForwardSteps& f) { common::aten_forward_steps<CudaPointwise>(f); }
   static void backward_steps(const common::BackwardSteps& b) { common::aten_backward_steps<CudaPointwise>(b); }
   static void forward(CellKind cell, int64_t n, int64_t H, const Tensor& gx, const Tensor& gh, const Tensor& h,

@@ -22,6 +22,33 @@ def layer_gflop(rows_per_step: List[int], I: int, H: int, gates: int, backward: 
     return 2 * N * gates * H * (I + H) * (3 if backward else 1) / 1e9
 
 
+def one_step_rows(dev, timed, steps: int = 1000, width: int = 256, layers: int = 2) -> List[Row]:
+    """A decoder / char-RNN loop of users' own code: one module call per step (T=1), `steps` steps of a
+    2-layer, 256-wide LSTM and GRU, inference, at batch 1 and 32. The per-call cost is the workload here."""
+    rows = []
+    for label, stock_cls, ours_cls, gates in (("LSTM", torch.nn.LSTM, rnnext.nn.LSTM, 4),
+                                              ("GRU", torch.nn.GRU, rnnext.nn.GRU, 3)):
+        torch.manual_seed(0)
+        stock = stock_cls(width, width, num_layers=layers).to(dev).eval()
+        ours = ours_cls(width, width, num_layers=layers).to(dev).eval()
+        ours.load_state_dict(stock.state_dict())
+        for batch in (1, 32):
+            xs = torch.randn(steps, 1, batch, width, device=dev)
+
+            def loop(m, xs=xs):
+                def f():
+                    with torch.no_grad():
+                        state = None
+                        for x_t in xs:
+                            _, state = m(x_t, state)
+                return f
+
+            gf = layer_gflop([batch] * steps, width, width, gates, backward=False) * layers
+            t, roof = timed({"stock": loop(stock), "rnnext": loop(ours)}, gf)
+            rows.append(Row(f"{label} one step x{steps}, batch {batch}", t["stock"], t["rnnext"], roof, gf))
+    return rows
+
+
 def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object]:
     dev = resolve_device(device)
     c = dict(CONFIG)
@@ -97,5 +124,6 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     gf = layer_gflop([B] * T, I, H, 3, backward=True)
     t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
     rows.append(Row(f"GRUCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
+    rows += one_step_rows(dev, timed, steps=200 if quick else 1000)
     c["device"] = str(dev)
     return {"config": c, "rows": rows, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}

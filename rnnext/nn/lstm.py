@@ -278,14 +278,15 @@ class _RNNBase(nn.Module):
             if sorted_indices is not None:
                 states = [t.index_select(1, sorted_indices) for t in states]
 
-        train = _needs_grad([x, *states, *self._flat_weights])
+        train = torch.is_grad_enabled() and _needs_grad([x, *states, *self._flat_weights])
         layer_input = x
         finals: List[List[Tensor]] = [[] for _ in shapes]
+        per_layer = [t.unbind(0) for t in states]  # one view per layer and direction (cheaper than t[idx] each)
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
-                out, new_states = self._run_direction(idx, layer_input, [t[idx] for t in states], batch_sizes,
+                out, new_states = self._run_direction(idx, layer_input, [t[idx] for t in per_layer], batch_sizes,
                                                       layer_sorted_indices, batch_first, direction == 1, train,
                                                       masked_lengths)
                 outputs.append(out)
@@ -373,6 +374,13 @@ class LSTM(_RNNBase):
     def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
                        masked_lengths):
         w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
+        time_dim = 1 if batch_first else 0
+        if w_hr is None and batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
+            # One step (a decoder or sampling loop calling the module per step): the cell op, which runs on the
+            # weights as they are; the layer op would first lay them out for its recurrence, costing more than
+            # one step's GEMMs.
+            hy, cy, _ = _ops.ops.lstm_cell(x.select(time_dim, 0), states[0], states[1], w_ih, w_hh, b_ih, b_hh)
+            return hy.unsqueeze(time_dim), [hy, cy]
         out, hy, cy, _, _ = _ops.ops.lstm_layer(x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                                 sorted_indices, batch_first, reverse, train, masked_lengths)
         return out, [hy, cy]
