@@ -39,15 +39,17 @@ TORCH_LIBRARY(rnnext, m) {
   // One layer, one direction, of the cell "gru" (gates r, z, n; n = tanh(gx_n + r * (h W_hn^T + b_hn))),
   // "rnn_tanh" or "rnn_relu" (h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)), in PyTorch's parameter layout. The
   // input layouts are lstm_layer's: dense (T, B, I) ((B, T, I) with batch_first), packed (N, I) with
-  // batch_sizes, padded with batch_sizes (and sorted_indices). With train, GRU also returns what the backward
+  // batch_sizes, padded with batch_sizes (and sorted_indices), and lstm_layer's masked mode (lengths on the
+  // input's device, never read by the host). With train, GRU also returns what the backward
   // needs per workspace row (rows, 4H: r, z, n, h W_hn^T + b_hn); otherwise, and for RNN, that is empty.
   m.def("rnn_layer(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh,"
-        " Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, bool train, str cell)"
-        " -> (Tensor output, Tensor hy, Tensor saved)", fixed);
+        " Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, bool train, str cell,"
+        " Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor saved)", fixed);
   // -> (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (both [0] when has_bias is false)).
   m.def("rnn_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih,"
         " Tensor w_hh, Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, Tensor output,"
-        " Tensor saved, str cell, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
+        " Tensor saved, str cell, bool has_bias, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor,"
+        " Tensor)", fixed);
 
   // ---- Packed sequences (csrc/cpu/packing.cpp) ----
   // Padded (T, B, *) (or (B, T, *) with batch_first) -> PackedSequence data (total_rows, *): step t takes the

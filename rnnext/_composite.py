@@ -99,9 +99,10 @@ def _masked_recurrence(x, lens, h, step, reverse):
     return out, h
 
 
-def rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell):
+def rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell,
+              lengths=None):
     """rnnext::rnn_layer's (output, hy) for cell "gru", "rnn_tanh" or "rnn_relu"."""
-    x, lens, restore = _padded_view(input, hx, batch_sizes, sorted_indices, batch_first)
+    x, lens, restore = _padded_view(input, hx, batch_sizes, sorted_indices, batch_first, lengths)
 
     def step(xt, h):
         gx = xt @ w_ih.t() + (b_ih if b_ih is not None else 0)

@@ -196,9 +196,26 @@ torch.library.register_autograd("rnnext::lstm_cell_backward",
 # LSTM layer
 
 
+def _check_masked_lengths(op, input, lengths, batch_first, batch_sizes, sorted_indices) -> None:
+    """csrc/common/layer_schedule.h's check_masked_lengths (masked mode's device lengths)."""
+    torch._check(batch_sizes is None and sorted_indices is None, lambda: f"{op}: lengths and "
+                 "batch_sizes/sorted_indices are two ways to give variable lengths; give one")
+    torch._check(input.dim() == 3, lambda: f"{op}: lengths applies to a padded 3-D input, got {input.dim()} "
+                 "dimensions")
+    B = input.shape[0 if batch_first else 1]
+    torch._check(lengths.dim() == 1 and lengths.shape[0] == B, lambda: f"{op}: expected lengths to be 1-D with {B} "
+                 f"entries (one per batch entry), got shape {list(lengths.shape)}")
+    torch._check(lengths.dtype == torch.int64, lambda: f"{op}: expected lengths to be int64, got {lengths.dtype}")
+    torch._check(lengths.device == input.device, lambda: f"{op}: expected lengths on the input's device "
+                 f"({input.device}), got {lengths.device}")
+
+
 def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices,
                            batch_first, lengths):
-    """csrc/common/layer_schedule.h's check_layer_args, for the fake kernels. Returns (H, P)."""
+    """csrc/common/layer_schedule.h's check_layer_args (and check_masked_lengths), for the fake kernels. Returns
+    (H, P)."""
+    if lengths is not None:
+        _check_masked_lengths(op, input, lengths, batch_first, batch_sizes, sorted_indices)
     _check_devices(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
                    ("b_hh", b_hh), ("w_hr", w_hr), ("lengths", lengths),
                    index=(("batch_sizes", batch_sizes), ("sorted_indices", sorted_indices)))
@@ -326,8 +343,12 @@ torch.library.register_autograd("rnnext::lstm_layer_backward",
 _CELL_GATES = {"gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, cell):
-    """csrc/common/layer_schedule.h's check_recurrent_args for rnn_layer, for the fake kernels. Returns H."""
+def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, cell,
+                          lengths=None):
+    """csrc/common/layer_schedule.h's check_recurrent_args (and check_masked_lengths) for rnn_layer, for the fake
+    kernels. Returns H."""
+    if lengths is not None:
+        _check_masked_lengths(op, input, lengths, batch_first, batch_sizes, sorted_indices)
     torch._check(cell in _CELL_GATES, lambda: f'{op}: expected cell to be "gru", "rnn_tanh" or "rnn_relu", got '
                  f'"{cell}"')
     _check_devices(op, "input", input, ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh),
@@ -357,9 +378,9 @@ def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, so
 
 @torch.library.register_fake("rnnext::rnn_layer")
 def _rnn_layer_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train,
-                    cell):
+                    cell, lengths=None):
     H = _check_rnn_layer_args("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
-                              batch_first, cell)
+                              batch_first, cell, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
     saved = input.new_empty(N, 4 * H) if train and cell == "gru" else input.new_empty(0)
     return input.new_empty(*input.shape[:-1], H), hx.new_empty(hx.shape), saved
@@ -367,9 +388,10 @@ def _rnn_layer_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indic
 
 @torch.library.register_fake("rnnext::rnn_layer_backward")
 def _rnn_layer_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, batch_sizes, sorted_indices, batch_first,
-                             reverse, output, saved, cell, has_bias):
+                             reverse, output, saved, cell, has_bias, lengths=None):
     op = "rnnext::rnn_layer_backward"
-    H = _check_rnn_layer_args(op, input, hx, w_ih, w_hh, None, None, batch_sizes, sorted_indices, batch_first, cell)
+    H = _check_rnn_layer_args(op, input, hx, w_ih, w_hh, None, None, batch_sizes, sorted_indices, batch_first, cell,
+                              lengths)
     _check_devices(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("output", output),
                    ("saved", saved))
     out_shape = (*input.shape[:-1], H)
@@ -388,22 +410,23 @@ def _rnn_layer_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, batch_
 
 
 def _rnn_layer_setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train, cell = inputs
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train, cell, lengths = inputs
     out, hy, saved = output
     ctx.flags = (batch_first, reverse, train, cell, b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved, lengths)
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused workspace output
 
 
 def _rnn_layer_backward(ctx, grad_output, grad_hy, grad_saved):
     if grad_output is None and grad_hy is None:
-        return (None,) * 12
+        return (None,) * 13
     batch_first, reverse, train, cell, has_bih, has_bhh = ctx.flags
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved = ctx.saved_tensors
+    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, out, saved, lengths = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        inputs = (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell)
+        inputs = (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell,
+                  lengths)
         grads = _composite.differentiate(_composite.rnn_layer, inputs, (grad_output, grad_hy))
-        return (*grads[:6], None, None, None, None, None, None)
+        return (*grads[:6],) + (None,) * 7
     if not train:
         raise RuntimeError(
             "rnnext::rnn_layer was run with train=False, which keeps no state for the backward pass; call it with "
@@ -413,10 +436,9 @@ def _rnn_layer_backward(ctx, grad_output, grad_hy, grad_saved):
     grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(hx)
     g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = ops.rnn_layer_backward(
         grad_output, grad_hy, input, hx, w_ih, w_hh, batch_sizes, sorted_indices, batch_first, reverse, out, saved,
-        cell, has_bih or has_bhh,
+        cell, has_bih or has_bhh, lengths,
     )
-    return (g_in, g_hx, g_wih, g_whh, g_bih if has_bih else None, g_bhh if has_bhh else None,
-            None, None, None, None, None, None)
+    return (g_in, g_hx, g_wih, g_whh, g_bih if has_bih else None, g_bhh if has_bhh else None) + (None,) * 7
 
 
 torch.library.register_autograd("rnnext::rnn_layer", _rnn_layer_backward, setup_context=_rnn_layer_setup_context)

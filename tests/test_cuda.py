@@ -74,7 +74,7 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
 
 @pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["dense", "padded"])
+@pytest.mark.parametrize("layout", ["dense", "padded", "masked"])
 def test_rnn_layer_cuda_matches_cpu(cell, dtype, layout):
     torch.manual_seed(0)
     T, B, I, H = 6, 4, 3, 5
@@ -82,11 +82,13 @@ def test_rnn_layer_cuda_matches_cpu(cell, dtype, layout):
     base = [torch.randn(T, B, I), torch.randn(B, H), torch.randn(G, I) * 0.5, torch.randn(G, H) * 0.5,
             torch.randn(G), torch.randn(G)]
     bs, si = (torch.tensor([4, 3, 3, 2, 1]), torch.tensor([2, 0, 3, 1])) if layout == "padded" else (None, None)
+    lengths = torch.tensor([6, 0, 3, 9]) if layout == "masked" else None  # masked mode: lengths on the device
     results = []
     for dev in ("cpu", "cuda"):
         args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).requires_grad_()
                 for t in base]
-        out, hy, _ = torch.ops.rnnext.rnn_layer(*args, bs, si, False, True, True, cell)
+        lens = lengths.to(dev) if lengths is not None else None
+        out, hy, _ = torch.ops.rnnext.rnn_layer(*args, bs, si, False, True, True, cell, lens)
         (out.float().sin().sum() + hy.float().square().sum()).backward()
         results.append([out, hy] + [a.grad for a in args])
     for a, b in zip(results[1], results[0]):

@@ -26,12 +26,15 @@ def make_pair(kind, I, H, dtype, **kw):
 
 
 GRID = list(itertools.product(list(KINDS), [1, 2], [False, True], [True, False],
-                              ["dense", "packed", "packed_sorted", "unbatched", "lengths"], [False, True], [4, 40]))
+                              ["dense", "packed", "packed_sorted", "unbatched", "lengths", "masked"], [False, True],
+                              [4, 40]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind,layers,bidir,bias,inp,give_hx,B", GRID)
-def test_module_matches_torch(dtype, kind, layers, bidir, bias, inp, give_hx, B):
+def test_module_matches_torch(dtype, kind, layers, bidir, bias, inp, give_hx, B, monkeypatch):
+    if inp == "masked":  # the lengths path of a GPU input (lengths on the device: masked mode), run on the CPU
+        monkeypatch.setattr(rnnext.nn.lstm, "_MASKED_ON_CPU", True)
     batch_first = (layers + int(bidir) + int(give_hx)) % 2 == 1
     I, H, T = 3, 5, 6
     stock, ours = make_pair(kind, I, H, dtype, num_layers=layers, bidirectional=bidir, bias=bias,
@@ -56,12 +59,12 @@ def test_module_matches_torch(dtype, kind, layers, bidir, bias, inp, give_hx, B)
     for m in (stock, ours):
         xi = x.clone().requires_grad_()
         hi = h0.clone().requires_grad_() if give_hx else None
-        if inp.startswith("packed") or (inp == "lengths" and m is stock):
+        if inp.startswith("packed") or (inp in ("lengths", "masked") and m is stock):
             packed = pack_padded_sequence(xi, lengths, batch_first=batch_first, enforce_sorted=inp == "packed_sorted")
             y, hn = m(packed, hi)
             assert isinstance(y, PackedSequence)
             out, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=T)
-        elif inp == "lengths":
+        elif inp in ("lengths", "masked"):
             out, hn = m(xi, hi, lengths=lengths)
         else:
             out, hn = m(xi, hi)

@@ -172,3 +172,90 @@ def test_rnn_layer_bad_arguments():
     with pytest.raises(RuntimeError, match="expected saved of shape"):
         ops.rnn_layer_backward(out, hy, x.detach(), h.detach(), w_ih.detach(), w_hh.detach(), None, None, False,
                                False, out, saved, "gru", True)
+
+
+# ---- masked mode: lengths read where the kernel runs (the sync-free GPU path), here on the CPU ----------------
+
+MASKED_GRID = list(itertools.product(CELLS, [False, True], [False, True], [3, 40]))
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1thread", "2threads"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,batch_first,reverse,B", MASKED_GRID)
+def test_rnn_layer_masked_matches_oracle(threads, dtype, cell, batch_first, reverse, B):
+    """lengths given to the op (masked mode) against rnnext._composite.rnn_layer (plain PyTorch, the same
+    semantics: active while t < clamp(len, 0, T)) with lengths 0 and > T among them, and against stock on the
+    lengths in [1, T]; every gradient."""
+    from rnnext import _composite
+
+    torch.manual_seed(0)
+    T, I, H = 6, 3, 5
+    m = stock_module(cell, I, H, dtype, batch_first=batch_first)
+    w_ih, w_hh, b_ih, b_hh = layer_params(m, reverse)
+    g = torch.Generator().manual_seed(B + 100)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, generator=g)
+    h0 = torch.randn(B, H, dtype=dtype, generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = 0
+    lengths[1] = T + 3  # clamped to T
+    params = [w_ih, w_hh, b_ih, b_hh]
+    res = []
+    for fn in (lambda *a: ops.rnn_layer(*a, None, None, batch_first, reverse, True, cell, lengths)[:2],
+               lambda *a: _composite.rnn_layer(*a, None, None, batch_first, reverse, cell, lengths)):
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, hy = fn(xi, hi, *params)
+        wy = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+        gr = torch.autograd.grad((out * wy).sum() + (hy * 0.7).sum(), [xi, hi] + params)
+        res.append([out, hy, *gr])
+    names = ["output", "hy", "grad input", "grad h_0", "grad w_ih", "grad w_hh", "grad b_ih", "grad b_hh"]
+    for name, a, b in zip(names, *res):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
+    # The entry of length 0 keeps h_0 and outputs zeros; the one past T runs all T steps.
+    assert torch.equal(res[0][1][0], h0[0])
+    assert not res[0][0].select(0 if batch_first else 1, 0).any()
+    # Against stock on valid lengths (1..T): the bidirectional module's direction.
+    valid = lengths.clamp(1, T)
+    xs, hs = x.clone().requires_grad_(), torch.stack([h0, h0]).clone().requires_grad_()
+    packed = pack_padded_sequence(xs, valid, batch_first=batch_first, enforce_sorted=False)
+    y, hn = m(packed, hs)
+    out_s, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=T)
+    d = 1 if reverse else 0
+    out_r, hy_r, _ = ops.rnn_layer(x, h0, *params, None, None, batch_first, reverse, True, cell, valid)
+    torch.testing.assert_close(out_r, out_s[..., d * H:(d + 1) * H], **TOL[dtype])
+    torch.testing.assert_close(hy_r, hn[d], **TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rnn_layer_masked_gradcheck_and_opcheck(cell, reverse):
+    x, h, w_ih, w_hh, b_ih, b_hh, _, _ = _small(cell)
+    lengths = torch.tensor([4, 0, 2])
+    if cell == "rnn_relu":
+        with torch.no_grad():
+            b_ih.add_(2.0)
+
+    def fn(*a):
+        out, hy, _ = ops.rnn_layer(*a, None, None, False, reverse, True, cell, lengths)
+        return out, hy
+
+    args = (x, h, w_ih, w_hh, b_ih, b_hh)
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+    torch.library.opcheck(ops.rnn_layer.default, (*args, None, None, False, reverse, True, cell, lengths))
+    with torch.no_grad():
+        out, hy, saved = ops.rnn_layer(*args, None, None, False, reverse, True, cell, lengths)
+    torch.library.opcheck(ops.rnn_layer_backward.default,
+                          (torch.randn_like(out), torch.randn_like(hy), x.detach(), h.detach(), w_ih.detach(),
+                           w_hh.detach(), None, None, False, reverse, out, saved, cell, True, lengths))
+
+
+def test_rnn_layer_masked_bad_lengths():
+    x, h, w_ih, w_hh, b_ih, b_hh, bs, _ = _small("gru")
+    args = (x, h, w_ih, w_hh, b_ih, b_hh)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="expected lengths to be 1-D with 3 entries"):
+            ops.rnn_layer(*args, None, None, False, False, True, "gru", torch.tensor([1, 2]))
+        with pytest.raises(RuntimeError, match="expected lengths to be int64"):
+            ops.rnn_layer(*args, None, None, False, False, True, "gru", torch.tensor([1, 2, 3], dtype=torch.int32))
+        with pytest.raises(RuntimeError, match="two ways to give variable lengths"):
+            ops.rnn_layer(*args, torch.tensor([3, 2, 1]), None, False, False, True, "gru", torch.tensor([1, 2, 3]))

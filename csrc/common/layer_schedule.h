@@ -185,4 +185,20 @@ inline void check_layer_backward_args(const char* op, const LayerShapes& s, cons
   cpu::check_shape(op, "cells", cells, {s.N, s.H});
 }
 
+// Masked mode's `lengths` for a padded (T, B, I) input ((B, T, I) with batch_first): 1-D int64 of B entries on
+// the input's device (read there, never by the host), and no batch_sizes or sorted_indices beside it.
+inline void check_masked_lengths(const char* op, const Tensor& input, const Tensor& lengths, bool batch_first,
+                                 const std::optional<Tensor>& batch_sizes,
+                                 const std::optional<Tensor>& sorted_indices) {
+  TORCH_CHECK(!batch_sizes.has_value() && !sorted_indices.has_value(), op,
+              ": lengths and batch_sizes/sorted_indices are two ways to give variable lengths; give one");
+  TORCH_CHECK(input.dim() == 3, op, ": lengths applies to a padded 3-D input, got ", input.dim(), " dimensions");
+  const int64_t B = input.size(batch_first ? 0 : 1);
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, op, ": expected lengths to be 1-D with ", B,
+              " entries (one per batch entry), got shape ", lengths.sizes());
+  TORCH_CHECK(lengths.scalar_type() == at::kLong, op, ": expected lengths to be int64, got ", lengths.scalar_type());
+  TORCH_CHECK(lengths.device() == input.device(), op, ": expected lengths on the input's device (", input.device(),
+              "), got ", lengths.device());
+}
+
 }  // namespace rnnext::common

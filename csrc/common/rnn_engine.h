@@ -3,7 +3,8 @@
 // (the only device-specific part: a Pointwise policy, csrc/cpu/rnn_layer.cpp and csrc/cuda/rnn_layer.cu), and
 // the backward computes the weight gradients as a few large GEMMs over all steps. Layouts and the slot
 // schedule are those of the LSTM layer (common/layer_schedule.h): dense, packed, padded with batch sizes (and
-// sorted_indices), batch_first, reverse. Workspace rows are slots in step order (like packed data).
+// sorted_indices), batch_first, reverse, and masked mode (device lengths). Workspace rows are slots in time
+// order (like packed data).
 //
 // Keeping gx and gh apart is what GRU needs (n = tanh(gx_n + r * gh_n)), at no extra FLOPs.
 #pragma once
@@ -15,6 +16,13 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/index_copy.h>
 #include <ATen/ops/index_select.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/gt.h>
+#include <ATen/ops/lt.h>
+#include <ATen/ops/masked_fill.h>
+#include <ATen/ops/select.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -183,6 +191,79 @@ void aten_backward_steps(const BackwardSteps& b) {
   }
 }
 
+// Masked mode (a padded batch with `lengths` on the input's device, never read by the host; the plan is the
+// dense one): every entry runs at every step, and entry b is active at time t when t < len(b), len clamped to
+// [0, T]. An inactive entry keeps its state and outputs zero; in the backward its pre-activation gradients are
+// zero and its state gradient passes through. Written once with ATen ops on top of the policy's linear_out and
+// pointwise step, so every device runs the same code.
+inline Tensor masked_active(const Tensor& lengths, int64_t T) {
+  // (T, B, 1): row t says which entries are active at time t (workspace rows are in time order).
+  return lengths.clamp(0, T).unsqueeze(0).gt(at::arange(T, lengths.options()).unsqueeze(1)).unsqueeze(2);
+}
+
+template <typename Pointwise>
+void masked_forward_steps(const ForwardSteps& f, const Tensor& lengths) {
+  const Steps& st = f.plan.st;
+  const int64_t B = f.plan.s.B, H = f.plan.s.H;
+  const auto opts = f.gx.options();
+  const Tensor active = masked_active(lengths, st.T);
+  Tensor gh = at::empty({B, num_gates(f.cell) * H}, opts);
+  Tensor h_step = at::empty({B, H}, opts), h_new = at::empty({B, H}, opts);
+  for (int64_t p = 0; p < st.T; ++p) {
+    const int64_t off = st.offset_at(p);
+    const Tensor m = active.select(0, st.time(p));
+    Pointwise::linear_out(gh, f.h, f.w_hh, f.b_hh);
+    h_step.copy_(f.h);
+    Pointwise::forward(f.cell, B, H, f.gx.narrow(0, off, B), gh, h_step, h_new,
+                       f.saved.defined() ? f.saved.narrow(0, off, B) : Tensor());
+    f.h.copy_(at::where(m, h_new, f.h));
+    f.h_slots.narrow(0, off, B).copy_(h_new.masked_fill(m.logical_not(), 0));
+  }
+}
+
+// The h every row of a masked layer read: the previous step's output where the entry was active there, else hx
+// (an entry's first step; an inactive row's value does not matter, its gradients are zero).
+inline Tensor masked_h_prev(const Tensor& lengths, const Steps& st, const Tensor& h_slots, const Tensor& h0) {
+  const int64_t B = h0.size(0), H = h0.size(1);
+  if (st.T <= 1) return h0.contiguous();
+  // The previously processed time of time t is t - 1 (forward) or t + 1 (reverse).
+  const int64_t n = st.T - 1;
+  const Tensor was_active = masked_active(lengths, st.T).narrow(0, st.reverse ? 1 : 0, n);
+  const Tensor prev_out = h_slots.view({st.T, B, H}).narrow(0, st.reverse ? 1 : 0, n);
+  const Tensor carried = at::where(was_active, prev_out, h0.unsqueeze(0));
+  const Tensor first = h0.unsqueeze(0);
+  return (st.reverse ? at::cat({carried, first}) : at::cat({first, carried})).view({st.T * B, H});
+}
+
+template <typename Pointwise>
+void masked_backward_steps(const BackwardSteps& b, const Tensor& lengths) {
+  const Steps& st = b.plan.st;
+  const int64_t B = b.plan.s.B, H = b.plan.s.H;
+  const bool gru = b.cell == CellKind::kGRU;
+  const auto opts = b.dh.options();
+  const Tensor active = masked_active(lengths, st.T);
+  Tensor dh_direct = gru ? at::empty({B, H}, opts) : Tensor();
+  Tensor d = at::empty({B, H}, opts), dh_new = at::empty({B, H}, opts);
+  for (int64_t p = st.T - 1; p >= 0; --p) {
+    const int64_t off = st.offset_at(p);
+    const Tensor m = active.select(0, st.time(p)), inactive = m.logical_not();
+    // The output of an inactive step is the constant zero: its gradient goes nowhere.
+    at::add_out(d, b.dh, b.dy_slots.narrow(0, off, B).masked_fill(inactive, 0));
+    const Tensor dgx = b.dgx.narrow(0, off, B), dgh = gru ? b.dgh.narrow(0, off, B) : Tensor();
+    Pointwise::backward(b.cell, B, H, b.saved.defined() ? b.saved.narrow(0, off, B) : Tensor(),
+                        b.h_slots.narrow(0, off, B), b.h_prev.narrow(0, off, B), d, dgx, dgh,
+                        gru ? dh_direct : Tensor());
+    dgx.masked_fill_(inactive, 0);
+    if (gru) {
+      dgh.masked_fill_(inactive, 0);
+      at::addmm_out(dh_new, dh_direct, dgh, b.w_hh);
+    } else {
+      at::mm_out(dh_new, dgx, b.w_hh);
+    }
+    b.dh.copy_(at::where(m, dh_new, b.dh));
+  }
+}
+
 // Forward. Pointwise::forward_steps(const ForwardSteps&) runs the recurrence (aten_forward_steps, or a
 // device's own schedule).
 template <typename Pointwise, typename Upload>
@@ -193,8 +274,10 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
                                                      const std::optional<Tensor>& batch_sizes,
                                                      const std::optional<Tensor>& sorted_indices, bool batch_first,
                                                      bool reverse, bool train, std::string_view cell_name,
-                                                     Backend backend, Upload upload) {
+                                                     const std::optional<Tensor>& lengths, Backend backend,
+                                                     Upload upload) {
   const CellKind cell = parse_cell(op, cell_name);
+  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first,
                                      reverse, cell, backend, upload);
   const LayerShapes& s = plan.s;
@@ -215,8 +298,11 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
   Pointwise::linear_out(gx, x_slots, w_ih.contiguous(), b_ih);
   // Every slot row's new h: the output itself when the slot rows are its rows.
   Tensor h_slots = plan.identity_rows ? output.view({-1, H}) : at::empty({used, H}, opts);
-  Pointwise::forward_steps(
-      ForwardSteps{plan, cell, gx, w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? saved : Tensor()});
+  const ForwardSteps f{plan, cell, gx, w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? saved : Tensor()};
+  if (lengths.has_value())
+    masked_forward_steps<Pointwise>(f, *lengths);
+  else
+    Pointwise::forward_steps(f);
   if (!plan.identity_rows) output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
   return {output, plan.state_to_batch(h), saved};
 }
@@ -227,8 +313,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
     const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& batch_sizes,
     const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse, const Tensor& output,
-    const Tensor& saved, std::string_view cell_name, bool has_bias, Backend backend, Upload upload) {
+    const Tensor& saved, std::string_view cell_name, bool has_bias, const std::optional<Tensor>& lengths,
+    Backend backend, Upload upload) {
   const CellKind cell = parse_cell(op, cell_name);
+  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt, batch_sizes,
                                      sorted_indices, batch_first, reverse, cell, backend, upload);
   const LayerShapes& s = plan.s;
@@ -263,11 +351,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
       prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
   const Tensor h0 = plan.state_to_slots(hx);
-  const Tensor h_prev = at::cat({h_slots, h0}).index_select(0, upload(prev));
+  const Tensor h_prev = lengths.has_value() ? masked_h_prev(*lengths, st, h_slots, h0)
+                                            : at::cat({h_slots, h0}).index_select(0, upload(prev));
   Tensor dgx = at::empty({used, G}, opts);
   Tensor dgh = cell == CellKind::kGRU ? at::empty({used, G}, opts) : dgx;
-  Pointwise::backward_steps(
-      BackwardSteps{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh});
+  const BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
+  if (lengths.has_value())
+    masked_backward_steps<Pointwise>(b, *lengths);
+  else
+    Pointwise::backward_steps(b);
   const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
   const Tensor dx_slots = at::mm(dgx, wi);
   const Tensor grad_input = plan.identity_rows ? dx_slots

@@ -26,19 +26,6 @@ using at::Tensor;
 using kernels::masked_length;
 using kernels::padded_row;
 
-void check_masked_lengths(const char* op, const Tensor& input, const Tensor& lengths, bool batch_first,
-                          const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices) {
-  TORCH_CHECK(!batch_sizes.has_value() && !sorted_indices.has_value(), op,
-              ": lengths and batch_sizes/sorted_indices are two ways to give variable lengths; give one");
-  TORCH_CHECK(input.dim() == 3, op, ": lengths applies to a padded 3-D input, got ", input.dim(), " dimensions");
-  const int64_t B = input.size(batch_first ? 0 : 1);
-  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, op, ": expected lengths to be 1-D with ", B,
-              " entries (one per batch entry), got shape ", lengths.sizes());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong, op, ": expected lengths to be int64, got ", lengths.scalar_type());
-  TORCH_CHECK(lengths.device() == input.device(), op, ": expected lengths on the input's device (", input.device(),
-              "), got ", lengths.device());
-}
-
 MaskedForwardBuffers masked_forward_buffers(const MaskedLayerShape& s, const Tensor& input, const Tensor& hx,
                                             const Tensor& cx, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
                                             const std::optional<Tensor>& b_hh, bool train) {

@@ -5,6 +5,8 @@
 #include <optional>
 #include <tuple>
 
+#include "common/layer_schedule.h"
+
 namespace rnnext::cpu {
 
 struct MaskedLayerShape {
@@ -12,11 +14,7 @@ struct MaskedLayerShape {
   bool batch_first, reverse;
 };
 
-// Checks `lengths` for a padded (T, B, I) input ((B, T, I) with batch_first): 1-D int64 of B entries on the
-// input's device, and no batch_sizes or sorted_indices beside it.
-void check_masked_lengths(const char* op, const at::Tensor& input, const at::Tensor& lengths, bool batch_first,
-                          const std::optional<at::Tensor>& batch_sizes,
-                          const std::optional<at::Tensor>& sorted_indices);
+using common::check_masked_lengths;
 
 // The buffers of a masked forward, on the input's device (the CPU and CUDA kernels share them): the output
 // (zeros), the state (copies of hx and cx, updated per step), the gate workspace ((T B, 4H) when training, else

@@ -317,22 +317,23 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& b_hh,
                                                  const std::optional<Tensor>& batch_sizes,
                                                  const std::optional<Tensor>& sorted_indices, bool batch_first,
-                                                 bool reverse, bool train, c10::string_view cell) {
+                                                 bool reverse, bool train, c10::string_view cell,
+                                                 const std::optional<Tensor>& lengths) {
   return common::rnn_layer_forward<CpuPointwise>("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
                                                  sorted_indices, batch_first, reverse, train,
-                                                 std::string_view(cell.data(), cell.size()), common::Backend::kCPU,
-                                                 upload_cpu);
+                                                 std::string_view(cell.data(), cell.size()), lengths,
+                                                 common::Backend::kCPU, upload_cpu);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cpu(
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
     const Tensor& w_hh, const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
     bool batch_first, bool reverse, const Tensor& output, const Tensor& saved, c10::string_view cell,
-    bool has_bias) {
+    bool has_bias, const std::optional<Tensor>& lengths) {
   return common::rnn_layer_backward<CpuPointwise>("rnnext::rnn_layer_backward", grad_output, grad_hy, input, hx, w_ih,
                                                   w_hh, batch_sizes, sorted_indices, batch_first, reverse, output,
                                                   saved, std::string_view(cell.data(), cell.size()), has_bias,
-                                                  common::Backend::kCPU, upload_cpu);
+                                                  lengths, common::Backend::kCPU, upload_cpu);
 }
 
 }  // namespace

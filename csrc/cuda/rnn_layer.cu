@@ -113,14 +113,15 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cuda(const Tensor& input, const Ten
                                                   const std::optional<Tensor>& b_hh,
                                                   const std::optional<Tensor>& batch_sizes,
                                                   const std::optional<Tensor>& sorted_indices, bool batch_first,
-                                                  bool reverse, bool train, c10::string_view cell) {
+                                                  bool reverse, bool train, c10::string_view cell,
+                                                  const std::optional<Tensor>& lengths) {
   const c10::cuda::CUDAGuard guard(input.device());
   auto up = [&](const std::vector<int64_t>& v) {
     return upload(v, input.device()).narrow(0, 0, static_cast<int64_t>(v.size()));
   };
   return common::rnn_layer_forward<CudaPointwise>("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh,
                                                   batch_sizes, sorted_indices, batch_first, reverse, train,
-                                                  std::string_view(cell.data(), cell.size()),
+                                                  std::string_view(cell.data(), cell.size()), lengths,
                                                   common::Backend::kCUDA, up);
 }
 
@@ -128,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cu
     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
     const Tensor& w_hh, const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
     bool batch_first, bool reverse, const Tensor& output, const Tensor& saved, c10::string_view cell,
-    bool has_bias) {
+    bool has_bias, const std::optional<Tensor>& lengths) {
   const c10::cuda::CUDAGuard guard(input.device());
   auto up = [&](const std::vector<int64_t>& v) {
     return upload(v, input.device()).narrow(0, 0, static_cast<int64_t>(v.size()));
@@ -136,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cu
   return common::rnn_layer_backward<CudaPointwise>("rnnext::rnn_layer_backward", grad_output, grad_hy, input, hx,
                                                    w_ih, w_hh, batch_sizes, sorted_indices, batch_first, reverse,
                                                    output, saved, std::string_view(cell.data(), cell.size()),
-                                                   has_bias, common::Backend::kCUDA, up);
+                                                   has_bias, lengths, common::Backend::kCUDA, up);
 }
 
 }  // namespace

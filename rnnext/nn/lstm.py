@@ -195,10 +195,9 @@ class _RNNBase(nn.Module):
         step. It is computed straight from the padded tensor (no pack or unpack copies).
 
         Lengths on the CPU (or a list) are checked (each in [1, T]) and run a sorted schedule that skips the
-        padding. For LSTM, a lengths tensor already on the input's GPU is never read by the host, so the call does
-        not synchronize: every sequence runs at every step, masked past its length, and the values are not
-        checked but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding). GRU
-        and RNN read device lengths on the host (one synchronization)."""
+        padding. A lengths tensor already on the input's GPU is never read by the host, so the call does not
+        synchronize: every sequence runs at every step, masked past its length, and the values are not checked
+        but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding)."""
         name = f"rnnext.nn.{self._kind}"
         ref = self.weight_ih_l0
         num_directions = 2 if self.bidirectional else 1

@@ -26,12 +26,13 @@ class _GRUOrRNN(_RNNBase):
     """The GRU and RNN layers: one ``rnnext::rnn_layer`` call per layer and direction."""
 
     _cell = "gru"
+    _device_lengths = True
 
     def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
                        masked_lengths):
         w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx)
         out, hy, _ = _ops.ops.rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
-                                        batch_first, reverse, train, self._cell)
+                                        batch_first, reverse, train, self._cell, masked_lengths)
         return out, [hy]
 
 
@@ -50,8 +51,9 @@ class GRU(_GRUOrRNN):
 
     Each layer and direction is one op call: the input projection of all steps as one GEMM, then per step the
     recurrent GEMM and one fused pointwise step; the backward is its own op. ``PackedSequence`` input computes
-    only the real rows; ``forward(x, lengths=...)`` runs a padded batch on its lengths (see ``LSTM``). Lengths on
-    a GPU are read on the host (one synchronization; LSTM's masked mode is not yet there for GRU).
+    only the real rows; ``forward(x, lengths=...)`` runs a padded batch on its lengths (see ``LSTM``): lengths on
+    the CPU run only the real rows, lengths already on the input's GPU run masked mode (never read by the host, so
+    no synchronization), as for ``LSTM``.
     """
 
     _kind = "GRU"
