@@ -99,4 +99,9 @@ TORCH_LIBRARY(rnnext, m) {
   m.def("lstm_generate(Tensor logits, Tensor h0, Tensor c0, Tensor embedding, Tensor[] w_ih, Tensor[] w_hh,"
         " Tensor?[] b_ih, Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, Tensor uniforms,"
         " float temperature, int top_k) -> Tensor", fixed);
+  // The same loop for a GRU or RNN generator (cell "gru", "rnn_tanh" or "rnn_relu"; no cell state): every
+  // layer's step is rnn_layer's cell step.
+  m.def("rnn_generate(Tensor logits, Tensor h0, Tensor embedding, Tensor[] w_ih, Tensor[] w_hh, Tensor?[] b_ih,"
+        " Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, Tensor uniforms, float temperature, int top_k,"
+        " str cell) -> Tensor", fixed);
 }

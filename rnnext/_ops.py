@@ -680,10 +680,8 @@ torch.library.register_autograd("rnnext::spinn_encode_backward",
 # Generation (no autograd: it draws discrete tokens)
 
 
-@torch.library.register_fake("rnnext::lstm_generate")
-def _lstm_generate_fake(logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms,
-                        temperature, top_k):
-    op = "rnnext::lstm_generate"
+def _check_generate_args(op, logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms):
+    """csrc/common/generate.h's check_generate_args (the devices and the vocabulary), for the fake kernels."""
     _check_devices(op, "logits", logits, ("h0", h0), ("c0", c0), ("embedding", embedding),
                    ("head_weight", head_weight), ("head_bias", head_bias),
                    *[(f"w_ih[{i}]", w) for i, w in enumerate(w_ih)], *[(f"w_hh[{i}]", w) for i, w in enumerate(w_hh)],
@@ -693,3 +691,20 @@ def _lstm_generate_fake(logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_
     torch._check(logits.shape[1] >= 1, lambda: f"{op}: expected a vocabulary of at least 1 entry, got logits of "
                  f"shape {list(logits.shape)}")
     return logits.new_empty((logits.shape[0], uniforms.shape[0]), dtype=torch.int64)
+
+
+@torch.library.register_fake("rnnext::lstm_generate")
+def _lstm_generate_fake(logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms,
+                        temperature, top_k):
+    return _check_generate_args("rnnext::lstm_generate", logits, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh,
+                                head_weight, head_bias, uniforms)
+
+
+@torch.library.register_fake("rnnext::rnn_generate")
+def _rnn_generate_fake(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, uniforms, temperature,
+                       top_k, cell):
+    op = "rnnext::rnn_generate"
+    torch._check(cell in _CELL_GATES, lambda: f'{op}: expected cell to be "gru", "rnn_tanh" or "rnn_relu", got '
+                 f'"{cell}"')
+    return _check_generate_args(op, logits, h0, None, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias,
+                                uniforms)

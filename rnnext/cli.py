@@ -123,7 +123,7 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
     cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                       layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars,
-                      distributed=args.distributed)
+                      distributed=args.distributed, cell=args.cell)
     res = train_chars(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     if "rank" in res:
         return 0
@@ -148,7 +148,7 @@ def _load_char_checkpoint(path: str):
         raise ValueError(f"{path} is not a character-model checkpoint (made by `rnnext train chars --out`)")
     vocab = CharVocab.from_state_dict(ckpt["vocab"])
     cfg = ckpt["config"]
-    model = CharGenerator(len(vocab), cfg["embed"], cfg["hidden"], cfg["layers"])
+    model = CharGenerator(len(vocab), cfg["embed"], cfg["hidden"], cfg["layers"], cell=cfg.get("cell", "lstm"))
     model.load_state_dict(ckpt["model"])
     return model.eval(), vocab
 
@@ -212,13 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
                          "e.g. torchrun --nproc-per-node 2 -m rnnext train ... --distributed")
     lo.set_defaults(func=_cmd_train_listops)
-    ch = tsub.add_parser("chars", help="a character-level LSTM language model")
+    ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model")
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
     ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the default corpus to use")
     ch.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
     ch.add_argument("--max-steps", type=int, default=None)
     ch.add_argument("--hidden", type=int, default=256)
     ch.add_argument("--layers", type=int, default=2)
+    ch.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="the recurrent cell (default lstm)")
     ch.add_argument("--seq-len", type=int, default=128)
     ch.add_argument("--batch-size", type=int, default=64)
     ch.add_argument("--lr", type=float, default=2e-3)

@@ -222,6 +222,7 @@ class CharsConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0
+    cell: str = "lstm"              # "lstm", "gru" or "rnn"
     seq_len: int = 128
     batch_size: int = 64
     lr: float = 2e-3
@@ -294,6 +295,9 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
         ckpt = torch.load(resume, map_location=device, weights_only=True)
         if ckpt.get("task") != "chars":
             raise ValueError(f"{resume}: not a character-model checkpoint")
+        if ckpt["config"].get("cell", "lstm") != cfg.cell:
+            raise ValueError(f"{resume}: a {ckpt['config'].get('cell', 'lstm')} model; resume it with --cell "
+                             f"{ckpt['config'].get('cell', 'lstm')} (got --cell {cfg.cell})")
         vocab = CharVocab.from_state_dict(ckpt["vocab"])
     else:
         vocab = CharVocab.from_text(text, max_size=cfg.vocab_size)
@@ -302,7 +306,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     train_ids, val_ids = ids[:split], ids[split:]
     entropy = unigram_entropy(train_ids, len(vocab))
     log(f"corpus: {len(text)} characters, vocabulary {len(vocab)}, unigram entropy {entropy:.3f} nats/char")
-    model = CharGenerator(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.dropout).to(device)
+    model = CharGenerator(len(vocab), cfg.embed, cfg.hidden, cfg.layers, cfg.dropout, cell=cfg.cell).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cpu")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -52,6 +52,23 @@ def test_generate(char_checkpoint, capsys):
     assert run_cli("generate", char_checkpoint, "--prime", "ret", "--steps", 5, "--temperature", 0) == 0
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_train_and_generate_gru_and_rnn_chars(tmp_path, capsys, cell):
+    text = tmp_path / "c.txt"
+    text.write_text("def f(x):\n    return x + 1\n\n" * 200)
+    ckpt = tmp_path / f"{cell}.pt"
+    assert run_cli("train", "chars", "--cell", cell, "--text", text, "--max-steps", 3, "--hidden", 16, "--seq-len",
+                   32, "--batch-size", 4, "--out", ckpt, "--no-progress") == 0
+    assert torch.load(ckpt, weights_only=True)["config"]["cell"] == cell
+    capsys.readouterr()
+    assert run_cli("generate", ckpt, "--prime", "def ", "--steps", 12, "--temperature", 0.7, "--seed", 2) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    # Resuming with another cell says which one the checkpoint holds.
+    assert run_cli("train", "chars", "--text", text, "--resume", ckpt, "--max-steps", 4, "--hidden", 16,
+                   "--no-progress") == 2
+    assert f"a {cell} model; resume it with --cell {cell}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--prime", "def ", "--steps", -1], "--steps must be >= 0"),
     (["--prime", "def ", "--temperature", -1], "--temperature must be >= 0"),

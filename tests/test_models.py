@@ -60,9 +60,12 @@ def test_char_vocab():
     assert len(CharVocab.from_text("aaabbc", max_size=3)) == 3
 
 
-def _model(seed=0, vocab=11, layers=2):
+GEN_CELLS = ["lstm", "gru", "rnn"]
+
+
+def _model(seed=0, vocab=11, layers=2, cell="lstm"):
     torch.manual_seed(seed)
-    return CharGenerator(vocab, embed_dim=6, hidden_size=20, num_layers=layers).eval()
+    return CharGenerator(vocab, embed_dim=6, hidden_size=20, num_layers=layers, cell=cell).eval()
 
 
 def _python_loop(model, prime, steps, temperature=0.0):
@@ -78,9 +81,10 @@ def _python_loop(model, prime, steps, temperature=0.0):
     return torch.cat(out, 1)
 
 
+@pytest.mark.parametrize("cell", GEN_CELLS)
 @pytest.mark.parametrize("B,layers", [(1, 1), (3, 2), (40, 2)])
-def test_greedy_generation_equals_python_loop(B, layers):
-    model = _model(layers=layers)
+def test_greedy_generation_equals_python_loop(B, layers, cell):
+    model = _model(layers=layers, cell=cell)
     prime = torch.randint(0, 11, (B, 4), generator=torch.Generator().manual_seed(B))
     with torch.no_grad():
         ref = _python_loop(model, prime, 30)
@@ -89,8 +93,9 @@ def test_greedy_generation_equals_python_loop(B, layers):
     assert torch.equal(out, ref)
 
 
-def test_sampling_is_reproducible_and_follows_the_softmax():
-    model = _model()
+@pytest.mark.parametrize("cell", GEN_CELLS)
+def test_sampling_is_reproducible_and_follows_the_softmax(cell):
+    model = _model(cell=cell)
     prime = torch.randint(0, 11, (1, 5), generator=torch.Generator().manual_seed(0))
     a = model.generate(prime, 50, temperature=0.9, generator=torch.Generator().manual_seed(7))
     b = model.generate(prime, 50, temperature=0.9, generator=torch.Generator().manual_seed(7))
@@ -107,8 +112,9 @@ def test_sampling_is_reproducible_and_follows_the_softmax():
     assert chi2 < 35.0, chi2  # 10 degrees of freedom: p < 1e-4 to exceed by chance
 
 
-def test_top_k_never_leaves_the_top_k():
-    model = _model()
+@pytest.mark.parametrize("cell", GEN_CELLS)
+def test_top_k_never_leaves_the_top_k(cell):
+    model = _model(cell=cell)
     prime = torch.randint(0, 11, (500, 3), generator=torch.Generator().manual_seed(2))
     out = model.generate(prime, 8, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(4))
     # Recompute each step's logits along the generated path and check every draw is among its top 3.
@@ -144,6 +150,33 @@ def test_generation_op_opcheck_and_errors():
     with pytest.raises(RuntimeError, match="temperature"):
         torch.ops.rnnext.lstm_generate(*args[:11], -1.0, 0)
     assert model.generate(torch.zeros(2, 1, dtype=torch.int64), 0).shape == (2, 0)
+
+
+@pytest.mark.parametrize("cell,op_cell", [("gru", "gru"), ("rnn", "rnn_tanh")])
+def test_rnn_generation_op_opcheck_and_errors(cell, op_cell):
+    model = _model(cell=cell)
+    rnn = model.rnn
+    names = rnn._all_weights
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(2, 11, generator=g), torch.randn(2, 2, 20, generator=g), model.embedding.weight.detach(),
+            [getattr(rnn, n[0]).detach() for n in names], [getattr(rnn, n[1]).detach() for n in names],
+            [getattr(rnn, n[2]).detach() for n in names], [None, None], model.head.weight.detach(),
+            model.head.bias.detach(), torch.rand(6, 2, generator=g), 0.8, 2, op_cell]
+    torch.library.opcheck(torch.ops.rnnext.rnn_generate.default, tuple(args))
+    op = torch.ops.rnnext.rnn_generate
+    with pytest.raises(RuntimeError, match='expected cell to be "gru", "rnn_tanh" or "rnn_relu", got "lstm"'):
+        op(*args[:12], "lstm")
+    with pytest.raises(RuntimeError, match="temperature"):
+        op(*args[:10], -1.0, 0, op_cell)
+    wrong = "rnn_tanh" if op_cell == "gru" else "gru"  # the other cell's weight shapes
+    with pytest.raises(RuntimeError, match="layer 0: expected w_ih"):
+        op(*args[:12], wrong)
+    with pytest.raises(RuntimeError, match="expected a vocabulary of at least 1 entry"):
+        op(args[0][:, :0], *args[1:])
+    with pytest.raises(RuntimeError, match="expected uniforms as float32"):
+        op(*args[:9], args[9].double(), *args[10:])
+    with pytest.raises(ValueError, match="cell must be 'lstm', 'gru' or 'rnn'"):
+        CharGenerator(11, cell="transformer")
 
 
 @pytest.mark.parametrize("cell,cls", [("lstm", rnnext.nn.LSTM), ("gru", rnnext.nn.GRU), ("rnn", rnnext.nn.RNN)])

@@ -264,6 +264,17 @@ void masked_backward_steps(const BackwardSteps& b, const Tensor& lengths) {
   }
 }
 
+// One step of one layer outside a sequence (generation): h (B, H) updated in place from x (B, in).
+template <typename Pointwise>
+void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                   const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  const int64_t B = h.size(0), H = h.size(1), G = num_gates(cell) * H;
+  const Tensor gx = at::empty({B, G}, h.options()), gh = at::empty({B, G}, h.options());
+  Pointwise::linear_out(gx, x.contiguous(), w_ih.contiguous(), b_ih);
+  Pointwise::linear_out(gh, h, w_hh.contiguous(), b_hh);
+  Pointwise::forward(cell, B, H, gx, gh, h, at::empty({B, H}, h.options()), Tensor());
+}
+
 // Forward. Pointwise::forward_steps(const ForwardSteps&) runs the recurrence (aten_forward_steps, or a
 // device's own schedule).
 template <typename Pointwise, typename Upload>
@@ -370,3 +381,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
 }
 
 }  // namespace rnnext::common
+
+namespace rnnext::cpu {
+// common::rnn_cell_step with the CPU kernels (csrc/cpu/rnn_layer.cpp), for the generation loop.
+void rnn_cell_step(common::CellKind cell, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                   const std::optional<at::Tensor>& b_hh);
+}  // namespace rnnext::cpu
+
+namespace rnnext::cuda {
+// common::rnn_cell_step with the CUDA kernels (csrc/cuda/rnn_layer.cu).
+void rnn_cell_step(common::CellKind cell, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                   const std::optional<at::Tensor>& b_hh);
+}  // namespace rnnext::cuda

@@ -15,6 +15,8 @@
 #include <numeric>
 #include <vector>
 
+#include "common/generate.h"
+#include "common/rnn_engine.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/lstm_weights.h"
@@ -72,52 +74,13 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
                          const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
                          int64_t top_k) {
   const char* op = "rnnext::lstm_generate";
-  check_float_cpu(op, "logits", logits);
-  check_dim(op, "logits", logits, 2, "(batch, vocab)");
-  const int64_t B = logits.size(0), V = logits.size(1);
-  // Every draw indexes the embedding: an empty vocabulary has nothing to draw (argmax of nothing is no row).
-  TORCH_CHECK(V >= 1, op, ": expected a vocabulary of at least 1 entry, got logits of shape ", logits.sizes());
-  check_dim(op, "h0", h0, 3, "(num_layers, batch, hidden_size)");
-  const int64_t L = h0.size(0), H = h0.size(2);
-  TORCH_CHECK(L >= 1, op, ": expected at least one layer, got h0 of shape ", h0.sizes());
-  check_shape(op, "h0", h0, {L, B, H});
-  check_shape(op, "c0", c0, {L, B, H});
-  check_dim(op, "embedding", embedding, 2, "(vocab, embed_dim)");
-  TORCH_CHECK(embedding.size(0) == V, op, ": expected embedding of ", V, " rows (the vocabulary of logits), got ",
-              embedding.size(0));
-  const int64_t E = embedding.size(1);
-  TORCH_CHECK(static_cast<int64_t>(w_ih.size()) == L && static_cast<int64_t>(w_hh.size()) == L &&
-                  static_cast<int64_t>(b_ih.size()) == L && static_cast<int64_t>(b_hh.size()) == L,
-              op, ": expected w_ih, w_hh, b_ih and b_hh to hold one entry per layer (", L, ")");
-  check_shape(op, "head_weight", head_weight, {V, H});
-  TORCH_CHECK(temperature >= 0.0 && std::isfinite(temperature), op,
-              ": expected a finite temperature >= 0 (0: greedy), got ", temperature);
-  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(1) == B && uniforms.scalar_type() == at::kFloat, op,
-              ": expected uniforms as float32 of shape (steps, ", B, "), got ", uniforms.scalar_type(), " ",
-              uniforms.sizes());
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"h0", &h0}, {"c0", &c0},
-                                {"embedding", &embedding}, {"head_weight", &head_weight}})
-    check_same(op, "logits", logits, name, *t);
-  if (head_bias.has_value()) {
-    check_same(op, "logits", logits, "head_bias", *head_bias);
-    check_shape(op, "head_bias", *head_bias, {V});
-  }
-  TORCH_CHECK(uniforms.device().is_cpu(), op, ": expected uniforms on the CPU, got ", uniforms.device());
-  const int64_t steps = uniforms.size(0);
+  const common::GenerateShapes sh = common::check_generate_args(op, logits, h0, &c0, embedding, w_ih, w_hh, b_ih, b_hh,
+                                                               head_weight, head_bias, uniforms, temperature, 4,
+                                                               common::Backend::kCPU);
+  const int64_t B = sh.B, V = sh.V, L = sh.L, H = sh.H, E = sh.E, steps = sh.steps;
   std::vector<BlockedWeights> layers;
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t in = l == 0 ? E : H;
-    check_same(op, "logits", logits, "w_ih", w_ih[l]);
-    check_same(op, "logits", logits, "w_hh", w_hh[l]);
-    TORCH_CHECK(w_ih[l].sizes() == at::IntArrayRef({4 * H, in}) && w_hh[l].sizes() == at::IntArrayRef({4 * H, H}),
-                op, ": layer ", l, ": expected w_ih (", 4 * H, ", ", in, ") and w_hh (", 4 * H, ", ", H, "), got ",
-                w_ih[l].sizes(), " and ", w_hh[l].sizes());
     std::optional<Tensor> bi = b_ih.get(l), bh = b_hh.get(l);
-    for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"b_ih", &bi}, {"b_hh", &bh}})
-      if (b->has_value()) {
-        check_same(op, "logits", logits, name, **b);
-        check_shape(op, name, **b, {4 * H});
-      }
     layers.push_back(block_weights(w_ih[l], w_hh[l], bi, bh));
   }
   Tensor tokens = at::empty({B, steps}, logits.options().dtype(at::kLong));
@@ -183,8 +146,38 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
   return tokens;
 }
 
+// The GRU / RNN generator's loop (common/generate.h) with the CPU layer step and draw.
+Tensor rnn_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& embedding, at::TensorList w_ih,
+                        at::TensorList w_hh, const c10::List<std::optional<Tensor>>& b_ih,
+                        const c10::List<std::optional<Tensor>>& b_hh, const Tensor& head_weight,
+                        const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
+                        int64_t top_k, c10::string_view cell_name) {
+  const char* op = "rnnext::rnn_generate";
+  const common::CellKind cell = common::parse_cell(op, std::string_view(cell_name.data(), cell_name.size()));
+  const common::GenerateShapes g =
+      common::check_generate_args(op, logits, h0, nullptr, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias,
+                                  uniforms, temperature, common::num_gates(cell), common::Backend::kCPU);
+  const Tensor u = uniforms.contiguous();
+  Tensor tokens;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "rnn_generate", [&] {
+    tokens = common::rnn_generate_loop(
+        g, logits, h0, embedding, head_weight, head_bias,
+        [&](const Tensor& x, const Tensor& h, int64_t l) {
+          rnn_cell_step(cell, x, h, w_ih[l], w_hh[l], b_ih.get(l), b_hh.get(l));
+        },
+        [&](const Tensor& z, int64_t s, const Tensor& out) {
+          sample_rows<scalar_t>(z.const_data_ptr<scalar_t>(), g.B, g.V, temperature, top_k,
+                                u.const_data_ptr<float>() + s * g.B, out.data_ptr<int64_t>() + s, g.steps);
+        });
+  });
+  return tokens;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rnnext, CPU, m) { m.impl("lstm_generate", &lstm_generate_cpu); }
+TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
+  m.impl("lstm_generate", &lstm_generate_cpu);
+  m.impl("rnn_generate", &rnn_generate_cpu);
+}
 
 }  // namespace rnnext::cpu

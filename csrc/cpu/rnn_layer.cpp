@@ -338,6 +338,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
 
 }  // namespace
 
+void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                   const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  common::rnn_cell_step<CpuPointwise>(cell, x, h, w_ih, w_hh, b_ih, b_hh);
+}
+
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
   m.impl("rnn_layer", &rnn_layer_cpu);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cpu);

@@ -12,6 +12,8 @@
 
 #include <vector>
 
+#include "common/generate.h"
+#include "common/rnn_engine.h"
 #include "cuda/common.cuh"
 #include "cuda/lstm.cuh"
 #include "kernels/sampling.h"
@@ -67,18 +69,10 @@ Tensor lstm_generate_cuda(const Tensor& logits, const Tensor& h0, const Tensor& 
                           const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
                           int64_t top_k) {
   const char* op = "rnnext::lstm_generate";
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"h0", &h0}, {"c0", &c0},
-                                {"embedding", &embedding}, {"head_weight", &head_weight}})
-    check_cuda(op, name, *t, logits);
-  TORCH_CHECK(logits.dim() == 2 && h0.dim() == 3, op, ": expected logits (B, V) and h0 (L, B, H)");
-  const int64_t B = logits.size(0), V = logits.size(1), L = h0.size(0), H = h0.size(2), E = embedding.size(1);
-  TORCH_CHECK(V >= 1, op, ": expected a vocabulary of at least 1 entry, got logits of shape ", logits.sizes());
-  TORCH_CHECK(temperature >= 0.0 && std::isfinite(temperature), op, ": expected a finite temperature >= 0");
-  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(1) == B && uniforms.scalar_type() == at::kFloat, op,
-              ": expected float32 uniforms of shape (steps, ", B, ")");
-  TORCH_CHECK((int64_t)w_ih.size() == L && (int64_t)w_hh.size() == L && (int64_t)b_ih.size() == L &&
-                  (int64_t)b_hh.size() == L,
-              op, ": expected one weight entry per layer (", L, ")");
+  const common::GenerateShapes g = common::check_generate_args(op, logits, h0, &c0, embedding, w_ih, w_hh, b_ih, b_hh,
+                                                              head_weight, head_bias, uniforms, temperature, 4,
+                                                              common::Backend::kCUDA);
+  const int64_t B = g.B, V = g.V, L = g.L, H = g.H, E = g.E;
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t steps = uniforms.size(0);
   Tensor tokens = at::empty({B, steps}, logits.options().dtype(at::kLong));
@@ -127,6 +121,37 @@ Tensor lstm_generate_cuda(const Tensor& logits, const Tensor& h0, const Tensor& 
   return tokens;
 }
 
+// The GRU / RNN generator's loop (common/generate.h) with the CUDA layer step and the sampling kernel.
+Tensor rnn_generate_cuda(const Tensor& logits, const Tensor& h0, const Tensor& embedding, at::TensorList w_ih,
+                         at::TensorList w_hh, const c10::List<std::optional<Tensor>>& b_ih,
+                         const c10::List<std::optional<Tensor>>& b_hh, const Tensor& head_weight,
+                         const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
+                         int64_t top_k, c10::string_view cell_name) {
+  const char* op = "rnnext::rnn_generate";
+  const common::CellKind cell = common::parse_cell(op, std::string_view(cell_name.data(), cell_name.size()));
+  const common::GenerateShapes g =
+      common::check_generate_args(op, logits, h0, nullptr, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias,
+                                  uniforms, temperature, common::num_gates(cell), common::Backend::kCUDA);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor u = uniforms.to(logits.device()).contiguous();
+  Tensor weights = at::empty({g.B, g.V}, logits.options().dtype(at::kFloat));
+  Tensor tokens;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "rnn_generate_cuda", [&] {
+    tokens = common::rnn_generate_loop(
+        g, logits, h0, embedding, head_weight, head_bias,
+        [&](const Tensor& x, const Tensor& h, int64_t l) {
+          rnn_cell_step(cell, x, h, w_ih[l], w_hh[l], b_ih.get(l), b_hh.get(l));
+        },
+        [&](const Tensor& z, int64_t s, const Tensor& out) {
+          sample_kernel<scalar_t><<<blocks_for(g.B, 128), 128, 0, stream()>>>(
+              g.B, g.V, z.const_data_ptr<scalar_t>(), temperature, top_k, u.const_data_ptr<float>() + s * g.B,
+              weights.data_ptr<float>(), out.data_ptr<int64_t>() + s, g.steps);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+  });
+  return tokens;
+}
+
 // The plan is simulated on the host: CUDA transitions are copied there (one synchronization) and the plan
 // comes back on their device.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> thin_stack_plan_cuda(
@@ -145,6 +170,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> thin_stack_pl
 
 TORCH_LIBRARY_IMPL(rnnext, CUDA, m) {
   m.impl("lstm_generate", &lstm_generate_cuda);
+  m.impl("rnn_generate", &rnn_generate_cuda);
   m.impl("thin_stack_plan", &thin_stack_plan_cuda);
 }
 

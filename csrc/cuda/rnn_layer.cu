@@ -142,6 +142,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cu
 
 }  // namespace
 
+void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                   const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  const c10::cuda::CUDAGuard guard(h.device());
+  common::rnn_cell_step<CudaPointwise>(cell, x, h, w_ih, w_hh, b_ih, b_hh);
+}
+
 TORCH_LIBRARY_IMPL(rnnext, CUDA, m) {
   m.impl("rnn_layer", &rnn_layer_cuda);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cuda);

@@ -1,5 +1,5 @@
-"""A character-level language model: CharVocab, and CharGenerator (embedding -> rnnext LSTM -> linear head)
-with teacher-forced training and a fused sampling loop for generation."""
+"""A character-level language model: CharVocab, and CharGenerator (embedding -> rnnext LSTM, GRU or RNN ->
+linear head) with teacher-forced training and a fused sampling loop for generation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .. import _ops
 from ..nn.lstm import LSTM
+from ..nn.rnn import GRU, RNN
 
 __all__ = ["CharVocab", "CharGenerator"]
 
@@ -57,24 +58,35 @@ class CharVocab:
 
 
 class CharGenerator(nn.Module):
-    """Character LSTM: ``embedding`` -> ``rnn`` (rnnext.nn.LSTM, batch_first) -> ``head`` (Linear hidden -> vocab).
+    """Character RNN: ``embedding`` -> ``rnn`` (rnnext.nn.LSTM, GRU or RNN (tanh), batch_first) -> ``head``
+    (Linear hidden -> vocab).
 
-    ``forward(tokens, state=None) -> (logits, state)`` for teacher-forced training (tokens (B, T)).
+    ``cell``: "lstm" (default), "gru" or "rnn". ``forward(tokens, state=None) -> (logits, state)`` for
+    teacher-forced training (tokens (B, T)); the state is ``(h, c)`` for LSTM and ``h`` for GRU and RNN.
     ``generate(prime, steps, temperature=1.0, top_k=None, generator=None)`` runs the prime through the model and
-    then the whole sampling loop in one op (``rnnext::lstm_generate``): ``prime`` (B, P) token ids, P >= 1;
-    temperature 0 is greedy argmax; ``top_k`` keeps the k most likely; ``generator`` (a torch.Generator) fixes
-    the draws. Returns the generated ids (B, steps).
+    then the whole sampling loop in one op (``rnnext::lstm_generate``, or ``rnnext::rnn_generate`` for GRU and
+    RNN): ``prime`` (B, P) token ids, P >= 1; temperature 0 is greedy argmax; ``top_k`` keeps the k most likely;
+    ``generator`` (a torch.Generator) fixes the draws. Returns the generated ids (B, steps).
     """
 
+    _CELLS = {"lstm": (LSTM, None), "gru": (GRU, "gru"), "rnn": (RNN, "rnn_tanh")}
+
     def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_size: int = 256, num_layers: int = 2,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, cell: str = "lstm") -> None:
         super().__init__()
+        if cell not in self._CELLS:
+            raise ValueError(f"CharGenerator: cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
         self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers = vocab_size, embed_dim, hidden_size, num_layers
+        self.cell = cell
         self.embedding = nn.Embedding(vocab_size, embed_dim)
-        self.rnn = LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout)
+        self.rnn = self._CELLS[cell][0](embed_dim, hidden_size, num_layers=num_layers, batch_first=True,
+                                        dropout=dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
 
-    def forward(self, tokens: Tensor, state: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    def extra_repr(self) -> str:
+        return f"cell={self.cell!r}"
+
+    def forward(self, tokens: Tensor, state=None):
         if tokens.dim() != 2:
             raise ValueError(f"CharGenerator: expected tokens (batch, time), got shape {tuple(tokens.shape)}")
         out, state = self.rnn(self.embedding(tokens), state)
@@ -94,7 +106,7 @@ class CharGenerator(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits, (h, c) = self(prime)
+            logits, state = self(prime)
             B = prime.size(0)
             if temperature > 0:
                 uniforms = torch.rand(steps, B, generator=generator)
@@ -106,8 +118,12 @@ class CharGenerator(nn.Module):
             w_hh = [getattr(rnn, n[1]) for n in names]
             b_ih = [getattr(rnn, n[2]) if rnn.bias else None for n in names]
             b_hh = [getattr(rnn, n[3]) if rnn.bias else None for n in names]
-            return _ops.ops.lstm_generate(logits[:, -1].contiguous(), h, c, self.embedding.weight, w_ih, w_hh, b_ih,
-                                          b_hh, self.head.weight, self.head.bias, uniforms.to(logits.device),
-                                          float(temperature), int(top_k or 0))
+            common = (w_ih, w_hh, b_ih, b_hh, self.head.weight, self.head.bias, uniforms.to(logits.device),
+                      float(temperature), int(top_k or 0))
+            last = logits[:, -1].contiguous()
+            if self.cell == "lstm":
+                h, c = state
+                return _ops.ops.lstm_generate(last, h, c, self.embedding.weight, *common)
+            return _ops.ops.rnn_generate(last, state, self.embedding.weight, *common, self._CELLS[self.cell][1])
         finally:
             self.train(was_training)
