@@ -8,6 +8,6 @@ from . import _ops  # noqa: F401  (loads the library, registers fake kernels and
 from . import nn, utils
 from .nn import PAD, REDUCE, SHIFT, replace_rnns
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["nn", "utils", "replace_rnns", "SHIFT", "REDUCE", "PAD", "__version__"]

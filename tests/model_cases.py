@@ -84,6 +84,17 @@ CASES: Dict[str, Case] = {
                             _listops_inputs, _sum_all),
     "CharGenerator": Case(lambda: CharGenerator(12, 5, H, 2, dropout=0.2),
                           lambda s: [torch.randint(0, 12, (3, 10), generator=_g(s))], _sum_all),
+    # GRU and RNN (since 0.2: in checkpoints_v0.2.0.pt, not in the v0.1.0 artifact)
+    "GRU": Case(lambda: rnnext.nn.GRU(6, H, num_layers=2, bidirectional=True, dropout=0.25), _lstm_inputs, _sum_all),
+    "RNN(relu, batch_first)": Case(lambda: rnnext.nn.RNN(6, H, nonlinearity="relu", batch_first=True),
+                                   _lstm_lengths_inputs, _sum_all),
+    "GRUCell": Case(lambda: rnnext.nn.GRUCell(6, H), lambda s: [torch.randn(4, 6, generator=_g(s))], _sum_all),
+    "RNNCell": Case(lambda: rnnext.nn.RNNCell(6, H, nonlinearity="tanh"),
+                    lambda s: [torch.randn(4, 6, generator=_g(s))], _sum_all),
+    "RNNClassifier(gru)": Case(lambda: RNNClassifier(20, 6, H, 3, cell="gru", num_layers=2, bidirectional=True,
+                                                     pooling="last"), _tokens_lengths, _sum_all),
+    "CharGenerator(gru)": Case(lambda: CharGenerator(12, 5, H, 2, cell="gru"),
+                               lambda s: [torch.randint(0, 12, (3, 10), generator=_g(s))], _sum_all),
 }
 
 

@@ -154,6 +154,83 @@ def test_fuzz_lstm_cell_op_and_module(data):
         assert_close(a, b, dtype, f"LSTMCell tensor {k}")
 
 
+# ------------------------------------------------------------------------------------------ valid: GRU and RNN
+
+RNN_KINDS = {"gru": (torch.nn.GRU, rnnext.nn.GRU, {}), "rnn_tanh": (torch.nn.RNN, rnnext.nn.RNN, {}),
+             "rnn_relu": (torch.nn.RNN, rnnext.nn.RNN, {"nonlinearity": "relu"})}
+RNN_CELLS = {"gru": (torch.nn.GRUCell, rnnext.nn.GRUCell, {}), "rnn_tanh": (torch.nn.RNNCell, rnnext.nn.RNNCell, {}),
+             "rnn_relu": (torch.nn.RNNCell, rnnext.nn.RNNCell, {"nonlinearity": "relu"})}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_rnn_module_matches_torch(data):
+    d = data.draw
+    kind = d(st.sampled_from(sorted(RNN_KINDS)), label="cell")
+    stock_cls, ours_cls, extra = RNN_KINDS[kind]
+    I, H, L = d(st.integers(1, 5)), d(st.integers(1, 6)), d(st.integers(1, 2))
+    bi, bias, bf = d(st.booleans()), d(st.booleans()), d(st.booleans())
+    T, B, dtype, seed = d(st.integers(1, 6)), d(st.integers(1, 5)), d(FLOATS), d(st.integers(0, 2**16))
+    mode = d(st.sampled_from(["dense", "packed", "lengths", "masked", "unbatched"]))
+    torch.manual_seed(seed)
+    stock = stock_cls(I, H, L, bias=bias, batch_first=bf, bidirectional=bi, **extra).to(dtype)
+    ours = ours_cls(I, H, L, bias=bias, batch_first=bf, bidirectional=bi, **extra).to(dtype)
+    ours.load_state_dict(stock.state_dict())
+    D = 2 if bi else 1
+    if mode == "unbatched":
+        x, hx = layout(data, (T, I), dtype, seed), layout(data, (L * D, H), dtype, seed + 1, "h0")
+    else:
+        x = layout(data, (B, T, I) if bf else (T, B, I), dtype, seed)
+        hx = layout(data, (L * D, B, H), dtype, seed + 1, "h0")
+    if not d(st.booleans(), label="with hx"):
+        hx = None
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+    results = []
+    for m in (stock, ours):
+        xg = x.detach().clone().requires_grad_()
+        hg = hx.detach().clone().requires_grad_() if hx is not None else None
+        if mode == "packed" or (mode in ("lengths", "masked") and m is stock):
+            packed = stock_rnn.pack_padded_sequence(xg, lengths, batch_first=bf, enforce_sorted=False)
+            y, hn = m(packed, hg)
+            y = y.data if mode == "packed" else stock_rnn.pad_packed_sequence(y, batch_first=bf, total_length=T)[0]
+        elif mode in ("lengths", "masked"):
+            with patch.object(rnnext.nn.lstm, "_MASKED_ON_CPU", mode == "masked"):
+                y, hn = m(xg, hg, lengths=lengths)
+        else:
+            y, hn = m(xg, hg)
+        w = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+        ((y * w).sum() + hn.sin().sum()).backward()
+        results.append([y, hn, xg.grad] + ([hg.grad] if hg is not None else []) + [p.grad for p in m.parameters()])
+    for i, (a, b) in enumerate(zip(results[1], results[0])):
+        assert_close(a, b, dtype, f"{kind} {mode} tensor {i}")
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_gru_rnn_cells_match_torch(data):
+    d = data.draw
+    kind = d(st.sampled_from(sorted(RNN_CELLS)), label="cell")
+    stock_cls, ours_cls, extra = RNN_CELLS[kind]
+    I, H, B = d(st.integers(1, 6)), d(st.integers(1, 7)), d(st.integers(0, 6))
+    dtype, seed, bias = d(FLOATS), d(st.integers(0, 2**16)), d(st.booleans())
+    torch.manual_seed(seed)
+    stock = stock_cls(I, H, bias=bias, **extra).to(dtype)
+    ours = ours_cls(I, H, bias=bias, **extra).to(dtype)
+    ours.load_state_dict(stock.state_dict())
+    x = layout(data, (B, I), dtype, seed, "x")
+    h = layout(data, (B, H), dtype, seed + 1, "h") if d(st.booleans(), label="with hx") else None
+    unbatched = B > 0 and d(st.booleans(), label="unbatched")
+    outs = []
+    for m in (stock, ours):
+        xg = (x[0] if unbatched else x).detach().clone().requires_grad_()
+        hg = None if h is None else (h[0] if unbatched else h).detach().clone().requires_grad_()
+        hy = m(xg, hg)
+        (hy * 1.5).sin().sum().backward()
+        outs.append([hy, xg.grad] + ([hg.grad] if hg is not None else []) + [p.grad for p in m.parameters()])
+    for k, (a, b) in enumerate(zip(outs[1], outs[0])):
+        assert_close(a, b, dtype, f"{kind} cell tensor {k}")
+
+
 # ------------------------------------------------------------------------------------------ valid: packing
 
 PACK_DTYPES = st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
@@ -248,8 +325,9 @@ def test_fuzz_greedy_generation_equals_a_python_loop(data):
     d = data.draw
     V, E, H, L = d(st.integers(2, 9)), d(st.integers(1, 5)), d(st.integers(1, 6)), d(st.integers(1, 2))
     B, P, steps, seed = d(st.integers(1, 3)), d(st.integers(1, 4)), d(st.integers(0, 6)), d(st.integers(0, 2**16))
+    cell = d(st.sampled_from(["lstm", "gru", "rnn"]), label="cell")
     torch.manual_seed(seed)
-    model = CharGenerator(V, E, H, L).double().eval()
+    model = CharGenerator(V, E, H, L, cell=cell).double().eval()
     prime = torch.randint(0, V, (B, P), generator=torch.Generator().manual_seed(seed))
     got = model.generate(prime, steps, temperature=0.0)
     logits, state = model(prime)
@@ -281,6 +359,30 @@ def _call_layer(a):
                           a["batch_sizes"], a["sorted_indices"], a["batch_first"], a["reverse"], a["train"])
 
 
+def _break(data, name, t):
+    """A broken version of argument t (wrong dtype, integer, rank or size), or None when the change happens to
+    be valid (a different T)."""
+    d = data.draw
+    how = d(st.sampled_from(["dtype", "int", "rank+", "rank-", "size"]), label="breakage")
+    if how == "dtype":
+        return t.float()
+    if how == "int":
+        return t.long()
+    if how == "rank+":
+        return t.unsqueeze(0)
+    if how == "rank-":
+        return t[0] if t.dim() != 2 else t.reshape(-1)
+    dim = d(st.integers(0, t.dim() - 1), label="dim")
+    delta = d(st.sampled_from([-1, 1, 3]), label="delta")
+    if t.size(dim) + delta < 0:
+        delta = 1
+    shape = list(t.shape)
+    shape[dim] += delta
+    if name == "input" and dim == 0:  # a different T is valid
+        return None
+    return torch.zeros(shape, dtype=t.dtype)  # (a different B no longer matches hx: invalid)
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_lstm_layer_rejects_broken_arguments(data):
@@ -289,32 +391,31 @@ def test_fuzz_lstm_layer_rejects_broken_arguments(data):
     a = _layer_args(T, B, I, H)
     _call_layer(a)  # the valid call runs
     name = d(st.sampled_from(["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"]), label="argument")
-    how = d(st.sampled_from(["dtype", "int", "rank+", "rank-", "size"]), label="breakage")
-    t = a[name]
-    if how == "dtype":
-        a[name] = t.float()
-    elif how == "int":
-        a[name] = t.long()
-    elif how == "rank+":
-        a[name] = t.unsqueeze(0)
-    elif how == "rank-":
-        if t.dim() == 1:
-            a[name] = t[0]
-        else:
-            a[name] = t.reshape(-1) if t.dim() == 2 else t[0]
-    else:
-        dim = d(st.integers(0, t.dim() - 1), label="dim")
-        delta = d(st.sampled_from([-1, 1, 3]), label="delta")
-        if t.size(dim) + delta < 0 or (t.size(dim) + delta == t.size(dim)):
-            delta = 1
-        shape = list(t.shape)
-        shape[dim] += delta
-        a[name] = torch.zeros(shape, dtype=t.dtype)
-        if name == "input" and dim == 0:  # a different T is valid
-            return
-        if name == "input" and dim == 1 and shape[1] >= 0:
-            pass  # a different B no longer matches hx: invalid
-    raises_with_message(lambda: _call_layer(a))
+    a[name] = _break(data, name, a[name])
+    if a[name] is not None:
+        raises_with_message(lambda: _call_layer(a))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_rnn_layer_rejects_broken_arguments(data):
+    d = data.draw
+    cell = d(st.sampled_from(["gru", "rnn_tanh", "rnn_relu"]), label="cell")
+    T, B, I, H = d(st.integers(1, 5)), d(st.integers(1, 5)), d(st.integers(1, 4)), d(st.integers(1, 4))
+    G = (3 if cell == "gru" else 1) * H
+    g = torch.Generator().manual_seed(T * 100 + B)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    a = dict(input=r(T, B, I), hx=r(B, H), w_ih=r(G, I), w_hh=r(G, H), b_ih=r(G), b_hh=r(G))
+
+    def call():
+        return ops.rnn_layer(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, None, False,
+                             False, True, cell)
+
+    call()  # the valid call runs
+    name = d(st.sampled_from(sorted(a)), label="argument")
+    a[name] = _break(data, name, a[name])
+    if a[name] is not None:
+        raises_with_message(call)
 
 
 @FUZZ
