@@ -51,6 +51,15 @@ TORCH_LIBRARY(rnnext, m) {
         " Tensor saved, str cell, bool has_bias, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor,"
         " Tensor)", fixed);
 
+  // One step of one layer (GRUCell / RNNCell): input (B, I), hx (B, H) -> (hy, saved). A pair of its own
+  // beside rnn_layer: a step per call is the hot path of users' decoder loops, and the op's fixed cost (its
+  // argument count included: torch.library's autograd binds every argument per call) is what they pay.
+  m.def("rnn_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str cell)"
+        " -> (Tensor hy, Tensor saved)", fixed);
+  // -> (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (both [0] when has_bias is false)).
+  m.def("rnn_cell_backward(Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor hy,"
+        " Tensor saved, str cell, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fixed);
+
   // ---- Packed sequences (csrc/cpu/packing.cpp) ----
   // Padded (T, B, *) (or (B, T, *) with batch_first) -> PackedSequence data (total_rows, *): step t takes the
   // batch entries sorted_indices[0 .. batch_sizes[t]) (identity when absent). Its backward is packed_scatter.

@@ -99,23 +99,30 @@ def _masked_recurrence(x, lens, h, step, reverse):
     return out, h
 
 
+def rnn_step(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+             cell: str) -> Tensor:
+    """One GRU / RNN step (PyTorch's gate order and reset-gate placement)."""
+    gx = x @ w_ih.t() + (b_ih if b_ih is not None else 0)
+    gh = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
+    if cell == "gru":
+        xr, xz, xn = gx.chunk(3, 1)
+        hr, hz, hn = gh.chunk(3, 1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+    return torch.relu(gx + gh) if cell == "rnn_relu" else torch.tanh(gx + gh)
+
+
+def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, cell) -> Tuple[Tensor]:
+    """rnnext::rnn_cell's (hy,)."""
+    return (rnn_step(input, hx, w_ih, w_hh, b_ih, b_hh, cell),)
+
+
 def rnn_layer(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, cell,
               lengths=None):
     """rnnext::rnn_layer's (output, hy) for cell "gru", "rnn_tanh" or "rnn_relu"."""
     x, lens, restore = _padded_view(input, hx, batch_sizes, sorted_indices, batch_first, lengths)
-
-    def step(xt, h):
-        gx = xt @ w_ih.t() + (b_ih if b_ih is not None else 0)
-        gh = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
-        if cell == "gru":
-            xr, xz, xn = gx.chunk(3, 1)
-            hr, hz, hn = gh.chunk(3, 1)
-            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            return (1 - z) * n + z * h
-        return torch.relu(gx + gh) if cell == "rnn_relu" else torch.tanh(gx + gh)
-
-    out, h = _masked_recurrence(x, lens, hx, step, reverse)
+    out, h = _masked_recurrence(x, lens, hx, lambda xt, h: rnn_step(xt, h, w_ih, w_hh, b_ih, b_hh, cell), reverse)
     return restore(out), h
 
 

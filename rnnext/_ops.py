@@ -447,6 +447,54 @@ torch.library.register_autograd("rnnext::rnn_layer_backward",
                                 setup_context=_no_context)
 
 
+@torch.library.register_fake("rnnext::rnn_cell")
+def _rnn_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, cell):
+    op = "rnnext::rnn_cell"
+    _check_dim(op, "input", input, 2, "(batch, input_size)")
+    H = _check_rnn_layer_args(op, input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, None, False, cell)
+    B = input.shape[0]
+    return hx.new_empty((B, H)), input.new_empty((B, 4 * H) if cell == "gru" else (0, 0))
+
+
+@torch.library.register_fake("rnnext::rnn_cell_backward")
+def _rnn_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, hy, saved, cell, has_bias):
+    op = "rnnext::rnn_cell_backward"
+    _check_dim(op, "input", input, 2, "(batch, input_size)")
+    H = _check_rnn_layer_args(op, input.unsqueeze(0), hx, w_ih, w_hh, None, None, None, None, False, cell)
+    _check_devices(op, "input", input, ("grad_hy", grad_hy), ("hy", hy), ("saved", saved))
+    B = input.shape[0]
+    _check_shape(op, "grad_hy", grad_hy, (B, H))
+    _check_shape(op, "hy", hy, (B, H))
+    _check_shape(op, "saved", saved, (B, 4 * H) if cell == "gru" else (0, 0))
+    G = w_ih.shape[0]
+    return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), input.new_empty(G if has_bias else 0), input.new_empty(G if has_bias else 0))
+
+
+def _rnn_cell_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, cell = inputs
+    hy, saved = output
+    ctx.flags = (cell, b_ih is not None, b_hh is not None)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, hy, saved)
+
+
+def _rnn_cell_backward(ctx, grad_hy, grad_saved):
+    cell, has_bih, has_bhh = ctx.flags
+    input, hx, w_ih, w_hh, b_ih, b_hh, hy, saved = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        grads = _composite.differentiate(_composite.rnn_cell, (input, hx, w_ih, w_hh, b_ih, b_hh, cell), (grad_hy,))
+        return (*grads[:6], None)
+    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = ops.rnn_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, saved, cell,
+                                                                   has_bih or has_bhh)
+    return g_in, g_hx, g_wih, g_whh, g_bih if has_bih else None, g_bhh if has_bhh else None, None
+
+
+torch.library.register_autograd("rnnext::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup_context)
+torch.library.register_autograd("rnnext::rnn_cell_backward",
+                                _not_differentiable("rnnext::rnn_cell_backward", "rnnext::rnn_cell"),
+                                setup_context=_no_context)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Packed sequences: gather and scatter, each the other's backward
 

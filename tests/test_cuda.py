@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 OPS = ["lstm_cell", "lstm_cell_backward", "lstm_layer", "lstm_layer_backward", "packed_gather", "packed_scatter",
        "treelstm_cell", "treelstm_cell_backward", "spinn_encode", "spinn_encode_backward", "thin_stack_plan",
-       "lstm_generate", "rnn_layer", "rnn_layer_backward"]
+       "lstm_generate", "rnn_layer", "rnn_layer_backward", "rnn_cell", "rnn_cell_backward",
+       "rnn_generate"]
 
 
 def close(a, b, dtype, what=""):
@@ -93,6 +94,37 @@ def test_rnn_layer_cuda_matches_cpu(cell, dtype, layout):
         results.append([out, hy] + [a.grad for a in args])
     for a, b in zip(results[1], results[0]):
         close(a, b, dtype)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_rnn_cell_cuda_matches_cpu(cell, dtype):
+    torch.manual_seed(0)
+    B, I, H = 5, 3, 6
+    G = (3 if cell == "gru" else 1) * H
+    base = [torch.randn(B, I), torch.randn(B, H), torch.randn(G, I) * 0.5, torch.randn(G, H) * 0.5, torch.randn(G),
+            torch.randn(G)]
+    results = []
+    for dev in ("cpu", "cuda"):
+        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).requires_grad_()
+                for t in base]
+        hy, _ = torch.ops.rnnext.rnn_cell(*args, cell)
+        hy.float().square().sum().backward()
+        results.append([hy] + [a.grad for a in args])
+    for a, b in zip(results[1], results[0]):
+        close(a, b, dtype)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_rnn_generation_cuda_matches_cpu(cell):
+    from rnnext.models import CharGenerator
+
+    torch.manual_seed(0)
+    cpu = CharGenerator(11, 5, 12, 2, cell=cell).double().eval()
+    gpu = CharGenerator(11, 5, 12, 2, cell=cell).double().eval().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    prime = torch.randint(0, 11, (3, 4), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(gpu.generate(prime.cuda(), 20, temperature=0.0).cpu(), cpu.generate(prime, 20, temperature=0.0))
 
 
 def test_lstm_cell_and_treelstm_cell_cuda():

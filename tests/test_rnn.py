@@ -259,3 +259,72 @@ def test_rnn_layer_masked_bad_lengths():
             ops.rnn_layer(*args, None, None, False, False, True, "gru", torch.tensor([1, 2, 3], dtype=torch.int32))
         with pytest.raises(RuntimeError, match="two ways to give variable lengths"):
             ops.rnn_layer(*args, torch.tensor([3, 2, 1]), None, False, False, True, "gru", torch.tensor([1, 2, 3]))
+
+
+# ---- rnnext::rnn_cell (GRUCell / RNNCell): one step ------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B", [0, 1, 3, 5, 70, 130])  # gemv rows, panels, ATen above kMaxPanelRows
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_rnn_cell_matches_the_plain_step(cell, B, dtype):
+    from rnnext import _composite
+
+    g = torch.Generator().manual_seed(B)
+    I, H = 6, 7
+    G = (3 if cell == "gru" else 1) * H
+    args = [torch.randn(*s, dtype=dtype, generator=g, requires_grad=True) for s in ((B, I), (B, H), (G, I), (G, H),
+                                                                                 (G,), (G,))]
+    hy, _ = ops.rnn_cell(*args, cell)
+    (want,) = _composite.rnn_cell(*args, cell)
+    torch.testing.assert_close(hy, want, **TOL[dtype])
+    wy = torch.randn(hy.shape, dtype=dtype, generator=g)
+    got = torch.autograd.grad((hy * wy).sum(), args, allow_unused=True)
+    ref = torch.autograd.grad((want * wy).sum(), args, allow_unused=True)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_rnn_cell_gradcheck_opcheck_and_compile(cell, bias):
+    x, h, w_ih, w_hh, b_ih, b_hh, _, _ = _small(cell)
+    x = x[0].detach().requires_grad_()
+    if not bias:
+        b_ih = b_hh = None
+    elif cell == "rnn_relu":
+        with torch.no_grad():
+            b_ih.add_(2.0)
+    args = (x, h, w_ih, w_hh, b_ih, b_hh)
+
+    def fn(*a):
+        return ops.rnn_cell(*a, cell)[0]
+
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+    torch.library.opcheck(ops.rnn_cell.default, (*args, cell))
+    with torch.no_grad():
+        hy, saved = ops.rnn_cell(*args, cell)
+    torch.library.opcheck(ops.rnn_cell_backward.default, (torch.randn_like(hy), x.detach(), h.detach(),
+                                                          w_ih.detach(), w_hh.detach(), hy, saved, cell, bias))
+    torch._dynamo.reset()
+    want = torch.autograd.grad(fn(*args).sin().sum(), [a for a in args if a is not None])
+    got = torch.autograd.grad(torch.compile(fn, fullgraph=True)(*args).sin().sum(), [a for a in args if a is not None])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_rnn_cell_bad_arguments():
+    x, h, w_ih, w_hh, b_ih, b_hh, _, _ = _small("gru")
+    x = x[0]
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="expected input to have 2 dimensions"):
+            ops.rnn_cell(x[0], h, w_ih, w_hh, b_ih, b_hh, "gru")
+        with pytest.raises(RuntimeError, match='expected cell to be "gru", "rnn_tanh" or "rnn_relu", got "tanh"'):
+            ops.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, "tanh")
+        with pytest.raises(RuntimeError, match="expected hx of shape"):
+            ops.rnn_cell(x, h[:2], w_ih, w_hh, b_ih, b_hh, "gru")
+        with pytest.raises(RuntimeError, match="to have the dtype of input"):
+            ops.rnn_cell(x, h, w_ih.float(), w_hh, b_ih, b_hh, "gru")
+        hy, saved = ops.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, "gru")
+        with pytest.raises(RuntimeError, match="expected saved of shape"):
+            ops.rnn_cell_backward(hy, x, h, w_ih, w_hh, hy, saved[:, :3], "gru", True)

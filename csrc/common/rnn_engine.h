@@ -145,6 +145,15 @@ inline void aten_linear_out(const Tensor& out, const Tensor& x, const Tensor& w,
     at::mm_out(o, x, w.t());
 }
 
+// out (n, K) = (accumulate ? out : 0) + a (n, G) W (G, K), through ATen.
+inline void aten_matmul_out(const Tensor& out, const Tensor& a, const Tensor& w, bool accumulate) {
+  Tensor o = out;
+  if (accumulate)
+    at::addmm_out(o, out, a, w);
+  else
+    at::mm_out(o, a, w);
+}
+
 // The recurrence as one GEMM (Pointwise::linear_out) and one pointwise call per step (all threads inside each
 // step): any device.
 // Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
@@ -273,6 +282,67 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
   Pointwise::linear_out(gx, x.contiguous(), w_ih.contiguous(), b_ih);
   Pointwise::linear_out(gh, h, w_hh.contiguous(), b_hh);
   Pointwise::forward(cell, B, H, gx, gh, h, at::empty({B, H}, h.options()), Tensor());
+}
+
+// The cell ops (rnnext::rnn_cell and its backward): one step of one layer, the GRUCell / RNNCell modules'
+// call. The argument checks are the layer's on a one-step input. Returns (hy, saved): saved is what the
+// backward needs (GRU: r, z, n, h W_hn^T + b_hn; RNN: nothing).
+template <typename Pointwise>
+std::tuple<Tensor, Tensor> rnn_cell_forward(const char* op, const Tensor& input, const Tensor& hx,
+                                            const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                            const std::optional<Tensor>& b_hh, std::string_view cell_name,
+                                            Backend backend) {
+  const CellKind cell = parse_cell(op, cell_name);
+  cpu::check_dim(op, "input", input, 2, "(batch, input_size)");
+  const LayerShapes s = check_recurrent_args(op, input.unsqueeze(0), hx, nullptr, w_ih, w_hh, b_ih, b_hh,
+                                             std::nullopt, std::nullopt, std::nullopt, false, num_gates(cell),
+                                             backend);
+  const int64_t B = s.B, H = s.H, G = num_gates(cell) * H, W = saved_width(cell, H);
+  const auto opts = input.options();
+  const Tensor gx = at::empty({B, G}, opts), gh = at::empty({B, G}, opts);
+  Pointwise::linear_out(gx, input.contiguous(), w_ih.contiguous(), b_ih);
+  Pointwise::linear_out(gh, hx.contiguous(), w_hh.contiguous(), b_hh);
+  Tensor hy = hx.contiguous().clone();  // updated in place
+  Tensor saved = at::empty({W > 0 ? B : 0, W}, opts);
+  Pointwise::forward(cell, B, H, gx, gh, hy, at::empty({B, H}, opts), W > 0 ? saved : Tensor());
+  return {hy, saved};
+}
+
+// -> (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (both [0] without bias)).
+template <typename Pointwise>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
+    const char* op, const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& hy, const Tensor& saved, std::string_view cell_name, bool has_bias,
+    Backend backend) {
+  const CellKind cell = parse_cell(op, cell_name);
+  cpu::check_dim(op, "input", input, 2, "(batch, input_size)");
+  const LayerShapes s = check_recurrent_args(op, input.unsqueeze(0), hx, nullptr, w_ih, w_hh, std::nullopt,
+                                             std::nullopt, std::nullopt, std::nullopt, std::nullopt, false,
+                                             num_gates(cell), backend);
+  const int64_t B = s.B, H = s.H, G = num_gates(cell) * H, W = saved_width(cell, H);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_hy", &grad_hy}, {"hy", &hy},
+                                {"saved", &saved}})
+    cpu::check_same(op, "input", input, name, *t);
+  cpu::check_shape(op, "grad_hy", grad_hy, {B, H});
+  cpu::check_shape(op, "hy", hy, {B, H});
+  cpu::check_shape(op, "saved", saved, {W > 0 ? B : 0, W});
+  const bool gru = cell == CellKind::kGRU;
+  const auto opts = input.options();
+  const Tensor x = input.contiguous(), h = hx.contiguous();
+  Tensor dgx = at::empty({B, G}, opts);
+  Tensor dgh = gru ? at::empty({B, G}, opts) : dgx;
+  Tensor dh_direct = gru ? at::empty({B, H}, opts) : Tensor();
+  Pointwise::backward(cell, B, H, gru ? saved.contiguous() : Tensor(), hy.contiguous(), h, grad_hy.contiguous(), dgx,
+                      gru ? dgh : Tensor(), dh_direct);
+  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  // The gradient into hx: its direct part (GRU) plus the recurrent one.
+  Tensor grad_hx = gru ? dh_direct : at::empty({B, H}, opts);
+  Pointwise::matmul_out(grad_hx, dgh, wh, /*accumulate=*/gru);
+  Tensor grad_input = at::empty({B, s.I}, opts);
+  Pointwise::matmul_out(grad_input, dgx, wi, /*accumulate=*/false);
+  const Tensor empty = at::empty({0}, opts);
+  return {grad_input, grad_hx, Pointwise::weight_grad(dgx, x), Pointwise::weight_grad(dgh, h),
+          has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
 }
 
 // Forward. Pointwise::forward_steps(const ForwardSteps&) runs the recurrence (aten_forward_steps, or a

@@ -25,6 +25,7 @@ void gemv_rows(int64_t B, int64_t G, int64_t K, const float* X, int64_t ldx, con
 
 #include <algorithm>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 namespace rnnext::cpu {
@@ -68,6 +69,58 @@ void gemm_tasks_parallel(const Tasks& tasks) {
 template <typename T>
 void gemm_batch_parallel(std::initializer_list<GemmTask<T>> tasks) {
   gemm_tasks_parallel<T>(tasks);
+}
+
+// One term X W^T of linear_panels: X (B, K) row-major (leading dimension ldx), W (G, K) row-major as a layer
+// stores its weights.
+template <typename T>
+struct LinearTerm {
+  const T* X;
+  int64_t ldx, K;
+  const T* W;
+};
+
+// Y (B, G) = sum of the terms' X W^T (+ bias (G) when given), for a small batch (one step of a cell):
+// Y^T = W X^T, so the weights are the GEMMs' row-major left operands as they are and only the small
+// activations get transposed (the JIT GEMM takes no transposed operand). The batch is cut into panels of
+// kPanel columns (the last one padded to a multiple of 16) with a fixed leading dimension: the JIT kernel
+// cache, which keeps one kernel per shape, then sees 4 column counts whatever the batch sizes.
+template <typename T>
+void linear_panels(int64_t B, int64_t G, std::initializer_list<LinearTerm<T>> terms, const T* bias, T* Y,
+                   int64_t ldy) {
+  constexpr int64_t kPanel = 64;
+  if (B <= 0) return;
+  const int64_t panels = (B + kPanel - 1) / kPanel;
+  std::vector<std::vector<T>> xp;
+  for (const auto& t : terms) {
+    std::vector<T> p(panels * t.K * kPanel, T(0));
+    for (int64_t b = 0; b < B; ++b) {
+      T* dst = p.data() + (b / kPanel) * t.K * kPanel + b % kPanel;
+      for (int64_t k = 0; k < t.K; ++k) dst[k * kPanel] = t.X[b * t.ldx + k];
+    }
+    xp.push_back(std::move(p));
+  }
+  std::vector<T> gp(panels * G * kPanel);
+  std::vector<GemmTask<T>> tasks;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t width = (std::min(kPanel, B - p * kPanel) + 15) / 16 * 16;
+    int64_t i = 0;
+    // The terms of a panel write the same rows: a thread's row slice of a later term follows its slice of the
+    // earlier ones in its own task order, so accumulating is safe.
+    for (const auto& t : terms) {
+      tasks.push_back({G, width, t.K, t.W, t.K, xp[i].data() + p * t.K * kPanel, kPanel, gp.data() + p * G * kPanel,
+                       kPanel, /*accumulate=*/i > 0, /*split_rows=*/true});
+      ++i;
+    }
+  }
+  gemm_tasks_parallel<T>(tasks);
+  at::parallel_for(0, B, B * G < (1 << 15) ? B : 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* src = gp.data() + (b / kPanel) * G * kPanel + b % kPanel;
+      T* y = Y + b * ldy;
+      for (int64_t g = 0; g < G; ++g) y[g] = src[g * kPanel] + (bias != nullptr ? bias[g] : T(0));
+    }
+  });
 }
 
 }  // namespace rnnext::cpu

@@ -64,11 +64,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& b_hh) {
   check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
-  // gates^T = W_ih x^T + W_hh h^T: the weights are the GEMMs' row-major left operands as they are, and only the
-  // small activations get transposed (the JIT GEMM takes no transposed operand). The batch is cut into panels
-  // of kPanel columns (the last one padded to a multiple of 16) with a fixed leading dimension: the JIT kernel
-  // cache, which keeps one kernel per shape, then sees 4 column counts whatever the batch sizes.
-  constexpr int64_t kPanel = 64;
+  // gates = x W_ih^T + h W_hh^T on the weights as they are: matrix-vector products for a few rows, else the
+  // panels of cpu/gemm.h (the bias is added in the pointwise step).
   const auto opts = input.options();
   const Tensor x = input.contiguous(), h = hx.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
   const Tensor bias = sum_biases(b_ih, b_hh).value_or(Tensor());
@@ -80,40 +77,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
     gemv_rows(B, G, H, h.const_data_ptr<float>(), H, wh.const_data_ptr<float>(), H, nullptr,
               gates.data_ptr<float>(), G, /*accumulate=*/true);
   } else {
-    const int64_t panels = (B + kPanel - 1) / kPanel;
-    Tensor x_p = at::zeros({std::max<int64_t>(panels, 1), I, kPanel}, opts);
-    Tensor h_p = at::zeros({std::max<int64_t>(panels, 1), H, kPanel}, opts);
-    Tensor g_p = at::empty({std::max<int64_t>(panels, 1), G, kPanel}, opts);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
-      const scalar_t* xs = x.const_data_ptr<scalar_t>();
-      const scalar_t* hs = h.const_data_ptr<scalar_t>();
-      scalar_t* xd = x_p.data_ptr<scalar_t>();
-      scalar_t* hd = h_p.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t p = b / kPanel, col = b % kPanel;
-        for (int64_t i = 0; i < I; ++i) xd[(p * I + i) * kPanel + col] = xs[b * I + i];
-        for (int64_t i = 0; i < H; ++i) hd[(p * H + i) * kPanel + col] = hs[b * H + i];
-      }
-      std::vector<GemmTask<scalar_t>> tasks;
-      scalar_t* gd = g_p.data_ptr<scalar_t>();
-      for (int64_t p = 0; p < panels; ++p) {
-        const int64_t width = (std::min(kPanel, B - p * kPanel) + 15) / 16 * 16;
-        scalar_t* gp = gd + p * G * kPanel;
-        tasks.push_back(
-            {G, width, I, wi.const_data_ptr<scalar_t>(), I, xd + p * I * kPanel, kPanel, gp, kPanel, false, true});
-        tasks.push_back(
-            {G, width, H, wh.const_data_ptr<scalar_t>(), H, hd + p * H * kPanel, kPanel, gp, kPanel, true, true});
-      }
-      // Both GEMMs of a panel write the same rows: a thread's row slice of the second follows its slice of the
-      // first in its own task order, so accumulating is safe.
-      gemm_tasks_parallel<scalar_t>(tasks);
-      scalar_t* gt = gates.data_ptr<scalar_t>();
-      at::parallel_for(0, B, grain_for(B, B * G), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* src = gd + (b / kPanel) * G * kPanel + b % kPanel;
-          for (int64_t g = 0; g < G; ++g) gt[b * G + g] = src[g * kPanel];
-        }
-      });
+      linear_panels<scalar_t>(B, G,
+                              {{x.const_data_ptr<scalar_t>(), I, I, wi.const_data_ptr<scalar_t>()},
+                               {h.const_data_ptr<scalar_t>(), H, H, wh.const_data_ptr<scalar_t>()}},
+                              nullptr, gates.data_ptr<scalar_t>(), G);
     });
   }
   Tensor cxc = cx.contiguous();

@@ -233,17 +233,45 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt) {
 // Steps below which the forward runs on ATen's GEMMs: the slot split needs W_hh^T laid out row-major (one copy
 // of the weights per call), which a few steps do not repay.
 constexpr int64_t kMinSlotSteps = 4;
+// Rows up to which a float projection runs on cpu/gemm.h's panels rather than ATen's GEMM.
+constexpr int64_t kMaxPanelRows = 128;
 
 struct CpuPointwise {
-  // out = x W^T + b; a few float rows (one step at batch <= kGemvMaxRows) as a matrix-vector product over W as
-  // it is stored, all threads sharing W's rows.
+  // out = x W^T + b on W as it is stored: a few float rows (one step at batch <= kGemvMaxRows) as
+  // matrix-vector products, a small batch (one step) on the panels of cpu/gemm.h, many rows (the input
+  // projection of a sequence) through ATen.
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     const bool contiguous = out.is_contiguous() && x.is_contiguous() && w.is_contiguous() &&
                             (!b.has_value() || b->is_contiguous());
-    if (x.scalar_type() != at::kFloat || x.size(0) > kGemvMaxRows || !contiguous)
+    const int64_t rows = x.size(0);
+    if (x.scalar_type() != at::kFloat || rows > kMaxPanelRows || !contiguous)
       return common::aten_linear_out(out, x, w, b);
-    gemv_rows(x.size(0), w.size(0), w.size(1), x.const_data_ptr<float>(), x.size(1), w.const_data_ptr<float>(),
-              w.size(1), b.has_value() ? b->const_data_ptr<float>() : nullptr, out.data_ptr<float>(), out.size(1));
+    const float* bias = b.has_value() ? b->const_data_ptr<float>() : nullptr;
+    if (rows <= kGemvMaxRows)
+      gemv_rows(rows, w.size(0), w.size(1), x.const_data_ptr<float>(), x.size(1), w.const_data_ptr<float>(),
+                w.size(1), bias, out.data_ptr<float>(), out.size(1));
+    else
+      linear_panels<float>(rows, w.size(0), {{x.const_data_ptr<float>(), x.size(1), x.size(1),
+                                              w.const_data_ptr<float>()}}, bias, out.data_ptr<float>(), out.size(1));
+  }
+
+  // out (n, K) = (accumulate ? out : 0) + a (n, G) W (G, K), all threads sharing the columns.
+  static void matmul_out(const Tensor& out, const Tensor& a, const Tensor& w, bool accumulate) {
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnn_matmul", [&] {
+      const int64_t n = a.size(0), G = a.size(1), K = w.size(1);
+      gemm_batch_parallel<scalar_t>({{n, K, G, a.const_data_ptr<scalar_t>(), G, w.const_data_ptr<scalar_t>(), K,
+                                      out.data_ptr<scalar_t>(), K, accumulate, /*split_rows=*/false}});
+    });
+  }
+
+  // dg^T x (G, K): a weight gradient, summed over the rows of dg (n, G) and x (n, K).
+  static Tensor weight_grad(const Tensor& dg, const Tensor& x) {
+    Tensor out = at::empty({dg.size(1), x.size(1)}, dg.options());
+    AT_DISPATCH_FLOATING_TYPES(dg.scalar_type(), "rnn_weight_grad", [&] {
+      gemm_tn_parallel<scalar_t>(dg.size(1), x.size(1), dg.size(0), dg.const_data_ptr<scalar_t>(), dg.size(1),
+                                 x.const_data_ptr<scalar_t>(), x.size(1), out.data_ptr<scalar_t>(), x.size(1));
+    });
+    return out;
   }
 
   static void forward_steps(const common::ForwardSteps& f) {
@@ -336,6 +364,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
                                                   lengths, common::Backend::kCPU, upload_cpu);
 }
 
+std::tuple<Tensor, Tensor> rnn_cell_cpu(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                                       const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                       const std::optional<Tensor>& b_hh, c10::string_view cell) {
+  return common::rnn_cell_forward<CpuPointwise>("rnnext::rnn_cell", input, hx, w_ih, w_hh, b_ih, b_hh,
+                                                std::string_view(cell.data(), cell.size()), common::Backend::kCPU);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward_cpu(
+    const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& hy, const Tensor& saved, c10::string_view cell, bool has_bias) {
+  return common::rnn_cell_backward<CpuPointwise>("rnnext::rnn_cell_backward", grad_hy, input, hx, w_ih, w_hh, hy,
+                                                 saved, std::string_view(cell.data(), cell.size()), has_bias,
+                                                 common::Backend::kCPU);
+}
+
 }  // namespace
 
 void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
@@ -346,6 +389,8 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
   m.impl("rnn_layer", &rnn_layer_cpu);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cpu);
+  m.impl("rnn_cell", &rnn_cell_cpu);
+  m.impl("rnn_cell_backward", &rnn_cell_backward_cpu);
 }
 
 }  // namespace rnnext::cpu

@@ -79,6 +79,10 @@ struct CudaPointwise {
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     common::aten_linear_out(out, x, w, b);
   }
+  static void matmul_out(const Tensor& out, const Tensor& a, const Tensor& w, bool accumulate) {
+    common::aten_matmul_out(out, a, w, accumulate);
+  }
+  static Tensor weight_grad(const Tensor& dg, const Tensor& x) { return at::mm(dg.t(), x); }
   static void forward_steps(const common::ForwardSteps& f) { common::aten_forward_steps<CudaPointwise>(f); }
   static void backward_steps(const common::BackwardSteps& b) { common::aten_backward_steps<CudaPointwise>(b); }
   static void forward(CellKind cell, int64_t n, int64_t H, const Tensor& gx, const Tensor& gh, const Tensor& h,
@@ -140,6 +144,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cu
                                                    has_bias, lengths, common::Backend::kCUDA, up);
 }
 
+std::tuple<Tensor, Tensor> rnn_cell_cuda(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                                        const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                        const std::optional<Tensor>& b_hh, c10::string_view cell) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return common::rnn_cell_forward<CudaPointwise>("rnnext::rnn_cell", input, hx, w_ih, w_hh, b_ih, b_hh,
+                                                 std::string_view(cell.data(), cell.size()), common::Backend::kCUDA);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward_cuda(
+    const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& hy, const Tensor& saved, c10::string_view cell, bool has_bias) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return common::rnn_cell_backward<CudaPointwise>("rnnext::rnn_cell_backward", grad_hy, input, hx, w_ih, w_hh, hy,
+                                                  saved, std::string_view(cell.data(), cell.size()), has_bias,
+                                                  common::Backend::kCUDA);
+}
+
 }  // namespace
 
 void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
@@ -151,6 +172,8 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
 TORCH_LIBRARY_IMPL(rnnext, CUDA, m) {
   m.impl("rnn_layer", &rnn_layer_cuda);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cuda);
+  m.impl("rnn_cell", &rnn_cell_cuda);
+  m.impl("rnn_cell_backward", &rnn_cell_backward_cuda);
 }
 
 }  // namespace rnnext::cuda

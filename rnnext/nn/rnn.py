@@ -91,7 +91,7 @@ class RNN(_GRUOrRNN):
 
 
 class _CellBase(nn.Module):
-    """GRUCell / RNNCell: one step, as ``rnnext::rnn_layer`` over a sequence of length 1."""
+    """GRUCell / RNNCell: one step, one call of ``rnnext::rnn_cell``."""
 
     _kind = "RNNCell"
     _gates = 1
@@ -158,18 +158,15 @@ class _CellBase(nn.Module):
                                    f"shape {tuple(hx.shape)}")
             h = hx if batched else hx.unsqueeze(0)
             _check_state(name, "hx", h, shape, x)
-        train = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h, self.weight_ih, self.weight_hh, self.bias_ih,
-                                                        self.bias_hh))
-        _, hy, _ = _ops.ops.rnn_layer(x.unsqueeze(0), h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                      None, None, False, False, train, self._cell_name())
+        hy, _ = _ops.ops.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                                  self._cell_name())
         return hy if batched else hy.squeeze(0)
 
 
 class GRUCell(_CellBase):
     r"""One GRU step with the interface of :class:`torch.nn.GRUCell` (parameters ``weight_ih`` (3H, I),
     ``weight_hh`` (3H, H), ``bias_ih``, ``bias_hh``; ``forward(input, hx=None) -> h'``), run by the fused
-    ``rnnext::rnn_layer`` op (gate math as :class:`GRU`)."""
+    ``rnnext::rnn_cell`` op (gate math as :class:`GRU`)."""
 
     _kind = "GRUCell"
     _gates = 3
@@ -177,7 +174,7 @@ class GRUCell(_CellBase):
 
 class RNNCell(_CellBase):
     r"""One Elman RNN step with the interface of :class:`torch.nn.RNNCell` (``nonlinearity="tanh"`` or
-    ``"relu"``; parameters ``weight_ih`` (H, I), ``weight_hh`` (H, H), biases), run by ``rnnext::rnn_layer``."""
+    ``"relu"``; parameters ``weight_ih`` (H, I), ``weight_hh`` (H, H), biases), run by ``rnnext::rnn_cell``."""
 
     _kind = "RNNCell"
     _gates = 1
