@@ -77,6 +77,31 @@ int main() {
     expect_close(std::string("rnnext::lstm_layer masked h_n") + (reverse ? " (reverse)" : ""), hm, hT, 1e-12);
   }
 
+  // A GRU layer (rnnext::rnn_layer, dense, forward direction) against GRU steps written in ATen.
+  {
+    const auto g_ih = at::randn({3 * H, I}, opts), g_hh = at::randn({3 * H, H}, opts);
+    const auto gb_ih = at::randn({3 * H}, opts), gb_hh = at::randn({3 * H}, opts);
+    auto rnn_layer = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("rnnext::rnn_layer", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, bool, bool,
+                             c10::string_view, const std::optional<at::Tensor>&)>();
+    const auto [y, hT, saved] = rnn_layer.call(x, h0, g_ih, g_hh, gb_ih, gb_hh, std::nullopt, std::nullopt, false,
+                                               false, false, "gru", std::nullopt);
+    at::Tensor h = h0;
+    for (int64_t t = 0; t < T; ++t) {
+      const auto gx = (at::matmul(x[t], g_ih.t()) + gb_ih).chunk(3, 1);
+      const auto gh = (at::matmul(h, g_hh.t()) + gb_hh).chunk(3, 1);
+      const auto r = at::sigmoid(gx[0] + gh[0]), z = at::sigmoid(gx[1] + gh[1]);
+      const auto n = at::tanh(gx[2] + r * gh[2]);
+      h = (1 - z) * n + z * h;
+      expect_close("rnnext::rnn_layer (gru) output, step " + std::to_string(t), y[t], h, 1e-12);
+    }
+    expect_close("rnnext::rnn_layer (gru) h_n", hT, h, 1e-12);
+  }
+
   // A bad argument is an exception with a message, not a crash.
   bool threw = false;
   try {
