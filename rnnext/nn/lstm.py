@@ -45,6 +45,24 @@ def _check_state(module: str, name: str, t: Tensor, shape: Tuple[int, ...], ref:
         raise RuntimeError(f"{module}: expected {name} on {ref.device} (the input's device), got {t.device}")
 
 
+def _batched_states(module: str, labels, states, shapes, batched: bool, batch_dim: int, ref: Tensor) -> List[Tensor]:
+    """Checks the given states (hx entries) of a batched or unbatched call: Tensors of the right rank, then, with
+    the batch dimension added at batch_dim when unbatched, of shapes ``shapes`` and ref's dtype and device."""
+    want = len(shapes[0]) if batched else len(shapes[0]) - 1
+    out = []
+    for label, t, shape in zip(labels, states, shapes):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{module}: expected {label} to be a Tensor, got {type(t).__name__}")
+        if t.dim() != want:
+            kind = f"batched {want}-D" if batched else f"unbatched {want}-D"
+            raise RuntimeError(f"{module}: for {kind} input, expected {label} to be {want}-D, "
+                               f"got {t.dim()}-D with shape {tuple(t.shape)}")
+        t = t if batched else t.unsqueeze(batch_dim)
+        _check_state(module, label, t, shape, ref)
+        out.append(t)
+    return out
+
+
 # Lengths already on the input's GPU run the masked layer mode, which reads them on the device: no host sync.
 # (Tests set this to run that mode on the CPU too.)
 _MASKED_ON_CPU = False
@@ -262,18 +280,7 @@ class _RNNBase(nn.Module):
                 states = list(hx)
             else:
                 states = [hx]
-            want = 3 if batched else 2
-            for label, t in zip(labels, states):
-                if not isinstance(t, Tensor):
-                    raise TypeError(f"{name}: expected {label} to be a Tensor, got {type(t).__name__}")
-                if t.dim() != want:
-                    kind = "batched 3-D" if batched else "unbatched 2-D"
-                    raise RuntimeError(f"{name}: for {kind} input, expected {label} to be {want}-D, "
-                                       f"got {t.dim()}-D with shape {tuple(t.shape)}")
-            if not batched:
-                states = [t.unsqueeze(1) for t in states]
-            for label, t, shape in zip(labels, states, shapes):
-                _check_state(name, label, t, shape, x)
+            states = _batched_states(name, labels, states, shapes, batched, 1, x)
             if sorted_indices is not None:
                 states = [t.index_select(1, sorted_indices) for t in states]
 
@@ -397,29 +404,28 @@ class LSTM(_RNNBase):
         return super().forward(input, hx, lengths=lengths, padding_value=padding_value)
 
 
-class LSTMCell(nn.Module):
-    r"""One LSTM step with the interface of :class:`torch.nn.LSTMCell`, run by the fused ``rnnext::lstm_cell`` op.
+class _CellBase(nn.Module):
+    """The single-step modules (LSTMCell, GRUCell, RNNCell): torch.nn's parameters (``weight_ih`` (gates H, I),
+    ``weight_hh`` (gates H, H), ``bias_ih``, ``bias_hh``), initialisation and argument checks."""
 
-    Same constructor arguments, parameters (``weight_ih`` (4H, I), ``weight_hh`` (4H, H), ``bias_ih``,
-    ``bias_hh``), initialisation U(-1/sqrt(H), 1/sqrt(H)) and forward: ``forward(input, hx=None) -> (h_1, c_1)``
-    with input ``(N, I)`` or unbatched ``(I,)``. The op computes both GEMMs and the fused pointwise step, and
-    its backward (one op) returns every gradient.
-    """
+    _kind = "RNNCell"  # the public class name, for messages
+    _gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LSTMCell: {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{self._kind}: {name} must be a positive integer, got {value!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size, **factory))
+        G = self._gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **factory))
         if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
@@ -434,10 +440,14 @@ class LSTMCell(nn.Module):
         s = "{input_size}, {hidden_size}"
         if "bias" in self.__dict__ and self.bias is not True:
             s += ", bias={bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
-    def forward(self, input: Tensor, hx: Optional[_HiddenState] = None) -> _HiddenState:
-        name = "rnnext.nn.LSTMCell"
+    def _prepare(self, input: Tensor, states, labels) -> Tuple[Tensor, List[Tensor], bool]:
+        """Checks input (1-D unbatched or 2-D) and the states (a tuple of len(labels) tensors, or None for
+        zeros); returns the batched input, the batched states and whether the input was batched."""
+        name = f"rnnext.nn.{self._kind}"
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         _check_float_input(name, input, self.weight_ih)
@@ -450,24 +460,27 @@ class LSTMCell(nn.Module):
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         shape = (x.size(0), self.hidden_size)
-        if hx is None:
-            h, c = x.new_zeros(shape), x.new_zeros(shape)
-        else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{name}: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
-            h, c = hx
-            want = 2 if batched else 1
-            for label, t in (("h_0", h), ("c_0", c)):
-                if not isinstance(t, Tensor):
-                    raise TypeError(f"{name}: expected {label} to be a Tensor, got {type(t).__name__}")
-                if t.dim() != want:
-                    kind = "batched 2-D" if batched else "unbatched 1-D"
-                    raise RuntimeError(f"{name}: for {kind} input, expected {label} to be {want}-D, "
-                                       f"got {t.dim()}-D with shape {tuple(t.shape)}")
-            if not batched:
-                h, c = h.unsqueeze(0), c.unsqueeze(0)
-            _check_state(name, "h_0", h, shape, x)
-            _check_state(name, "c_0", c, shape, x)
+        if states is None:
+            return x, [x.new_zeros(shape) for _ in labels], batched
+        return x, _batched_states(name, labels, states, [shape] * len(labels), batched, 0, x), batched
+
+
+class LSTMCell(_CellBase):
+    r"""One LSTM step with the interface of :class:`torch.nn.LSTMCell`, run by the fused ``rnnext::lstm_cell`` op.
+
+    Same constructor arguments, parameters (``weight_ih`` (4H, I), ``weight_hh`` (4H, H), ``bias_ih``,
+    ``bias_hh``), initialisation U(-1/sqrt(H), 1/sqrt(H)) and forward: ``forward(input, hx=None) -> (h_1, c_1)``
+    with input ``(N, I)`` or unbatched ``(I,)``. The op computes both GEMMs and the fused pointwise step, and
+    its backward (one op) returns every gradient.
+    """
+
+    _kind = "LSTMCell"
+    _gates = 4
+
+    def forward(self, input: Tensor, hx: Optional[_HiddenState] = None) -> _HiddenState:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"rnnext.nn.LSTMCell: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+        x, (h, c), batched = self._prepare(input, hx, ("h_0", "c_0"))
         hy, cy, _ = _ops.ops.lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if not batched:
             return hy.squeeze(0), cy.squeeze(0)

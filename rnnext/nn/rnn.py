@@ -3,14 +3,12 @@ top of the fused ``rnnext::rnn_layer`` op (csrc/common/rnn_engine.h)."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _ops
-from .lstm import _check_float_input, _check_state, _RNNBase
+from .lstm import _CellBase, _RNNBase
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell"]
 
@@ -90,80 +88,20 @@ class RNN(_GRUOrRNN):
         return "rnn_" + self.nonlinearity
 
 
-class _CellBase(nn.Module):
+class _GRUOrRNNCell(_CellBase):
     """GRUCell / RNNCell: one step, one call of ``rnnext::rnn_cell``."""
-
-    _kind = "RNNCell"
-    _gates = 1
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{self._kind}: {name} must be a positive integer, got {value!r}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
-        G = self._gates * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
-
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if "bias" in self.__dict__ and self.bias is not True:
-            s += ", bias={bias}"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        return s.format(**self.__dict__)
 
     def _cell_name(self) -> str:
         return "gru"
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        name = f"rnnext.nn.{self._kind}"
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
-        _check_float_input(name, input, self.weight_ih)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: expected input to be 1-D (unbatched) or 2-D, got {input.dim()}-D "
-                             f"with shape {tuple(input.shape)}")
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(f"{name}: expected input.size(-1) to be input_size={self.input_size}, "
-                               f"got {input.size(-1)}")
-        batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)
-        shape = (x.size(0), self.hidden_size)
-        if hx is None:
-            h = x.new_zeros(shape)
-        else:
-            if not isinstance(hx, Tensor):
-                raise TypeError(f"{name}: expected hx to be a Tensor, got {type(hx).__name__}")
-            want = 2 if batched else 1
-            if hx.dim() != want:
-                kind = "batched 2-D" if batched else "unbatched 1-D"
-                raise RuntimeError(f"{name}: for {kind} input, expected hx to be {want}-D, got {hx.dim()}-D with "
-                                   f"shape {tuple(hx.shape)}")
-            h = hx if batched else hx.unsqueeze(0)
-            _check_state(name, "hx", h, shape, x)
+        x, (h,), batched = self._prepare(input, None if hx is None else (hx,), ("hx",))
         hy, _ = _ops.ops.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                                   self._cell_name())
         return hy if batched else hy.squeeze(0)
 
 
-class GRUCell(_CellBase):
+class GRUCell(_GRUOrRNNCell):
     r"""One GRU step with the interface of :class:`torch.nn.GRUCell` (parameters ``weight_ih`` (3H, I),
     ``weight_hh`` (3H, H), ``bias_ih``, ``bias_hh``; ``forward(input, hx=None) -> h'``), run by the fused
     ``rnnext::rnn_cell`` op (gate math as :class:`GRU`)."""
@@ -172,7 +110,7 @@ class GRUCell(_CellBase):
     _gates = 3
 
 
-class RNNCell(_CellBase):
+class RNNCell(_GRUOrRNNCell):
     r"""One Elman RNN step with the interface of :class:`torch.nn.RNNCell` (``nonlinearity="tanh"`` or
     ``"relu"``; parameters ``weight_ih`` (H, I), ``weight_hh`` (H, H), biases), run by ``rnnext::rnn_cell``."""
 
