@@ -11,6 +11,7 @@ The backend is gloo on the CPU and NCCL on CUDA devices; the global batch is `ba
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import NamedTuple, Optional
 
@@ -76,8 +77,12 @@ def barrier(ctx: Optional[Context]) -> None:
 def shutdown(ctx: Optional[Context]) -> None:
     """Leaves the process group once every process is done. The other processes finish training before the
     first one has evaluated and saved; tearing gloo down while a peer is still connected can abort the process
-    ("terminate called without an active exception"), so all of them meet at a barrier first."""
+    ("terminate called without an active exception"), so all of them meet at a barrier first. Callers release
+    their DistributedDataParallel wrappers before this: a wrapper keeps the group alive past
+    destroy_process_group, and a gloo group destroyed only at interpreter exit can abort the process (seen once
+    under torch 2.14.1); the collection here destroys it while the interpreter is alive."""
     if ctx is not None and dist.is_initialized():
         if ctx.world_size > 1:
             dist.barrier()
         dist.destroy_process_group()
+        gc.collect()

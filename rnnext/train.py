@@ -180,6 +180,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
             if out:
                 _save(out, model, opt, cfg, state)
     bar.close()
+    del net  # DistributedDataParallel holds the process group: release it before leaving the group
     if not main:
         D.shutdown(ctx)
         return {"rank": ctx.rank, "steps": state.step}
@@ -370,6 +371,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
             next_eval += cfg.eval_every
             save()
     bar.close()
+    del net  # DistributedDataParallel holds the process group: release it before leaving the group
     if not main:
         D.shutdown(ctx)
         return {"rank": ctx.rank, "steps": state.step}

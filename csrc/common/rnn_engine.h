@@ -279,8 +279,7 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
                    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
   const int64_t B = h.size(0), H = h.size(1), G = num_gates(cell) * H;
   const Tensor gx = at::empty({B, G}, h.options()), gh = at::empty({B, G}, h.options());
-  Pointwise::linear_out(gx, x.contiguous(), w_ih.contiguous(), b_ih);
-  Pointwise::linear_out(gh, h, w_hh.contiguous(), b_hh);
+  Pointwise::linear_pair_out(gx, x.contiguous(), w_ih.contiguous(), b_ih, gh, h, w_hh.contiguous(), b_hh);
   Pointwise::forward(cell, B, H, gx, gh, h, at::empty({B, H}, h.options()), Tensor());
 }
 
@@ -300,8 +299,8 @@ std::tuple<Tensor, Tensor> rnn_cell_forward(const char* op, const Tensor& input,
   const int64_t B = s.B, H = s.H, G = num_gates(cell) * H, W = saved_width(cell, H);
   const auto opts = input.options();
   const Tensor gx = at::empty({B, G}, opts), gh = at::empty({B, G}, opts);
-  Pointwise::linear_out(gx, input.contiguous(), w_ih.contiguous(), b_ih);
-  Pointwise::linear_out(gh, hx.contiguous(), w_hh.contiguous(), b_hh);
+  Pointwise::linear_pair_out(gx, input.contiguous(), w_ih.contiguous(), b_ih, gh, hx.contiguous(), w_hh.contiguous(),
+                             b_hh);
   Tensor hy = hx.contiguous().clone();  // updated in place
   Tensor saved = at::empty({W > 0 ? B : 0, W}, opts);
   Pointwise::forward(cell, B, H, gx, gh, hy, at::empty({B, H}, opts), W > 0 ? saved : Tensor());

@@ -2,6 +2,7 @@
 // steps (kernels/gru.h) run over the step's slots by ATen's threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -245,6 +246,34 @@ struct CpuPointwise {
       return common::aten_linear_out(out, x, w, b);
     gemv_rows(x.size(0), w.size(0), w.size(1), x.const_data_ptr<float>(), x.size(1), w.const_data_ptr<float>(),
               w.size(1), b.has_value() ? b->const_data_ptr<float>() : nullptr, out.data_ptr<float>(), out.size(1));
+  }
+
+  // Two independent projections of one step (x W_ih^T + b_ih and h W_hh^T + b_hh): with two threads or more,
+  // rows beyond the matrix-vector range and about equal work (input and hidden sizes within 1.5x), each runs on
+  // its own thread (ATen's GEMM then runs single-threaded inside), sparing the fork and join of two small
+  // threaded GEMMs. Measured: GRU cell at I = H = 256, batch 16 / 32: 123 / 191 us against 147 / 221 us;
+  // at I = 128, H = 256 (unequal halves) the pair was slower (333 against 291 us), hence the balance test.
+  static void linear_pair_out(const Tensor& out1, const Tensor& x1, const Tensor& w1, const std::optional<Tensor>& b1,
+                              const Tensor& out2, const Tensor& x2, const Tensor& w2,
+                              const std::optional<Tensor>& b2) {
+    const int64_t k1 = x1.size(1), k2 = x2.size(1);
+    const bool balanced = 2 * std::max(k1, k2) <= 3 * std::min(k1, k2);
+    if (at::get_num_threads() < 2 || x1.size(0) <= kGemvMaxRows || !balanced) {
+      linear_out(out1, x1, w1, b1);
+      linear_out(out2, x2, w2, b2);
+      return;
+    }
+    // The worker threads run ATen ops: they take the caller's dispatch state (below autograd inside a kernel).
+    const at::ThreadLocalState state;
+    at::parallel_for(0, 2, 1, [&](int64_t i0, int64_t i1) {
+      const at::ThreadLocalStateGuard guard(state);
+      for (int64_t i = i0; i < i1; ++i) {
+        if (i == 0)
+          linear_out(out1, x1, w1, b1);
+        else
+          linear_out(out2, x2, w2, b2);
+      }
+    });
   }
 
   // out (n, K) = (accumulate ? out : 0) + a (n, G) W (G, K), all threads sharing the columns.

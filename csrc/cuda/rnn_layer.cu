@@ -82,6 +82,12 @@ struct CudaPointwise {
   static void matmul_out(const Tensor& out, const Tensor& a, const Tensor& w, bool accumulate) {
     common::aten_matmul_out(out, a, w, accumulate);
   }
+  static void linear_pair_out(const Tensor& out1, const Tensor& x1, const Tensor& w1, const std::optional<Tensor>& b1,
+                              const Tensor& out2, const Tensor& x2, const Tensor& w2,
+                              const std::optional<Tensor>& b2) {
+    common::aten_linear_out(out1, x1, w1, b1);
+    common::aten_linear_out(out2, x2, w2, b2);
+  }
   static Tensor weight_grad(const Tensor& dg, const Tensor& x) { return at::mm(dg.t(), x); }
   static void forward_steps(const common::ForwardSteps& f) { common::aten_forward_steps<CudaPointwise>(f); }
   static void backward_steps(const common::BackwardSteps& b) { common::aten_backward_steps<CudaPointwise>(b); }

@@ -29,6 +29,11 @@ class _GRUOrRNN(_RNNBase):
     def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
                        masked_lengths):
         w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx)
+        time_dim = 1 if batch_first else 0
+        if batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
+            # One step (a decoder or sampling loop calling the module per step): the cell op, as LSTM does.
+            hy, _ = _ops.ops.rnn_cell(x.select(time_dim, 0), states[0], w_ih, w_hh, b_ih, b_hh, self._cell)
+            return hy.unsqueeze(time_dim), [hy]
         out, hy, _ = _ops.ops.rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
                                         batch_first, reverse, train, self._cell, masked_lengths)
         return out, [hy]
