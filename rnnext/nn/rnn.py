@@ -21,7 +21,8 @@ def _check_nonlinearity(kind: str, nonlinearity) -> None:
 
 
 class _GRUOrRNN(_RNNBase):
-    """The GRU and RNN layers: one ``rnnext::rnn_layer`` call per layer and direction."""
+    """The GRU and RNN layers: one ``rnnext::rnn_layer`` call per layer and direction (one ``rnnext::rnn_cell``
+    call for a one-step input)."""
 
     _cell = "gru"
     _device_lengths = True
