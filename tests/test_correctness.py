@@ -23,14 +23,6 @@ def close(a, b, dtype, what=""):
     assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3g} > {TOL[dtype] * scale:.3g}"
 
 
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Every threading split (slots per thread below and above 16) for every layout, every gradient compared.
 

@@ -18,14 +18,6 @@ CELLS = {"lstm": (torch.nn.LSTMCell, rnnext.nn.LSTMCell, {}), "gru": (torch.nn.G
          "rnn_tanh": (torch.nn.RNNCell, rnnext.nn.RNNCell, {})}
 
 
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 def pair(table, kind, dtype, *args, **kw):
     stock_cls, ours_cls, extra = table[kind]
     torch.manual_seed(7)

@@ -28,14 +28,6 @@ def layer_params(m, reverse):
     return get("weight_ih_l0"), get("weight_hh_l0"), get("bias_ih_l0"), get("bias_hh_l0")
 
 
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
 GRID = list(itertools.product(CELLS, ["dense", "batch_first", "packed", "padded"], [False, True], [True, False],
                               [3, 40]))
 

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .timing import GemmProbe, Row, resolve_device, time_interleaved
+from .timing import RooflineTimer, Row, cell_loop, forward_backward, inference, resolve_device
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -63,31 +63,7 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
     packed = PackedSequence(packed0.data.clone().requires_grad_(), packed0.batch_sizes, packed0.sorted_indices,
                             packed0.unsorted_indices)
-    probe = GemmProbe(device=dev)
-    rates = []
-
-    def timed(fns, gflop):
-        t = time_interleaved({**fns, "gemm": probe}, rounds, device=dev)
-        rates.append(probe.gflop / t["gemm"] * 1e3)
-        return t, probe.roofline_ms(gflop, t["gemm"])
-
-    def fwd_bwd(m):
-        def f():
-            y, _ = m(x)
-            y.sum().backward()
-        return f
-
-    def infer(m):
-        def f():
-            with torch.no_grad():
-                m(x)
-        return f
-
-    def packed_fb(m):
-        def f():
-            y, _ = m(packed)
-            y.data.sum().backward()
-        return f
+    timed = RooflineTimer(rounds, dev)
 
     for label, stock_cls, ours_cls, gates in (("GRU", torch.nn.GRU, rnnext.nn.GRU, 3),
                                               ("RNN (tanh)", torch.nn.RNN, rnnext.nn.RNN, 1)):
@@ -96,14 +72,14 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
         ours = ours_cls(I, H).to(dev)
         ours.load_state_dict(stock.state_dict())
         gf = layer_gflop([B] * T, I, H, gates, backward=True)
-        t, roof = timed({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours)}, gf)
+        t, roof = timed({"stock": forward_backward(stock, x), "rnnext": forward_backward(ours, x)}, gf)
         rows.append(Row(f"{label} dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
         gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, gates, backward=True)
-        t, roof = timed({"stock": packed_fb(stock), "rnnext": packed_fb(ours)}, gf)
+        t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
         rows.append(Row(f"{label} packed fwd+bwd", t["stock"], t["rnnext"], roof, gf))
         if gates == 3:
             gf = layer_gflop([B] * T, I, H, gates, backward=False)
-            t, roof = timed({"stock": infer(stock), "rnnext": infer(ours)}, gf)
+            t, roof = timed({"stock": inference(stock, x), "rnnext": inference(ours, x)}, gf)
             rows.append(Row(f"{label} dense inference", t["stock"], t["rnnext"], roof, gf))
 
     torch.manual_seed(0)
@@ -111,19 +87,12 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     cell_r = rnnext.nn.GRUCell(I, H).to(dev)
     cell_r.load_state_dict(cell_s.state_dict())
 
-    def cell_loop(cell):
-        def f():
-            h = torch.zeros(B, H, device=dev)
-            total = 0
-            for x_t in x.unbind(0):
-                h = cell(x_t, h)
-                total = total + h.sum()
-            total.backward()
-        return f
+    def zeros():
+        return torch.zeros(B, H, device=dev)
 
     gf = layer_gflop([B] * T, I, H, 3, backward=True)
-    t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
+    t, roof = timed({"stock": cell_loop(cell_s, x, zeros), "rnnext": cell_loop(cell_r, x, zeros)}, gf)
     rows.append(Row(f"GRUCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
     rows += one_step_rows(dev, timed, steps=200 if quick else 1000)
     c["device"] = str(dev)
-    return {"config": c, "rows": rows, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}
+    return {"config": c, "rows": rows, "gemm_peak_gflops": timed.median_rate()}

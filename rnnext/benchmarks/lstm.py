@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .timing import GemmProbe, Row, SavedBytes, resolve_device, time_interleaved
+from .timing import RooflineTimer, Row, SavedBytes, cell_loop, forward_backward, inference, resolve_device
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -41,33 +41,13 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     stock, ours = _lstm_pair(I, H, dev)
     x = torch.randn(T, B, I, device=dev, requires_grad=True)
 
-    def fwd_bwd(m):
-        def f():
-            y, (h, cc) = m(x)
-            y.sum().backward()
-        return f
-
-    def infer(m):
-        def f():
-            with torch.no_grad():
-                m(x)
-        return f
-
-    probe = GemmProbe(device=dev)
-    rates = []
-
-    def timed(fns, gflop):
-        """Times the two sides with the GEMM probe interleaved; returns the medians and the roofline ms."""
-        t = time_interleaved({**fns, "gemm": probe}, rounds, device=dev)
-        rates.append(probe.gflop / t["gemm"] * 1e3)
-        return t, probe.roofline_ms(gflop, t["gemm"])
-
+    timed = RooflineTimer(rounds, dev)
     gf = layer_gflop([B] * T, I, H, backward=True)
-    t, roof = timed({"stock": fwd_bwd(stock), "rnnext": fwd_bwd(ours)}, gf)
+    t, roof = timed({"stock": forward_backward(stock, x), "rnnext": forward_backward(ours, x)}, gf)
     rows.append(Row("LSTM dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
 
     gf = layer_gflop([B] * T, I, H, backward=False)
-    t, roof = timed({"stock": infer(stock), "rnnext": infer(ours)}, gf)
+    t, roof = timed({"stock": inference(stock, x), "rnnext": inference(ours, x)}, gf)
     rows.append(Row("LSTM dense inference", t["stock"], t["rnnext"], roof, gf))
 
     # Packed: lengths uniform in [min_len, T], the PackedSequence built once (outside the timing).
@@ -78,14 +58,8 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     data = packed0.data.clone().requires_grad_()
     packed = PackedSequence(data, packed0.batch_sizes, packed0.sorted_indices, packed0.unsorted_indices)
 
-    def packed_fb(m):
-        def f():
-            y, _ = m(packed)
-            y.data.sum().backward()
-        return f
-
     gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
-    t, roof = timed({"stock": packed_fb(stock), "rnnext": packed_fb(ours)}, gf)
+    t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
     real = float(lengths.sum()) / (T * B)
     rows.append(Row("LSTM packed fwd+bwd", t["stock"], t["rnnext"], roof, gf, {"real_token_share": real}))
 
@@ -95,20 +69,11 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     cell_r = rnnext.nn.LSTMCell(I, H).to(dev)
     cell_r.load_state_dict(cell_s.state_dict())
 
-    def cell_loop(cell):
-        def f():
-            h = torch.zeros(B, H, device=dev)
-            cc = torch.zeros(B, H, device=dev)
-            total = 0
-            # unbind: one backward node for all steps (x[step] would zero-fill a full-size gradient per step).
-            for x_t in x.unbind(0):
-                h, cc = cell(x_t, (h, cc))
-                total = total + h.sum()
-            total.backward()
-        return f
+    def zeros():
+        return torch.zeros(B, H, device=dev), torch.zeros(B, H, device=dev)
 
     gf = layer_gflop([B] * T, I, H, backward=True)
-    t, roof = timed({"stock": cell_loop(cell_s), "rnnext": cell_loop(cell_r)}, gf)
+    t, roof = timed({"stock": cell_loop(cell_s, x, zeros), "rnnext": cell_loop(cell_r, x, zeros)}, gf)
     rows.append(Row(f"LSTMCell {T}-step loop fwd+bwd", t["stock"], t["rnnext"], roof, gf))
 
     # Bytes kept for backward by one dense forward (inputs and parameters left out).
@@ -119,4 +84,4 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
         saved[name] = sb.bytes
         del y
     c["device"] = str(dev)
-    return {"config": c, "rows": rows, "saved_bytes": saved, "gemm_peak_gflops": sorted(rates)[len(rates) // 2]}
+    return {"config": c, "rows": rows, "saved_bytes": saved, "gemm_peak_gflops": timed.median_rate()}

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -94,6 +95,54 @@ class GemmProbe:
     def roofline_ms(self, gflop: float, probe_ms: float) -> float:
         """Time of `gflop` of GEMM work at the probe's rate."""
         return gflop / (self.gflop / probe_ms)
+
+
+class RooflineTimer:
+    """Times a case's sides interleaved with a GemmProbe (time_interleaved) and returns their medians and the
+    case's roofline time; keeps every probe rate for the suite's median GEMM rate."""
+
+    def __init__(self, rounds: int, device: torch.device):
+        self.rounds, self.device = rounds, device
+        self.probe = GemmProbe(device=device)
+        self.rates: List[float] = []
+
+    def __call__(self, fns: Dict[str, Callable[[], object]], gflop: float):
+        t = time_interleaved({**fns, "gemm": self.probe}, self.rounds, device=self.device)
+        self.rates.append(self.probe.gflop / t["gemm"] * 1e3)
+        return t, self.probe.roofline_ms(gflop, t["gemm"])
+
+    def median_rate(self) -> float:
+        return sorted(self.rates)[len(self.rates) // 2]
+
+
+def forward_backward(module, x) -> Callable[[], None]:
+    """A closure: module(x) (a tensor or a PackedSequence) and the backward of its output's sum."""
+    def f():
+        y, _ = module(x)
+        (y.data if isinstance(y, PackedSequence) else y).sum().backward()
+    return f
+
+
+def inference(module, x) -> Callable[[], None]:
+    """A closure: module(x) without autograd."""
+    def f():
+        with torch.no_grad():
+            module(x)
+    return f
+
+
+def cell_loop(cell, x, state) -> Callable[[], None]:
+    """A closure: the cell over x.unbind(0) from state() (fresh zeros per call), forward and backward of the
+    sum of every step's h (unbind: one backward node for all steps; x[step] would zero-fill a full-size
+    gradient per step)."""
+    def f():
+        s = state()
+        total = 0
+        for x_t in x.unbind(0):
+            s = cell(x_t, s)
+            total = total + (s[0] if isinstance(s, tuple) else s).sum()
+        total.backward()
+    return f
 
 
 def format_table(rows: List[Row], title: str = "") -> str:
