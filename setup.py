@@ -69,7 +69,7 @@ def _write_build_info(with_cuda):
 
 def extensions():
     with_cuda = _want_cuda()
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("csrc/autograd/*.cpp"))
     # -fno-trapping-math and -fno-math-errno (as torch itself builds) let the activation loops vectorize.
     cxx = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     link = ["-fopenmp"]

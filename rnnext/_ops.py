@@ -1,4 +1,5 @@
-"""Loads the compiled op library and registers, for every rnnext op, its fake (meta) kernel and its autograd.
+"""Loads the compiled op library and registers, for every rnnext op, its fake (meta) kernel and its autograd
+(except the one-step cells lstm_cell and rnn_cell, whose autograd is in C++: csrc/autograd/cells.cpp).
 
 Everything else in rnnext calls the ops through ``torch.ops.rnnext``; nothing reaches into the extension.
 """
@@ -160,33 +161,7 @@ def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates,
     )
 
 
-def _lstm_cell_setup_context(ctx, inputs, output):
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
-    hy, cy, gates = output
-    ctx.bias = (b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused `gates` output
-
-
-def _lstm_cell_backward(ctx, grad_hy, grad_cy, grad_gates):
-    input, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh = ctx.saved_tensors
-    if grad_hy is None and grad_cy is None:
-        return (None,) * 7
-    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        return tuple(_composite.differentiate(_composite.lstm_cell, (input, hx, cx, w_ih, w_hh, b_ih, b_hh),
-                                              (grad_hy, grad_cy)))
-    grad_hy = grad_hy if grad_hy is not None else torch.zeros_like(cy)
-    grad_cy = grad_cy if grad_cy is not None else torch.zeros_like(cy)
-    has_bias = any(ctx.bias)
-    g_in, g_hx, g_cx, g_wih, g_whh, g_b = ops.lstm_cell_backward(
-        grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, has_bias
-    )
-    g_bih = g_b if ctx.bias[0] else None
-    g_bhh = g_b if ctx.bias[1] else None
-    return g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh
-
-
-torch.library.register_autograd("rnnext::lstm_cell", _lstm_cell_backward, setup_context=_lstm_cell_setup_context)
+# lstm_cell's autograd is registered in C++ (csrc/autograd/cells.cpp): a per-step op's call cost matters.
 torch.library.register_autograd("rnnext::lstm_cell_backward",
                                 _not_differentiable("rnnext::lstm_cell_backward", "rnnext::lstm_cell"),
                                 setup_context=_no_context)
@@ -471,25 +446,7 @@ def _rnn_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, hy, saved, cell, has
             w_hh.new_empty(w_hh.shape), input.new_empty(G if has_bias else 0), input.new_empty(G if has_bias else 0))
 
 
-def _rnn_cell_setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, cell = inputs
-    hy, saved = output
-    ctx.flags = (cell, b_ih is not None, b_hh is not None)
-    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, hy, saved)
-
-
-def _rnn_cell_backward(ctx, grad_hy, grad_saved):
-    cell, has_bih, has_bhh = ctx.flags
-    input, hx, w_ih, w_hh, b_ih, b_hh, hy, saved = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-        grads = _composite.differentiate(_composite.rnn_cell, (input, hx, w_ih, w_hh, b_ih, b_hh, cell), (grad_hy,))
-        return (*grads[:6], None)
-    g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = ops.rnn_cell_backward(grad_hy, input, hx, w_ih, w_hh, hy, saved, cell,
-                                                                   has_bih or has_bhh)
-    return g_in, g_hx, g_wih, g_whh, g_bih if has_bih else None, g_bhh if has_bhh else None, None
-
-
-torch.library.register_autograd("rnnext::rnn_cell", _rnn_cell_backward, setup_context=_rnn_cell_setup_context)
+# rnn_cell's autograd is registered in C++ (csrc/autograd/cells.cpp), as lstm_cell's.
 torch.library.register_autograd("rnnext::rnn_cell_backward",
                                 _not_differentiable("rnnext::rnn_cell_backward", "rnnext::rnn_cell"),
                                 setup_context=_no_context)

@@ -38,10 +38,11 @@ def _plot(rows, path: str, machine: str) -> None:
 
 
 def _bench_suites():
-    from .benchmarks import generation, gru_rnn, listops_training, lstm, packing, spinn
+    from .benchmarks import cells, generation, gru_rnn, listops_training, lstm, packing, spinn
 
-    return [("LSTM", lstm.run), ("GRU and RNN", gru_rnn.run), ("Packed sequences", packing.run), ("SPINN", spinn.run),
-            ("Generation", generation.run), ("ListOps training", listops_training.run)]
+    return [("LSTM", lstm.run), ("GRU and RNN", gru_rnn.run), ("Cells in Python loops", cells.run),
+            ("Packed sequences", packing.run), ("SPINN", spinn.run), ("Generation", generation.run),
+            ("ListOps training", listops_training.run)]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
-    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, packed, spinn, generation or listops")
+    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, cells, packed, spinn, generation or listops")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where both sides run (cuda: cuDNN nn.LSTM and stock code on the GPU against rnnext's kernels)")
     b.set_defaults(func=_cmd_bench)

@@ -106,3 +106,48 @@ def test_weights_changed_in_place_between_steps_are_used(kind):
             delta = torch.randn_like(ps) * 0.3
             ps.data.add_(delta)
             pr.data.add_(delta)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_weights_that_are_not_plain_parameters_are_used(kind):
+    """The cells' one-call path reads the registered parameters; a parametrized weight (torch.nn.utils.
+    parametrize) or a DataParallel replica's copies (attributes, not parameters) must be used instead, as stock
+    uses them."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    stock, ours = pair(CELLS, kind, torch.float64, 4, 3)
+    for m in (stock, ours):
+        parametrize.register_parametrization(m, "weight_hh", Double())
+    x, h = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    state = (h, h) if kind == "lstm" else h
+    torch.testing.assert_close(ours(x, state), stock(x, state), **TOL[torch.float64])
+
+    stock, ours = pair(CELLS, kind, torch.float64, 4, 3)
+    replicas = [m._replicate_for_data_parallel() for m in (stock, ours)]
+    for m, r in zip((stock, ours), replicas):
+        for name, p in m.named_parameters():
+            setattr(r, name, p * 3)  # what torch.nn.parallel.replicate does with the broadcast copies
+    torch.testing.assert_close(replicas[1](x, state), replicas[0](x, state), **TOL[torch.float64])
+    assert not torch.allclose(replicas[1](x, state)[0], ours(x, state)[0])
+
+
+def test_cell_op_outputs_for_the_backward_are_not_differentiable():
+    """lstm_cell's gate activations and rnn_cell's saved activations are outputs for the backward op: they
+    carry no gradient (autograd in csrc/autograd/cells.cpp)."""
+    ops = torch.ops.rnnext
+    x = torch.randn(2, 4, requires_grad=True)
+    h = torch.randn(2, 3)
+    lstm = rnnext.nn.LSTMCell(4, 3)
+    hy, cy, gates = ops.lstm_cell(x, h, h, lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh)
+    assert hy.requires_grad and cy.requires_grad and not gates.requires_grad
+    gru = rnnext.nn.GRUCell(4, 3)
+    hy, saved = ops.rnn_cell(x, h, gru.weight_ih, gru.weight_hh, gru.bias_ih, gru.bias_hh, "gru")
+    assert hy.requires_grad and not saved.requires_grad
+    (g,) = torch.autograd.grad(hy.sum(), x)
+    assert g.shape == x.shape
+    with torch.no_grad():
+        assert ops.rnn_cell(x, h, gru.weight_ih, gru.weight_hh, None, None, "gru")[0].grad_fn is None

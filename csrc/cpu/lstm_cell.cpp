@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -76,6 +77,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
               gates.data_ptr<float>(), G);
     gemv_rows(B, G, H, h.const_data_ptr<float>(), H, wh.const_data_ptr<float>(), H, nullptr,
               gates.data_ptr<float>(), G, /*accumulate=*/true);
+  } else if (input.scalar_type() != at::kFloat) {
+    // float64: ATen's threaded GEMMs (the JIT kernels are float only).
+    at::mm_out(gates, x, wi.t());
+    gates.addmm_(h, wh.t());
   } else {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_gemms", [&] {
       linear_panels<scalar_t>(B, G,
@@ -141,15 +146,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
   Tensor grad_hx = at::empty({B, H}, input.options());
   Tensor grad_w_ih = at::empty({G, I}, input.options());
   Tensor grad_w_hh = at::empty({G, H}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward_gemms", [&] {
-    const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
-    gemm_batch_parallel<scalar_t>({
-        {B, I, G, dg, G, wi.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I, false, false},
-        {B, H, G, dg, G, wh.const_data_ptr<scalar_t>(), H, grad_hx.data_ptr<scalar_t>(), H, false, false},
+  if (input.scalar_type() != at::kFloat) {  // float64: ATen's threaded GEMMs
+    at::mm_out(grad_input, dgates, wi);
+    at::mm_out(grad_hx, dgates, wh);
+    at::mm_out(grad_w_ih, dgates.t(), x);
+    at::mm_out(grad_w_hh, dgates.t(), h);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_cell_backward_gemms", [&] {
+      const scalar_t* dg = dgates.const_data_ptr<scalar_t>();
+      gemm_batch_parallel<scalar_t>({
+          {B, I, G, dg, G, wi.const_data_ptr<scalar_t>(), I, grad_input.data_ptr<scalar_t>(), I, false, false},
+          {B, H, G, dg, G, wh.const_data_ptr<scalar_t>(), H, grad_hx.data_ptr<scalar_t>(), H, false, false},
+      });
+      gemm_tn_parallel<scalar_t>(G, I, B, dg, G, x.const_data_ptr<scalar_t>(), I, grad_w_ih.data_ptr<scalar_t>(), I);
+      gemm_tn_parallel<scalar_t>(G, H, B, dg, G, h.const_data_ptr<scalar_t>(), H, grad_w_hh.data_ptr<scalar_t>(), H);
     });
-    gemm_tn_parallel<scalar_t>(G, I, B, dg, G, x.const_data_ptr<scalar_t>(), I, grad_w_ih.data_ptr<scalar_t>(), I);
-    gemm_tn_parallel<scalar_t>(G, H, B, dg, G, h.const_data_ptr<scalar_t>(), H, grad_w_hh.data_ptr<scalar_t>(), H);
-  });
+  }
   Tensor grad_bias = has_bias ? at::sum(dgates, {0}) : at::empty({0}, input.options());
   return {grad_input, grad_hx, dc, grad_w_ih, grad_w_hh, grad_bias};
 }

@@ -160,7 +160,7 @@ void lstm_forward_tile<float>(GateLayout l, int64_t rows, int64_t k0, int64_t k1
     forward_tile_f32(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
 }
 template <>
-void lstm_forward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, double* gates, int64_t ld_g,
+RNNEXT_CLONES void lstm_forward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, double* gates, int64_t ld_g,
                                const double* bias, const double* c_prev, double* c_out, double* c_save, double* h,
                                int64_t ld_h, double* y, int64_t ld_y) {
   forward_tile(l, rows, k0, k1, gates, ld_g, bias, c_prev, c_out, c_save, h, ld_h, y, ld_y);
@@ -183,7 +183,7 @@ void lstm_backward_tile<float>(GateLayout l, int64_t rows, int64_t k0, int64_t k
     backward_tile_f32(l, rows, k0, k1, acts, ld_g, c, c_prev_a, n_prev_a, c_prev_b, dh_a, dh_b, ld_dh, ld_dhb, dc, dgates);
 }
 template <>
-void lstm_backward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const double* acts,
+RNNEXT_CLONES void lstm_backward_tile<double>(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const double* acts,
                                 int64_t ld_g, const double* c, const double* c_prev_a, int64_t n_prev_a,
                                 const double* c_prev_b, const double* dh_a, const double* dh_b, int64_t ld_dh,
                                 int64_t ld_dhb, double* dc, double* dgates) {
@@ -196,7 +196,7 @@ RNNEXT_CLONES void lstm_hidden_tile<float>(GateLayout l, int64_t rows, const flo
   hidden_tile(l, rows, acts, ld_g, c, h);
 }
 template <>
-void lstm_hidden_tile<double>(GateLayout l, int64_t rows, const double* acts, int64_t ld_g, const double* c,
+RNNEXT_CLONES void lstm_hidden_tile<double>(GateLayout l, int64_t rows, const double* acts, int64_t ld_g, const double* c,
                               double* h) {
   hidden_tile(l, rows, acts, ld_g, c, h);
 }
@@ -285,7 +285,7 @@ RNNEXT_HD void treelstm_backward_body(int64_t rows, int64_t H, const T* acts, co
                            dc_right, ld_dcc);                                                                 \
   }
 RNNEXT_TREELSTM_INSTANCES(float, RNNEXT_CLONES_512)
-RNNEXT_TREELSTM_INSTANCES(double, )
+RNNEXT_TREELSTM_INSTANCES(double, RNNEXT_CLONES)
 #undef RNNEXT_TREELSTM_INSTANCES
 
 }  // namespace rnnext::cpu

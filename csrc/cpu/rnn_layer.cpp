@@ -5,6 +5,7 @@
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -125,39 +126,42 @@ RNNEXT_CLONES void rnn_backward_rows_f32(int64_t n, bool relu, const float* h_ne
   rnn_backward_rows(n, relu, h_new, dh, dgx);
 }
 RNNEXT_CLONES void add_rows_f32(int64_t n, const float* a, const float* b, float* out) { add_rows(n, a, b, out); }
-#undef RNNEXT_CLONES
 
-// float: the cloned (vectorized) versions; double: the plain ones.
+// The cloned (vectorized) versions, float and double.
 void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* o, float* s) {
   gru_forward_rows_f32(rows, H, gx, gh, h, o, s);
 }
-void gru_forward_dispatch(int64_t rows, int64_t H, const double* gx, const double* gh, double* h, double* o,
-                          double* s) {
+RNNEXT_CLONES void gru_forward_dispatch(int64_t rows, int64_t H, const double* gx, const double* gh, double* h,
+                                        double* o, double* s) {
   gru_forward_rows(rows, H, gx, gh, h, o, s);
 }
 void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const float* hp, const float* d, float* gx,
                            float* gh, float* dd) {
   gru_backward_rows_f32(rows, H, s, hp, d, gx, gh, dd);
 }
-void gru_backward_dispatch(int64_t rows, int64_t H, const double* s, const double* hp, const double* d, double* gx,
-                           double* gh, double* dd) {
+RNNEXT_CLONES void gru_backward_dispatch(int64_t rows, int64_t H, const double* s, const double* hp, const double* d,
+                                         double* gx, double* gh, double* dd) {
   gru_backward_rows(rows, H, s, hp, d, gx, gh, dd);
 }
 void rnn_forward_dispatch(int64_t n, bool relu, const float* gx, const float* gh, float* h, float* o) {
   rnn_forward_rows_f32(n, relu, gx, gh, h, o);
 }
-void rnn_forward_dispatch(int64_t n, bool relu, const double* gx, const double* gh, double* h, double* o) {
+RNNEXT_CLONES void rnn_forward_dispatch(int64_t n, bool relu, const double* gx, const double* gh, double* h,
+                                        double* o) {
   rnn_forward_rows(n, relu, gx, gh, h, o);
 }
 void rnn_backward_dispatch(int64_t n, bool relu, const float* hn, const float* d, float* gx) {
   rnn_backward_rows_f32(n, relu, hn, d, gx);
 }
-void rnn_backward_dispatch(int64_t n, bool relu, const double* hn, const double* d, double* gx) {
+RNNEXT_CLONES void rnn_backward_dispatch(int64_t n, bool relu, const double* hn, const double* d, double* gx) {
   rnn_backward_rows(n, relu, hn, d, gx);
 }
 
 void add_rows_dispatch(int64_t n, const float* a, const float* b, float* out) { add_rows_f32(n, a, b, out); }
-void add_rows_dispatch(int64_t n, const double* a, const double* b, double* out) { add_rows(n, a, b, out); }
+RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b, double* out) {
+  add_rows(n, a, b, out);
+}
+#undef RNNEXT_CLONES
 
 // The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
 // of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
@@ -277,7 +281,10 @@ struct CpuPointwise {
   }
 
   // out (n, K) = (accumulate ? out : 0) + a (n, G) W (G, K), all threads sharing the columns.
+  // float64 runs on ATen's (threaded) GEMMs: the JIT kernels are float only, and per-thread double GEMMs are
+  // slower than one threaded call.
   static void matmul_out(const Tensor& out, const Tensor& a, const Tensor& w, bool accumulate) {
+    if (a.scalar_type() != at::kFloat) return common::aten_matmul_out(out, a, w, accumulate);
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnn_matmul", [&] {
       const int64_t n = a.size(0), G = a.size(1), K = w.size(1);
       gemm_batch_parallel<scalar_t>({{n, K, G, a.const_data_ptr<scalar_t>(), G, w.const_data_ptr<scalar_t>(), K,
@@ -287,6 +294,7 @@ struct CpuPointwise {
 
   // dg^T x (G, K): a weight gradient, summed over the rows of dg (n, G) and x (n, K).
   static Tensor weight_grad(const Tensor& dg, const Tensor& x) {
+    if (dg.scalar_type() != at::kFloat) return at::mm(dg.t(), x);
     Tensor out = at::empty({dg.size(1), x.size(1)}, dg.options());
     AT_DISPATCH_FLOATING_TYPES(dg.scalar_type(), "rnn_weight_grad", [&] {
       gemm_tn_parallel<scalar_t>(dg.size(1), x.size(1), dg.size(0), dg.const_data_ptr<scalar_t>(), dg.size(1),

@@ -444,6 +444,15 @@ class _CellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
+    def _weights(self) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]]:
+        """The parameters for the one-call path, or None where they are not plain registered parameters
+        (parametrized, or a DataParallel replica's copies): those modules take the checked path."""
+        p = self._parameters
+        try:
+            return p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+        except KeyError:
+            return None
+
     def _prepare(self, input: Tensor, states, labels) -> Tuple[Tensor, List[Tensor], bool]:
         """Checks input (1-D unbatched or 2-D) and the states (a tuple of len(labels) tensors, or None for
         zeros); returns the batched input, the batched states and whether the input was batched."""
@@ -478,6 +487,18 @@ class LSTMCell(_CellBase):
     _gates = 4
 
     def forward(self, input: Tensor, hx: Optional[_HiddenState] = None) -> _HiddenState:
+        # The common call (a batch, given states, registered parameters) goes straight to the op, whose checks
+        # cover the module's: a call in a Python loop pays little beyond the op. Anything the op rejects, and
+        # every other form of call, takes the module's checks below, which say what is wrong as stock does.
+        if type(hx) is tuple and len(hx) == 2 and type(input) is Tensor and input.dim() == 2 \
+                and not torch.compiler.is_compiling():
+            w = self._weights()
+            if w is not None:
+                try:
+                    hy, cy, _ = _ops.ops.lstm_cell(input, hx[0], hx[1], *w)
+                    return hy, cy
+                except (RuntimeError, TypeError, ValueError):
+                    pass
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"rnnext.nn.LSTMCell: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
         x, (h, c), batched = self._prepare(input, hx, ("h_0", "c_0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .. import _ops
@@ -101,6 +102,14 @@ class _GRUOrRNNCell(_CellBase):
         return "gru"
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        # The one-call path of LSTMCell.forward (see there): the op checks what the module would.
+        if type(input) is Tensor and type(hx) is Tensor and input.dim() == 2 and not torch.compiler.is_compiling():
+            w = self._weights()
+            if w is not None:
+                try:
+                    return _ops.ops.rnn_cell(input, hx, *w, self._cell_name())[0]
+                except (RuntimeError, TypeError, ValueError):
+                    pass
         x, (h,), batched = self._prepare(input, None if hx is None else (hx,), ("hx",))
         hy, _ = _ops.ops.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                                   self._cell_name())
