@@ -219,3 +219,62 @@ def test_training_holds_flat_resident_memory(name):
 if __name__ == "__main__":
     make_artifact()
     print("wrote", ARTIFACT)
+
+
+_LOAD_WHOLE_MODULES = r"""
+import sys
+import torch
+import rnnext  # the only import: it must make every rnnext module and model loadable
+
+def flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flat(o)]
+    return []
+
+for path in sys.argv[1:]:
+    model = torch.load(path + ".model.pt")  # the default: weights_only=True
+    io = torch.load(path + ".io.pt")
+    with torch.no_grad():
+        got = flat(model(*io["inputs"]))
+    assert len(got) == len(io["expected"]), path
+    for a, b in zip(got, io["expected"]):
+        assert torch.equal(a, b), path
+print("ok", len(sys.argv) - 1)
+"""
+
+
+def test_whole_module_checkpoints_load_weights_only_in_a_fresh_process(tmp_path):
+    """torch.save(model) / torch.load(path) (weights_only=True, torch's default) of every module and model, in
+    a process that imports only torch and rnnext, gives the same outputs (word_language_model's save/reload)."""
+    import subprocess
+
+    assert torch.load.__kwdefaults__ is None or torch.load.__kwdefaults__.get("weights_only") in (None, True)
+    paths = []
+    for i, name in enumerate(NAMES):
+        model = build(name).eval()
+        inputs = CASES[name].inputs(1)
+        with torch.no_grad():
+            expected = [t.clone() for t in tensors_of(model(*inputs))]
+        path = str(tmp_path / f"case{i}")
+        torch.save(model, path + ".model.pt")
+        torch.save({"inputs": inputs, "expected": expected}, path + ".io.pt")
+        paths.append(path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run([sys.executable, "-c", _LOAD_WHOLE_MODULES, *paths], capture_output=True, text=True,
+                         env=env, cwd=str(tmp_path), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == f"ok {len(paths)}"
+
+
+def test_safe_globals_cover_every_public_class():
+    import rnnext._safe_globals as sg
+
+    allowed = set(torch.serialization.get_safe_globals())
+    for mod in (rnnext.nn, rnnext.models):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if isinstance(obj, type):
+                assert obj in allowed, name
+    assert all(c in allowed for c in sg.TORCH_NN_PARTS)

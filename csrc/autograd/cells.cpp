@@ -18,6 +18,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -36,6 +37,17 @@ const Tensor& or_undefined(const OptTensor& t) {
   return t.has_value() ? *t : undefined;
 }
 OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+const Tensor* opt_ptr(const OptTensor& t) { return t.has_value() ? &*t : nullptr; }
+
+// Whether autograd has anything to record: grad mode on and some input requiring grad. Otherwise the kernel is
+// called directly, as ATen's generated autograd kernels do, without building a graph node.
+bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t != nullptr && t->defined() && t->requires_grad()) return true;
+  return false;
+}
 
 // Gradients of outputs (given grads) against those of inputs that require grad, as a differentiable graph;
 // undefined where an input does not require grad.
@@ -65,17 +77,22 @@ variable_list differentiate(const variable_list& outputs, const variable_list& g
 
 class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
  public:
+  // The op below autograd (the device kernel), called as a function.
+  static auto op() {
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("rnnext::lstm_cell", "")
+                                   .typed<std::tuple<Tensor, Tensor, Tensor>(
+                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                       const OptTensor&, const OptTensor&)>();
+    return [](auto&&... a) { return handle.call(a...); };
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, const Tensor& cx,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("rnnext::lstm_cell", "")
-                               .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                         const Tensor&, const Tensor&, const OptTensor&,
-                                                                         const OptTensor&)>();
     Tensor hy, cy, gates;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(hy, cy, gates) = op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+      std::tie(hy, cy, gates) = op()(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
     }
     ctx->save_for_backward({input, hx, cx, w_ih, w_hh, or_undefined(b_ih), or_undefined(b_hh), gates, cy});
     ctx->mark_non_differentiable({gates});
@@ -114,6 +131,10 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const Tensor& hx, const Tensor& cx,
                                                       const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                                       const OptTensor& b_hh) {
+  if (!any_requires_grad({&input, &hx, &cx, &w_ih, &w_hh, opt_ptr(b_ih), opt_ptr(b_hh)})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return LstmCellFunction::op()(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  }
   const variable_list out = LstmCellFunction::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1], out[2]};
 }
@@ -123,18 +144,22 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const
 
 class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
  public:
+  static auto op() {
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("rnnext::rnn_cell", "")
+                                   .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                     const Tensor&, const OptTensor&,
+                                                                     const OptTensor&, c10::string_view)>();
+    return [](auto&&... a) { return handle.call(a...); };
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                c10::string_view cell) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("rnnext::rnn_cell", "")
-                               .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                 const Tensor&, const OptTensor&, const OptTensor&,
-                                                                 c10::string_view)>();
     Tensor hy, saved;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(hy, saved) = op.call(input, hx, w_ih, w_hh, b_ih, b_hh, cell);
+      std::tie(hy, saved) = op()(input, hx, w_ih, w_hh, b_ih, b_hh, cell);
     }
     ctx->save_for_backward({input, hx, w_ih, w_hh, or_undefined(b_ih), or_undefined(b_hh), hy, saved});
     ctx->saved_data["cell"] = std::string(cell.data(), cell.size());
@@ -177,6 +202,10 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
 std::tuple<Tensor, Tensor> rnn_cell_autograd(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                              const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                              c10::string_view cell) {
+  if (!any_requires_grad({&input, &hx, &w_ih, &w_hh, opt_ptr(b_ih), opt_ptr(b_hh)})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return RnnCellFunction::op()(input, hx, w_ih, w_hh, b_ih, b_hh, cell);
+  }
   const variable_list out = RnnCellFunction::apply(input, hx, w_ih, w_hh, b_ih, b_hh, cell);
   return {out[0], out[1]};
 }

@@ -51,7 +51,12 @@ RNNEXT_HD double exp_poly(double x) {
   const double qx = ((3.00198505138664455042E-6 * z + 2.52448340349684104192E-3) * z + 2.27265548208155028766E-1) * z +
                     2.00000000000000000009E0;
   const double p = 1.0 + 2.0 * (px / (qx - px));
-  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  // 2^n without a double -> int64 conversion (AVX-512 only, which would keep AVX2 loops scalar): adding
+  // 1.5 * 2^52 puts n in the low mantissa bits; the shift keeps the low 11 bits of n + 1023.
+  const double shifted = n + 6755399441055744.0;
+  int64_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits + 1023) << 52;
   double scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   double y = p * scale;
