@@ -301,7 +301,8 @@ std::tuple<Tensor, Tensor> rnn_cell_forward(const char* op, const Tensor& input,
   const Tensor gx = at::empty({B, G}, opts), gh = at::empty({B, G}, opts);
   Pointwise::linear_pair_out(gx, input.contiguous(), w_ih.contiguous(), b_ih, gh, hx.contiguous(), w_hh.contiguous(),
                              b_hh);
-  Tensor hy = hx.contiguous().clone();  // updated in place
+  // Updated in place: GRU's step reads the previous h from it; the RNN step only writes it.
+  Tensor hy = cell == CellKind::kGRU ? hx.contiguous().clone() : at::empty({B, H}, opts);
   Tensor saved = at::empty({W > 0 ? B : 0, W}, opts);
   Pointwise::forward(cell, B, H, gx, gh, hy, at::empty({B, H}, opts), W > 0 ? saved : Tensor());
   return {hy, saved};
