@@ -54,7 +54,7 @@ RNNEXT_HD double exp_poly(double x) {
   // 2^n without a double -> int64 conversion (AVX-512 only, which would keep AVX2 loops scalar): adding
   // 1.5 * 2^52 puts n in the low mantissa bits; the shift keeps the low 11 bits of n + 1023.
   const double shifted = n + 6755399441055744.0;
-  int64_t bits;
+  uint64_t bits;  // unsigned: the shift drops the high bits by definition
   std::memcpy(&bits, &shifted, sizeof(bits));
   bits = (bits + 1023) << 52;
   double scale;
