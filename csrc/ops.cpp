@@ -1,5 +1,6 @@
 // The rnnext op catalogue: every schema, in one TORCH_LIBRARY block. Kernels register per backend in
-// cpu/<topic>.cpp and cuda/<topic>.cu; autograd and fake (meta) kernels are registered in rnnext/_ops.py.
+// cpu/<topic>.cpp and cuda/<topic>.cu; fake (meta) kernels and autograd are registered in rnnext/_ops.py, except
+// the one-step cells' autograd (lstm_cell, rnn_cell: csrc/autograd/cells.cpp, for their per-call cost).
 #include <torch/library.h>
 
 #include <vector>
