@@ -4,7 +4,8 @@ reverse direction, projection, the thin stack).
 They are what the ops' backward runs when autograd records the backward itself (``create_graph=True``: a
 gradient penalty, a Hessian-vector product, ``gradgradcheck``): the fused backward kernels compute numbers,
 not a graph, so the backward then recomputes the forward with these differentiable functions and
-differentiates that. Slower than the kernels, and only used in that case.
+differentiates that. Slower than the kernels, and only used in that case. (The one-step cells, whose autograd is
+in C++, recompute with ATen's own cells instead: csrc/autograd/cells.cpp. ``rnn_cell`` stays as a test oracle.)
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ def lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, bias:
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh) -> Tuple[Tensor, Tensor]:
-    return lstm_step(input, hx, cx, w_ih, w_hh, _bias(b_ih, b_hh))
 
 
 def treelstm_cell(lstm_in: Tensor, c_left: Tensor, c_right: Tensor) -> Tuple[Tensor, Tensor]:
