@@ -26,7 +26,7 @@ TORCH_LIBRARY(rnnext, m) {
   // lengths (B) int64 on the input's device, instead of batch_sizes: masked mode for a padded input, every entry
   // runs at every step and entry b is active while t < lengths[b] (clamped to [0, T]; never read on the host
   // of a GPU input), keeping its state and giving zero output elsewhere; workspace rows are t * B + b, gates in
-  // PyTorch's i f g o order (csrc/kernels/lstm_masked.h).
+  // PyTorch's i f g o order (csrc/common/rnn_engine.h: masked mode is the engine's, every device).
   m.def("lstm_layer(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh,"
         " Tensor? w_hr, Tensor? batch_sizes, Tensor? sorted_indices, bool batch_first, bool reverse, bool train,"
         " Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor gates, Tensor cells)", fixed);

@@ -115,6 +115,16 @@ def test_lstm_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx, mon
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layers,bidir,proj,bias,kind,give_hx", GRID[::2] + GRID[1::14])
+def test_lstm_engine_loop_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx, monkeypatch):
+    """The engine's generic step loop (csrc/common/rnn_engine.h: every CUDA layer call, and masked mode on the
+    CPU) on every layout, through RNNEXT_LSTM_ENGINE=1 (the CPU's dense, packed and padded layers otherwise run
+    their fused schedule)."""
+    monkeypatch.setenv("RNNEXT_LSTM_ENGINE", "1")
+    test_lstm_matches_torch(dtype, layers, bidir, proj, bias, kind, give_hx, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("bias,batched,give_hx", list(itertools.product([True, False], [True, False], [True, False])))
 def test_lstm_cell_matches_torch(dtype, bias, batched, give_hx):
     torch.manual_seed(0)
@@ -341,8 +351,15 @@ LAYER_CASES = list(itertools.product(["dense", "packed", "padded", "dense_bf", "
                                      [False, True], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("layout,proj,bias,reverse", LAYER_CASES)
-def test_lstm_layer_gradcheck(layout, proj, bias, reverse):
+# loop "engine": the engine's generic step loop on the CPU for the host-side layouts (masked mode always runs it).
+GRADCHECK_CASES = [(*c, "default") for c in LAYER_CASES] + [(*c, "engine") for c in LAYER_CASES
+                                                           if not c[0].startswith("masked")]
+
+
+@pytest.mark.parametrize("layout,proj,bias,reverse,loop", GRADCHECK_CASES)
+def test_lstm_layer_gradcheck(layout, proj, bias, reverse, loop, monkeypatch):
+    if loop == "engine":
+        monkeypatch.setenv("RNNEXT_LSTM_ENGINE", "1")
     args = _layer_args(layout, proj, bias, reverse)
 
     def f(*tensors):

@@ -79,7 +79,7 @@ struct RowMap {
 };
 
 // Every argument of a recurrent layer op with num_gates gate blocks per hidden unit (LSTM 4, GRU 3, RNN 1) and
-// a cell state cx when the cell has one (all layouts but masked mode's lengths, see cpu/lstm_masked.h): dtypes,
+// a cell state cx when the cell has one (LSTM): dtypes,
 // devices, ranks and shapes, each failure naming the op, the argument and the expectation. Returns the sizes.
 inline LayerShapes check_recurrent_args(const char* op, const Tensor& input, const Tensor& hx, const Tensor* cx,
                                         const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,

@@ -1,12 +1,19 @@
-// The GRU / vanilla-RNN layer (rnnext::rnn_layer and its backward), written once for every device: the input
-// projection of all steps is one GEMM, each step runs the recurrent GEMM and the cell's fused pointwise step
-// (the only device-specific part: a Pointwise policy, csrc/cpu/rnn_layer.cpp and csrc/cuda/rnn_layer.cu), and
-// the backward computes the weight gradients as a few large GEMMs over all steps. Layouts and the slot
-// schedule are those of the LSTM layer (common/layer_schedule.h): dense, packed, padded with batch sizes (and
-// sorted_indices), batch_first, reverse, and masked mode (device lengths). Workspace rows are slots in time
-// order (like packed data).
+// The recurrent layer engine (rnnext::lstm_layer, rnnext::rnn_layer and their backwards), written once for
+// every device and every cell (LSTM, GRU, vanilla RNN): the input projection of all steps is one GEMM, each step
+// runs the recurrent GEMM and the cell's fused pointwise step (the only device-specific part: a Pointwise policy,
+// csrc/cpu/rnn_layer.cpp and csrc/cuda/rnn_layer.cu), and the backward computes the weight gradients as a few
+// large GEMMs over all steps. Layouts and the slot schedule are common/layer_schedule.h's: dense, packed, padded
+// with batch sizes (and sorted_indices), batch_first, reverse, and masked mode (device lengths). Workspace rows
+// are slots in time order (like packed data).
 //
-// Keeping gx and gh apart is what GRU needs (n = tanh(gx_n + r * gh_n)), at no extra FLOPs.
+// A cell is described by CellKind: its gate blocks (num_gates), its states (LSTM: h and c; GRU, RNN: h), what a
+// training forward keeps per row (saved_width; LSTM also keeps c, in `cells`), and its pointwise step. The
+// recurrent projection is kept apart from the input one, which GRU needs (n = tanh(gx_n + r * gh_n)) at no extra
+// FLOPs. LSTM's projection (proj_size, W_hr) maps the cell's h (H wide) to the state and output (P wide).
+//
+// The CPU runs dense, packed and padded LSTM layers through its own fused schedule (csrc/cpu/lstm_layer.cpp:
+// the input and recurrent GEMMs of a step as one, per block of hidden units), the one place a device replaces
+// the whole step loop rather than a policy hook; every other layer call of every device runs here.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
@@ -24,7 +31,9 @@
 #include <ATen/ops/masked_fill.h>
 #include <ATen/ops/select.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -39,7 +48,7 @@
 
 namespace rnnext::common {
 
-enum class CellKind { kGRU, kRNNTanh, kRNNRelu };
+enum class CellKind { kGRU, kRNNTanh, kRNNRelu, kLSTM };
 
 inline CellKind parse_cell(const char* op, std::string_view cell) {
   if (cell == "gru") return CellKind::kGRU;
@@ -49,9 +58,12 @@ inline CellKind parse_cell(const char* op, std::string_view cell) {
               "\"");
 }
 
-inline int64_t num_gates(CellKind c) { return c == CellKind::kGRU ? 3 : 1; }
-// What a training forward keeps per slot row for the backward (beside the output): GRU r, z, n and gh_n.
-inline int64_t saved_width(CellKind c, int64_t H) { return c == CellKind::kGRU ? 4 * H : 0; }
+inline int64_t num_gates(CellKind c) { return c == CellKind::kLSTM ? 4 : c == CellKind::kGRU ? 3 : 1; }
+// What a training forward keeps per slot row for the backward (beside the output): GRU r, z, n and gh_n; LSTM
+// its gate activations i, f, g, o (and c, in a tensor of its own: the op's `cells`).
+inline int64_t saved_width(CellKind c, int64_t H) {
+  return c == CellKind::kGRU || c == CellKind::kLSTM ? 4 * H : 0;
+}
 
 // A layer's schedule with everything the engine indexes on the device: the output row of every slot row, the
 // batch entry of every slot, and (for the backward) where every slot row's previous h lives.
@@ -79,13 +91,14 @@ struct RnnPlan {
 
 // upload: host int64 vector -> int64 tensor on the input's device (the CPU: a copy; CUDA: through pinned memory).
 template <typename Upload>
-RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                      const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
-                      const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
-                      bool batch_first, bool reverse, CellKind cell, Backend backend, Upload upload) {
+RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, const Tensor* cx, const Tensor& w_ih,
+                      const Tensor& w_hh, const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                      const std::optional<Tensor>& w_hr, const std::optional<Tensor>& batch_sizes,
+                      const std::optional<Tensor>& sorted_indices, bool batch_first, bool reverse, CellKind cell,
+                      Backend backend, Upload upload) {
   RnnPlan plan;
-  plan.s = check_recurrent_args(op, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, batch_sizes,
-                                sorted_indices, batch_first, num_gates(cell), backend);
+  plan.s = check_recurrent_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices,
+                                batch_first, num_gates(cell), backend);
   plan.st = make_steps(op, plan.s, batch_sizes, reverse);
   const std::optional<Tensor> si_host =
       sorted_indices.has_value() ? std::optional<Tensor>(sorted_indices->to(at::kCPU)) : std::nullopt;
@@ -107,17 +120,21 @@ RnnPlan make_rnn_plan(const char* op, const Tensor& input, const Tensor& hx, con
 }
 
 // One direction's recurrence after the input projection, in slot order: what a policy's forward_steps reads
-// and writes. h (B, H) holds every slot's state in place (hx on entry, the final states on exit); h_slots
-// (used, H) gets every slot row's new h; saved (N, W) the rows the backward needs, when defined.
+// and writes. h (B, P) holds every slot's state in place (hx on entry, the final states on exit); h_slots
+// (used, P) gets every slot row's new h; saved (N, W) the rows the backward needs, when defined. P = H but
+// for an LSTM with a projection.
 struct ForwardSteps {
   const RnnPlan& plan;
   CellKind cell;
   const Tensor& gx;    // (used, G): x W_ih^T + b_ih of every slot row
-  const Tensor& w_hh;  // (G, H), contiguous
+  const Tensor& w_hh;  // (G, P), contiguous
   const std::optional<Tensor>& b_hh;
   const Tensor& h;
   const Tensor& h_slots;
   const Tensor& saved;
+  // LSTM: the cell state of every slot (B, H) in place, every slot row's new c (N, H) when training, and W_hr
+  // (P, H, contiguous) with a projection; undefined otherwise.
+  Tensor c = Tensor(), cells = Tensor(), w_hr = Tensor();
 };
 
 // The backward recurrence: given every slot row's output gradient (dy_slots), the h it produced (h_slots) and
@@ -130,10 +147,14 @@ struct BackwardSteps {
   const Tensor& h_slots;
   const Tensor& h_prev;
   const Tensor& dy_slots;
-  const Tensor& w_hh;  // (G, H), contiguous
+  const Tensor& w_hh;  // (G, P), contiguous
   const Tensor& dh;
   const Tensor& dgx;
   const Tensor& dgh;
+  // LSTM: every slot row's c (cells) and the c it read (c_prev), both (used, H); dc (B, H) holds grad_cy on entry
+  // and the gradient of cx on exit; with a projection, W_hr (P, H) and dh_proj (used, P), which receives the
+  // gradient reaching every row's projected h (for W_hr's gradient).
+  Tensor cells = Tensor(), c_prev = Tensor(), dc = Tensor(), w_hr = Tensor(), dh_proj = Tensor();
 };
 
 // out = x W^T + b through ATen (any device): a policy's linear_out unless it has a better kernel for the shape.
@@ -154,45 +175,94 @@ inline void aten_matmul_out(const Tensor& out, const Tensor& a, const Tensor& w,
     at::mm_out(o, a, w);
 }
 
+// The policy's per-step calls (every device implements them):
+//   forward(cell, n, H, gx (n, G), gh (n, G), h (n, H) in/out, h_out (n, H), saved (n, W) or undefined): one GRU
+//     or RNN step of n slots;
+//   backward(cell, n, H, saved (n, W) or undefined, h_new (n, H), h_prev (n, H), dh (n, H), dgx (n, G), dgh (n, G)
+//     or undefined when it equals dgx (RNN), dh_direct (n, H) or undefined (RNN)): its backward;
+//   lstm_forward(n, H, pre (n, 4H): pre-activations in, activations out, c (n, H) in/out, cells (n, H) or
+//     undefined: receives the new c, h (n, H)): one LSTM step in PyTorch's gate order;
+//   lstm_backward(n, H, acts (n, 4H), c (n, H), c_prev (n, H), dh (n, H), dc (n, H): incoming on entry, the
+//     gradient of c_prev on exit, dgates (n, 4H)): its backward.
+
+// One LSTM step of n slots: gx, gh (n, 4H) the input and recurrent projections (gh is overwritten when gates is
+// undefined); gates (n, 4H) receives the activations when defined; c (n, H) in place; cells (n, H) the new c when
+// defined; the new state h (P wide) goes to h_out, through hf (n, H) and W_hr with a projection.
+template <typename Pointwise>
+void lstm_step(int64_t n, int64_t H, const Tensor& gx, const Tensor& gh, const Tensor& gates, const Tensor& c,
+               const Tensor& cells, const Tensor& w_hr, const Tensor& hf, const Tensor& h_out) {
+  Tensor pre = gates.defined() ? gates : gh;
+  at::add_out(pre, gx, gh);
+  Pointwise::lstm_forward(n, H, pre, c, cells, w_hr.defined() ? hf : h_out);
+  if (w_hr.defined()) Pointwise::linear_out(h_out, hf, w_hr, std::nullopt);
+}
+
+// The backward of lstm_step, given d (n, P): the gradient reaching the new state h. dhf (n, H) is scratch for the
+// gradient of the unprojected h, with a projection.
+template <typename Pointwise>
+void lstm_step_backward(int64_t n, int64_t H, const Tensor& d, const Tensor& acts, const Tensor& cells,
+                        const Tensor& c_prev, const Tensor& w_hr, const Tensor& dhf, const Tensor& dc,
+                        const Tensor& dgates) {
+  if (w_hr.defined()) Pointwise::matmul_out(dhf, d, w_hr, /*accumulate=*/false);
+  Pointwise::lstm_backward(n, H, acts, cells, c_prev, w_hr.defined() ? dhf : d, dc, dgates);
+}
+
 // The recurrence as one GEMM (Pointwise::linear_out) and one pointwise call per step (all threads inside each
-// step): any device.
-// Pointwise::forward(cell, n, H, gx (n, G H), gh (n, G H), h (n, H) in/out, h_out (n, H), saved (n, W) or
-// undefined) runs one step's cell on its n slots; Pointwise::backward(cell, n, H, saved (n, W) or undefined,
-// h_new (n, H), h_prev (n, H), dh (n, H), dgx (n, G H), dgh (n, G H) or undefined when it equals dgx (RNN),
-// dh_direct (n, H) or undefined (RNN)) its backward.
+// step): any device, any cell.
 template <typename Pointwise>
 void aten_forward_steps(const ForwardSteps& f) {
   const Steps& st = f.plan.st;
-  const int64_t H = f.plan.s.H;
-  Tensor gh = at::empty({f.plan.s.B, num_gates(f.cell) * H}, f.gx.options());
-  // (Rows [a, a + n) of t: t itself when that is all of it, sparing a view per operand on a single step.)
-  auto rows = [](const Tensor& t, int64_t a, int64_t n) { return a == 0 && n == t.size(0) ? t : t.narrow(0, a, n); };
+  const int64_t H = f.plan.s.H, B = f.plan.s.B;
+  const bool lstm = f.cell == CellKind::kLSTM;
+  Tensor gh = at::empty({B, num_gates(f.cell) * H}, f.gx.options());
+  Tensor hf = f.w_hr.defined() ? at::empty({B, H}, f.gx.options()) : Tensor();
+  // (Rows [a, a + n) of t: t itself when that is all of it, sparing a view per operand on a single step; an
+  // undefined t stays undefined.)
+  auto rows = [](const Tensor& t, int64_t a, int64_t n) {
+    return !t.defined() || (a == 0 && n == t.size(0)) ? t : t.narrow(0, a, n);
+  };
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
     const Tensor gh_n = rows(gh, 0, n);
     const Tensor h_n = rows(f.h, 0, n);
     Pointwise::linear_out(gh_n, h_n, f.w_hh, f.b_hh);
-    Pointwise::forward(f.cell, n, H, rows(f.gx, off, n), gh_n, h_n, rows(f.h_slots, off, n),
-                       f.saved.defined() ? rows(f.saved, off, n) : Tensor());
+    if (lstm) {
+      const Tensor out = rows(f.h_slots, off, n);
+      lstm_step<Pointwise>(n, H, rows(f.gx, off, n), gh_n, rows(f.saved, off, n), rows(f.c, 0, n),
+                           rows(f.cells, off, n), f.w_hr, rows(hf, 0, n), out);
+      h_n.copy_(out);
+    } else {
+      Pointwise::forward(f.cell, n, H, rows(f.gx, off, n), gh_n, h_n, rows(f.h_slots, off, n),
+                         rows(f.saved, off, n));
+    }
   }
 }
 
 template <typename Pointwise>
 void aten_backward_steps(const BackwardSteps& b) {
   const Steps& st = b.plan.st;
-  const int64_t B = b.plan.s.B, H = b.plan.s.H;
-  const bool gru = b.cell == CellKind::kGRU;
+  const int64_t B = b.plan.s.B, H = b.plan.s.H, P = b.plan.s.P;
+  const bool gru = b.cell == CellKind::kGRU, lstm = b.cell == CellKind::kLSTM;
   const auto opts = b.dh.options();
   Tensor dh_direct = gru ? at::empty({B, H}, opts) : Tensor();
-  Tensor dtot = at::empty({B, H}, opts);
+  Tensor dtot = at::empty({B, P}, opts);
+  Tensor dhf = b.w_hr.defined() ? at::empty({B, H}, opts) : Tensor();
   for (int64_t p = st.T - 1; p >= 0; --p) {
     const int64_t n = st.rows_at(p), off = st.offset_at(p);
-    Tensor d = dtot.narrow(0, 0, n);
+    // The gradient reaching the step's new h (kept per row for W_hr's gradient, with a projection).
+    Tensor d = b.dh_proj.defined() ? b.dh_proj.narrow(0, off, n) : dtot.narrow(0, 0, n);
     at::add_out(d, b.dh.narrow(0, 0, n), b.dy_slots.narrow(0, off, n));
+    Tensor dh_n = b.dh.narrow(0, 0, n);
+    if (lstm) {
+      lstm_step_backward<Pointwise>(n, H, d, b.saved.narrow(0, off, n), b.cells.narrow(0, off, n),
+                                    b.c_prev.narrow(0, off, n), b.w_hr, dhf.defined() ? dhf.narrow(0, 0, n) : dhf,
+                                    b.dc.narrow(0, 0, n), b.dgx.narrow(0, off, n));
+      at::mm_out(dh_n, b.dgx.narrow(0, off, n), b.w_hh);
+      continue;
+    }
     Pointwise::backward(b.cell, n, H, b.saved.defined() ? b.saved.narrow(0, off, n) : Tensor(),
                         b.h_slots.narrow(0, off, n), b.h_prev.narrow(0, off, n), d, b.dgx.narrow(0, off, n),
                         gru ? b.dgh.narrow(0, off, n) : Tensor(), gru ? dh_direct.narrow(0, 0, n) : Tensor());
-    Tensor dh_n = b.dh.narrow(0, 0, n);
     if (gru)
       at::addmm_out(dh_n, dh_direct.narrow(0, 0, n), b.dgh.narrow(0, off, n), b.w_hh);
     else
@@ -202,8 +272,8 @@ void aten_backward_steps(const BackwardSteps& b) {
 
 // Masked mode (a padded batch with `lengths` on the input's device, never read by the host; the plan is the
 // dense one): every entry runs at every step, and entry b is active at time t when t < len(b), len clamped to
-// [0, T]. An inactive entry keeps its state and outputs zero; in the backward its pre-activation gradients are
-// zero and its state gradient passes through. Written once with ATen ops on top of the policy's linear_out and
+// [0, T]. An inactive entry keeps its states and outputs zero; in the backward its pre-activation gradients are
+// zero and its state gradients pass through. Written once with ATen ops on top of the policy's linear_out and
 // pointwise step, so every device runs the same code.
 inline Tensor masked_active(const Tensor& lengths, int64_t T) {
   // (T, B, 1): row t says which entries are active at time t (workspace rows are in time order).
@@ -213,25 +283,41 @@ inline Tensor masked_active(const Tensor& lengths, int64_t T) {
 template <typename Pointwise>
 void masked_forward_steps(const ForwardSteps& f, const Tensor& lengths) {
   const Steps& st = f.plan.st;
-  const int64_t B = f.plan.s.B, H = f.plan.s.H;
+  const int64_t B = f.plan.s.B, H = f.plan.s.H, P = f.plan.s.P;
+  const bool lstm = f.cell == CellKind::kLSTM;
   const auto opts = f.gx.options();
   const Tensor active = masked_active(lengths, st.T);
   Tensor gh = at::empty({B, num_gates(f.cell) * H}, opts);
-  Tensor h_step = at::empty({B, H}, opts), h_new = at::empty({B, H}, opts);
+  Tensor h_new = at::empty({B, P}, opts);
+  Tensor step = at::empty({B, H}, opts);  // the state the step updates in place: c (LSTM) or h
+  Tensor hf = f.w_hr.defined() ? at::empty({B, H}, opts) : Tensor();
   for (int64_t p = 0; p < st.T; ++p) {
     const int64_t off = st.offset_at(p);
-    const Tensor m = active.select(0, st.time(p));
+    const Tensor m = active.select(0, st.time(p)), inactive = m.logical_not();
     Pointwise::linear_out(gh, f.h, f.w_hh, f.b_hh);
-    h_step.copy_(f.h);
-    Pointwise::forward(f.cell, B, H, f.gx.narrow(0, off, B), gh, h_step, h_new,
-                       f.saved.defined() ? f.saved.narrow(0, off, B) : Tensor());
+    if (lstm) {
+      const Tensor gates = f.saved.defined() ? f.saved.narrow(0, off, B) : Tensor();
+      const Tensor cells = f.cells.defined() ? f.cells.narrow(0, off, B) : Tensor();
+      step.copy_(f.c);
+      lstm_step<Pointwise>(B, H, f.gx.narrow(0, off, B), gh, gates, step, cells, f.w_hr, hf, h_new);
+      f.c.copy_(at::where(m, step, f.c));
+      // Nothing reads an inactive row; zeros keep the projection's weight gradient (o tanh(c) of every row)
+      // finite whatever the padding holds.
+      if (gates.defined()) gates.masked_fill_(inactive, 0);
+      if (cells.defined()) cells.masked_fill_(inactive, 0);
+    } else {
+      step.copy_(f.h);
+      Pointwise::forward(f.cell, B, H, f.gx.narrow(0, off, B), gh, step, h_new,
+                         f.saved.defined() ? f.saved.narrow(0, off, B) : Tensor());
+    }
     f.h.copy_(at::where(m, h_new, f.h));
-    f.h_slots.narrow(0, off, B).copy_(h_new.masked_fill(m.logical_not(), 0));
+    f.h_slots.narrow(0, off, B).copy_(h_new.masked_fill(inactive, 0));
   }
 }
 
-// The h every row of a masked layer read: the previous step's output where the entry was active there, else hx
-// (an entry's first step; an inactive row's value does not matter, its gradients are zero).
+// The state every row of a masked layer read: the previous step's value (h_slots: outputs, or LSTM's cells) where
+// the entry was active there, else the initial state h0 (an entry's first step; an inactive row's value does not
+// matter, its gradients are zero).
 inline Tensor masked_h_prev(const Tensor& lengths, const Steps& st, const Tensor& h_slots, const Tensor& h0) {
   const int64_t B = h0.size(0), H = h0.size(1);
   if (st.T <= 1) return h0.contiguous();
@@ -247,21 +333,35 @@ inline Tensor masked_h_prev(const Tensor& lengths, const Steps& st, const Tensor
 template <typename Pointwise>
 void masked_backward_steps(const BackwardSteps& b, const Tensor& lengths) {
   const Steps& st = b.plan.st;
-  const int64_t B = b.plan.s.B, H = b.plan.s.H;
-  const bool gru = b.cell == CellKind::kGRU;
+  const int64_t B = b.plan.s.B, H = b.plan.s.H, P = b.plan.s.P;
+  const bool gru = b.cell == CellKind::kGRU, lstm = b.cell == CellKind::kLSTM;
   const auto opts = b.dh.options();
   const Tensor active = masked_active(lengths, st.T);
   Tensor dh_direct = gru ? at::empty({B, H}, opts) : Tensor();
-  Tensor d = at::empty({B, H}, opts), dh_new = at::empty({B, H}, opts);
+  Tensor d = at::empty({B, P}, opts), dh_new = at::empty({B, P}, opts);
+  Tensor dc_step = lstm ? at::empty({B, H}, opts) : Tensor();
+  Tensor dhf = b.w_hr.defined() ? at::empty({B, H}, opts) : Tensor();
   for (int64_t p = st.T - 1; p >= 0; --p) {
     const int64_t off = st.offset_at(p);
     const Tensor m = active.select(0, st.time(p)), inactive = m.logical_not();
     // The output of an inactive step is the constant zero: its gradient goes nowhere.
     at::add_out(d, b.dh, b.dy_slots.narrow(0, off, B).masked_fill(inactive, 0));
     const Tensor dgx = b.dgx.narrow(0, off, B), dgh = gru ? b.dgh.narrow(0, off, B) : Tensor();
-    Pointwise::backward(b.cell, B, H, b.saved.defined() ? b.saved.narrow(0, off, B) : Tensor(),
-                        b.h_slots.narrow(0, off, B), b.h_prev.narrow(0, off, B), d, dgx, dgh,
-                        gru ? dh_direct : Tensor());
+    if (lstm) {
+      Tensor dp = d;
+      if (b.dh_proj.defined()) {  // kept per row for W_hr's gradient: zero where inactive
+        dp = b.dh_proj.narrow(0, off, B);
+        dp.copy_(d.masked_fill(inactive, 0));
+      }
+      dc_step.copy_(b.dc);
+      lstm_step_backward<Pointwise>(B, H, dp, b.saved.narrow(0, off, B), b.cells.narrow(0, off, B),
+                                    b.c_prev.narrow(0, off, B), b.w_hr, dhf, dc_step, dgx);
+      b.dc.copy_(at::where(m, dc_step, b.dc));
+    } else {
+      Pointwise::backward(b.cell, B, H, b.saved.defined() ? b.saved.narrow(0, off, B) : Tensor(),
+                          b.h_slots.narrow(0, off, B), b.h_prev.narrow(0, off, B), d, dgx, dgh,
+                          gru ? dh_direct : Tensor());
+    }
     dgx.masked_fill_(inactive, 0);
     if (gru) {
       dgh.masked_fill_(inactive, 0);
@@ -345,8 +445,190 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
           has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
 }
 
+// One layer call's tensors, forward: the cell's states (cx for LSTM, else null) and LSTM's projection.
+struct LayerArgs {
+  const Tensor& input;
+  const Tensor& hx;
+  const Tensor* cx;
+  const Tensor& w_ih;
+  const Tensor& w_hh;
+  const std::optional<Tensor>& w_hr;
+  const std::optional<Tensor>& batch_sizes;
+  const std::optional<Tensor>& sorted_indices;
+  const std::optional<Tensor>& lengths;
+  bool batch_first, reverse;
+};
+
+// What a forward returns: the output, the final states (cy undefined without a cell state), the saved rows and
+// LSTM's cells (empty when not training).
+struct LayerOut {
+  Tensor output, hy, cy, saved, cells;
+};
+
 // Forward. Pointwise::forward_steps(const ForwardSteps&) runs the recurrence (aten_forward_steps, or a
 // device's own schedule).
+template <typename Pointwise, typename Upload>
+LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const std::optional<Tensor>& b_ih,
+                       const std::optional<Tensor>& b_hh, bool train, Backend backend, Upload upload) {
+  if (a.lengths.has_value())
+    check_masked_lengths(op, a.input, *a.lengths, a.batch_first, a.batch_sizes, a.sorted_indices);
+  const RnnPlan plan = make_rnn_plan(op, a.input, a.hx, a.cx, a.w_ih, a.w_hh, b_ih, b_hh, a.w_hr, a.batch_sizes,
+                                     a.sorted_indices, a.batch_first, a.reverse, cell, backend, upload);
+  const LayerShapes& s = plan.s;
+  const int64_t H = s.H, P = s.P, I = s.I, used = plan.used;
+  const bool lstm = cell == CellKind::kLSTM;
+  const auto opts = a.input.options();
+  std::vector<int64_t> out_shape = a.input.sizes().vec();
+  out_shape.back() = P;
+  LayerOut r;
+  // A padded input's output is zero at the padding.
+  r.output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
+  const int64_t W = saved_width(cell, H);
+  r.saved = train && W > 0 ? at::zeros({s.N, W}, opts) : at::empty({0}, opts);
+  r.cells = train && lstm ? at::zeros({s.N, H}, opts) : at::empty({0}, opts);
+  if (used == 0) {
+    r.hy = a.hx.contiguous().clone();
+    if (lstm) r.cy = a.cx->contiguous().clone();
+    return r;
+  }
+  // Slot order; every slot keeps its states in place (copies: the steps update them).
+  auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
+  const Tensor h = slots(a.hx);
+  const Tensor c = lstm ? slots(*a.cx) : Tensor();
+  const Tensor x_slots = plan.to_slots(a.input.reshape({-1, I})).contiguous();
+  // (Contiguous weights: the same values give the same bits in any layout.)
+  const Tensor gx = at::empty({used, num_gates(cell) * H}, opts);
+  Pointwise::linear_out(gx, x_slots, a.w_ih.contiguous(), b_ih);
+  // Every slot row's new h: the output itself when the slot rows are its rows.
+  const Tensor h_slots = plan.identity_rows ? r.output.view({-1, P}) : at::empty({used, P}, opts);
+  const ForwardSteps f{plan,    cell, gx, a.w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? r.saved : Tensor(),
+                       c,       train && lstm ? r.cells : Tensor(),
+                       a.w_hr.has_value() ? a.w_hr->contiguous() : Tensor()};
+  if (a.lengths.has_value())
+    masked_forward_steps<Pointwise>(f, *a.lengths);
+  else
+    Pointwise::forward_steps(f);
+  if (!plan.identity_rows) r.output.view({-1, P}).index_copy_(0, plan.out_rows, h_slots);
+  r.hy = plan.state_to_batch(h);
+  if (lstm) r.cy = plan.state_to_batch(c);
+  return r;
+}
+
+// The backward's extra tensors: the gradients of the output and final states (grad_cy null without a cell
+// state), and what the forward returned.
+struct LayerGrads {
+  const Tensor& grad_output;
+  const Tensor& grad_hy;
+  const Tensor* grad_cy;
+  const Tensor& output;
+  const Tensor& saved;
+  const Tensor* cells;
+};
+
+// What a backward returns: the gradients of the input, the initial states (grad_cx undefined without a cell
+// state), the weights, the biases (empty without bias; LSTM's op returns grad_b_ih only: the two are equal) and
+// W_hr (empty without a projection).
+struct LayerGradsOut {
+  Tensor grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr;
+};
+
+// Backward. Pointwise::backward_steps(const BackwardSteps&) runs the backward recurrence.
+template <typename Pointwise, typename Upload>
+LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, const LayerGrads& g, bool has_bias,
+                             Backend backend, Upload upload) {
+  if (a.lengths.has_value())
+    check_masked_lengths(op, a.input, *a.lengths, a.batch_first, a.batch_sizes, a.sorted_indices);
+  const RnnPlan plan = make_rnn_plan(op, a.input, a.hx, a.cx, a.w_ih, a.w_hh, std::nullopt, std::nullopt, a.w_hr,
+                                     a.batch_sizes, a.sorted_indices, a.batch_first, a.reverse, cell, backend, upload);
+  const LayerShapes& s = plan.s;
+  const Steps& st = plan.st;
+  const bool lstm = cell == CellKind::kLSTM, gru = cell == CellKind::kGRU;
+  const int64_t H = s.H, P = s.P, I = s.I, used = plan.used, G = num_gates(cell) * H, W = saved_width(cell, H);
+  const Tensor& input = a.input;
+  if (lstm) {
+    check_layer_backward_args(op, s, input, g.grad_output, g.grad_hy, *g.grad_cy, g.output, g.saved, *g.cells);
+  } else {
+    std::vector<int64_t> out_shape = input.sizes().vec();
+    out_shape.back() = H;
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &g.grad_output},
+                                  {"grad_hy", &g.grad_hy}, {"output", &g.output}, {"saved", &g.saved}})
+      cpu::check_same(op, "input", input, name, *t);
+    cpu::check_shape(op, "grad_output", g.grad_output, out_shape);
+    cpu::check_shape(op, "output", g.output, out_shape);
+    cpu::check_shape(op, "grad_hy", g.grad_hy, {s.B, H});
+    if (W > 0) cpu::check_shape(op, "saved", g.saved, {s.N, W});
+  }
+  const auto opts = input.options();
+  // The pointwise policies read through raw pointers, and the GEMMs should give the same bits for the same
+  // values in any layout: contiguous operands.
+  const Tensor sv = g.saved.contiguous(), wi = a.w_ih.contiguous(), wh = a.w_hh.contiguous();
+  auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
+  const Tensor dh = slots(g.grad_hy), dc = lstm ? slots(*g.grad_cy) : Tensor();  // slot order
+  auto to_batch = [&](const Tensor& t) { return t.defined() ? plan.state_to_batch(t) : t; };
+  LayerGradsOut r;
+  const Tensor empty = at::empty({0}, opts);
+  r.grad_b_ih = r.grad_b_hh = r.grad_w_hr = empty;
+  if (used == 0) {
+    r.grad_input = at::zeros(input.sizes(), opts);
+    r.grad_hx = to_batch(dh);
+    r.grad_cx = to_batch(dc);
+    r.grad_w_ih = at::zeros(a.w_ih.sizes(), opts);
+    r.grad_w_hh = at::zeros(a.w_hh.sizes(), opts);
+    if (has_bias) r.grad_b_ih = at::zeros({G}, opts), r.grad_b_hh = at::zeros({G}, opts);
+    if (a.w_hr.has_value()) r.grad_w_hr = at::zeros(a.w_hr->sizes(), opts);
+    return r;
+  }
+  const Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous();
+  const Tensor h_slots = plan.to_slots(g.output.reshape({-1, P})).contiguous();
+  // The state each slot row read: the slot's row of the previous step, or the initial state for a slot's first
+  // step.
+  std::vector<int64_t> prev(used);
+  for (int64_t p = 0; p < st.T; ++p)
+    for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
+      prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
+  const Tensor prev_rows = a.lengths.has_value() ? Tensor() : upload(prev);
+  auto previous = [&](const Tensor& rows, const Tensor& first) {
+    return a.lengths.has_value() ? masked_h_prev(*a.lengths, st, rows, first)
+                                 : at::cat({rows, first}).index_select(0, prev_rows);
+  };
+  const Tensor h_prev = previous(h_slots, plan.state_to_slots(a.hx));
+  const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
+  Tensor dgx = at::empty({used, G}, opts);
+  Tensor dgh = gru ? at::empty({used, G}, opts) : dgx;
+  BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
+  if (lstm) {
+    b.cells = cells;
+    b.c_prev = previous(cells, plan.state_to_slots(*a.cx));
+    b.dc = dc;
+    if (a.w_hr.has_value()) {
+      b.w_hr = a.w_hr->contiguous();
+      b.dh_proj = at::empty({used, P}, opts);
+    }
+  }
+  if (a.lengths.has_value())
+    masked_backward_steps<Pointwise>(b, *a.lengths);
+  else
+    Pointwise::backward_steps(b);
+  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
+  const Tensor dx_slots = at::mm(dgx, wi);
+  const Tensor grad_input = plan.identity_rows ? dx_slots
+                                               : at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows,
+                                                                                                    dx_slots);
+  r.grad_input = grad_input.view(input.sizes());
+  r.grad_hx = to_batch(dh);
+  r.grad_cx = to_batch(dc);
+  r.grad_w_ih = at::mm(dgx.t(), x_slots);
+  r.grad_w_hh = at::mm(dgh.t(), h_prev);
+  if (has_bias) {
+    r.grad_b_ih = at::sum(dgx, {0});
+    r.grad_b_hh = gru ? at::sum(dgh, {0}) : r.grad_b_ih.clone();
+  }
+  if (b.dh_proj.defined())  // the unprojected h of every row: o tanh(c), from the saved activations
+    r.grad_w_hr = at::mm(b.dh_proj.t(), at::mul(sv.narrow(0, 0, used).narrow(1, 3 * H, H), at::tanh(cells)));
+  return r;
+}
+
+// The two ops' entry points, any device.
 template <typename Pointwise, typename Upload>
 std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tensor& input, const Tensor& hx,
                                                      const Tensor& w_ih, const Tensor& w_hh,
@@ -358,37 +640,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_forward(const char* op, const Tenso
                                                      const std::optional<Tensor>& lengths, Backend backend,
                                                      Upload upload) {
   const CellKind cell = parse_cell(op, cell_name);
-  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
-  const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first,
-                                     reverse, cell, backend, upload);
-  const LayerShapes& s = plan.s;
-  const int64_t H = s.H, I = s.I, used = plan.used;
-  const auto opts = input.options();
-  std::vector<int64_t> out_shape = input.sizes().vec();
-  out_shape.back() = H;
-  // A padded input's output is zero at the padding.
-  Tensor output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
-  const int64_t W = saved_width(cell, H);
-  Tensor saved = train && W > 0 ? at::zeros({s.N, W}, opts) : at::empty({0}, opts);
-  // Slot order; every slot keeps its state in place (a copy: the steps update it).
-  Tensor h = plan.identity_order ? hx.contiguous().clone() : plan.state_to_slots(hx);
-  if (used == 0) return {output, hx.contiguous().clone(), saved};
-  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
-  // (Contiguous weights: the same values give the same bits in any layout.)
-  const Tensor gx = at::empty({used, num_gates(cell) * H}, opts);
-  Pointwise::linear_out(gx, x_slots, w_ih.contiguous(), b_ih);
-  // Every slot row's new h: the output itself when the slot rows are its rows.
-  Tensor h_slots = plan.identity_rows ? output.view({-1, H}) : at::empty({used, H}, opts);
-  const ForwardSteps f{plan, cell, gx, w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? saved : Tensor()};
-  if (lengths.has_value())
-    masked_forward_steps<Pointwise>(f, *lengths);
-  else
-    Pointwise::forward_steps(f);
-  if (!plan.identity_rows) output.view({-1, H}).index_copy_(0, plan.out_rows, h_slots);
-  return {output, plan.state_to_batch(h), saved};
+  const std::optional<Tensor> no_proj;
+  const LayerArgs a{input, hx, nullptr, w_ih, w_hh, no_proj, batch_sizes, sorted_indices, lengths, batch_first,
+                    reverse};
+  LayerOut r = layer_forward<Pointwise>(op, cell, a, b_ih, b_hh, train, backend, upload);
+  return {r.output, r.hy, r.saved};
 }
 
-// Backward. Pointwise::backward_steps(const BackwardSteps&) runs the backward recurrence.
 template <typename Pointwise, typename Upload>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
@@ -397,57 +655,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward(
     const Tensor& saved, std::string_view cell_name, bool has_bias, const std::optional<Tensor>& lengths,
     Backend backend, Upload upload) {
   const CellKind cell = parse_cell(op, cell_name);
-  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
-  const RnnPlan plan = make_rnn_plan(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt, batch_sizes,
-                                     sorted_indices, batch_first, reverse, cell, backend, upload);
-  const LayerShapes& s = plan.s;
-  const Steps& st = plan.st;
-  const int64_t H = s.H, I = s.I, used = plan.used, G = num_gates(cell) * H, W = saved_width(cell, H);
-  std::vector<int64_t> out_shape = input.sizes().vec();
-  out_shape.back() = H;
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
-                                {"grad_hy", &grad_hy}, {"output", &output}, {"saved", &saved}})
-    cpu::check_same(op, "input", input, name, *t);
-  cpu::check_shape(op, "grad_output", grad_output, out_shape);
-  cpu::check_shape(op, "output", output, out_shape);
-  cpu::check_shape(op, "grad_hy", grad_hy, {s.B, H});
-  if (W > 0)
-    cpu::check_shape(op, "saved", saved, {s.N, W});
-  const auto opts = input.options();
-  // The pointwise policies read through raw pointers, and the GEMMs should give the same bits for the same
-  // values in any layout: contiguous operands.
-  const Tensor sv = saved.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
-  Tensor dh = plan.identity_order ? grad_hy.contiguous().clone() : plan.state_to_slots(grad_hy);  // slot order
-  auto to_batch = [&](const Tensor& t) { return plan.state_to_batch(t); };
-  const Tensor empty = at::empty({0}, opts);
-  if (used == 0)
-    return {at::zeros(input.sizes(), opts), to_batch(dh), at::zeros(w_ih.sizes(), opts),
-            at::zeros(w_hh.sizes(), opts), has_bias ? at::zeros({G}, opts) : empty,
-            has_bias ? at::zeros({G}, opts) : at::empty({0}, opts)};
-  const Tensor dy_slots = plan.to_slots(grad_output.reshape({-1, H})).contiguous();
-  const Tensor h_slots = plan.to_slots(output.reshape({-1, H})).contiguous();
-  // The h each slot row read: the slot's row of the previous step, or hx for a slot's first step.
-  std::vector<int64_t> prev(used);
-  for (int64_t p = 0; p < st.T; ++p)
-    for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
-      prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
-  const Tensor h0 = plan.state_to_slots(hx);
-  const Tensor h_prev = lengths.has_value() ? masked_h_prev(*lengths, st, h_slots, h0)
-                                            : at::cat({h_slots, h0}).index_select(0, upload(prev));
-  Tensor dgx = at::empty({used, G}, opts);
-  Tensor dgh = cell == CellKind::kGRU ? at::empty({used, G}, opts) : dgx;
-  const BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
-  if (lengths.has_value())
-    masked_backward_steps<Pointwise>(b, *lengths);
-  else
-    Pointwise::backward_steps(b);
-  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
-  const Tensor dx_slots = at::mm(dgx, wi);
-  const Tensor grad_input = plan.identity_rows ? dx_slots
-                                               : at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows,
-                                                                                                    dx_slots);
-  return {grad_input.view(input.sizes()), to_batch(dh), at::mm(dgx.t(), x_slots), at::mm(dgh.t(), h_prev),
-          has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
+  const std::optional<Tensor> no_proj;
+  const LayerArgs a{input, hx, nullptr, w_ih, w_hh, no_proj, batch_sizes, sorted_indices, lengths, batch_first,
+                    reverse};
+  LayerGradsOut r = layer_backward<Pointwise>(op, cell, a, {grad_output, grad_hy, nullptr, output, saved, nullptr},
+                                              has_bias, backend, upload);
+  return {r.grad_input, r.grad_hx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+template <typename Pointwise, typename Upload>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_forward(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    bool reverse, bool train, const std::optional<Tensor>& lengths, Backend backend, Upload upload) {
+  const LayerArgs a{input, hx, &cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, batch_first, reverse};
+  LayerOut r = layer_forward<Pointwise>("rnnext::lstm_layer", CellKind::kLSTM, a, b_ih, b_hh, train, backend, upload);
+  return {r.output, r.hy, r.cy, r.saved, r.cells};
+}
+
+template <typename Pointwise, typename Upload>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths, Backend backend, Upload upload) {
+  const LayerArgs a{input, hx, &cx, w_ih, w_hh, w_hr, batch_sizes, sorted_indices, lengths, batch_first, reverse};
+  LayerGradsOut r = layer_backward<Pointwise>("rnnext::lstm_layer_backward", CellKind::kLSTM, a,
+                                              {grad_output, grad_hy, &grad_cy, output, gates, &cells}, has_bias,
+                                              backend, upload);
+  return {r.grad_input, r.grad_hx, r.grad_cx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_w_hr};
 }
 
 }  // namespace rnnext::common
@@ -457,6 +695,24 @@ namespace rnnext::cpu {
 void rnn_cell_step(common::CellKind cell, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                    const std::optional<at::Tensor>& b_hh);
+
+// lstm_layer and its backward through the engine with the CPU kernels (csrc/cpu/rnn_layer.cpp): what
+// csrc/cpu/lstm_layer.cpp runs for masked mode (its fused schedule covers the host-side layouts), and the
+// engine's own LSTM path for the tests (RNNEXT_LSTM_ENGINE=1 sends every CPU layer call here).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_engine(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& sorted_indices, bool batch_first, bool reverse, bool train,
+    const std::optional<at::Tensor>& lengths);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_engine(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                           const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                           const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                           const std::optional<at::Tensor>& batch_sizes,
+                           const std::optional<at::Tensor>& sorted_indices, bool batch_first,
+                           const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells, bool reverse,
+                           bool has_bias, const std::optional<at::Tensor>& lengths);
 }  // namespace rnnext::cpu
 
 namespace rnnext::cuda {

@@ -27,13 +27,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <tuple>
 #include <vector>
 
 #include "common/layer_schedule.h"
+#include "common/rnn_engine.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
-#include "cpu/lstm_masked.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
 #include "cpu/slot_split.h"
@@ -57,10 +58,6 @@ using kernels::num_unit_blocks;
 // Below this many multiply-adds per step, threads cost more than they give.
 constexpr int64_t kParallelStepWork = 1 << 15;
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
-
-std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(t->contiguous()) : std::nullopt;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward
@@ -172,21 +169,26 @@ struct Forward {
   }
 };
 
+// RNNEXT_LSTM_ENGINE=1 runs every layout through the engine's generic step loop (common/rnn_engine.h, the one
+// every CUDA layer call takes) instead of the fused schedule below, so that the tests cover that loop on the CPU.
+// Read per call: a forward and its backward must see the same value (their workspaces differ in gate layout).
+bool use_engine(const std::optional<Tensor>& lengths) {
+  if (lengths.has_value()) return true;  // masked mode: the engine's
+  const char* v = std::getenv("RNNEXT_LSTM_ENGINE");
+  return v != nullptr && v[0] == '1';
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  if (use_engine(lengths))
+    return lstm_layer_engine(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first,
+                             reverse, train, lengths);
   const char* op = "rnnext::lstm_layer";
-  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const LayerShapes s =
       check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first);
-  if (lengths.has_value())
-    // Contiguous operands: the ATen GEMMs of masked mode then give the same bits for the same values in any
-    // layout.
-    return lstm_layer_masked_forward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, input.contiguous(),
-                                     hx.contiguous(), cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih,
-                                     b_hh, contiguous_opt(w_hr), *lengths, train);
   const Steps st = make_steps(op, s, batch_sizes, reverse);
   const std::vector<int64_t> order = check_permutation(op, "sorted_indices", sorted_indices, s.B);
   const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
@@ -352,8 +354,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
     const std::optional<Tensor>& lengths) {
+  if (use_engine(lengths))
+    return lstm_layer_backward_engine(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes,
+                                      sorted_indices, batch_first, output, gates, cells, reverse, has_bias, lengths);
   const char* op = "rnnext::lstm_layer_backward";
-  if (lengths.has_value()) check_masked_lengths(op, input, *lengths, batch_first, batch_sizes, sorted_indices);
   const LayerShapes s = check_layer_args(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
                                          batch_sizes, sorted_indices, batch_first);
   const Steps st = make_steps(op, s, batch_sizes, reverse);
@@ -362,11 +366,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
   const int64_t H = s.H, P = s.P, G = 4 * H, I = s.I;
   const int64_t used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;  // workspace rows in use
   common::check_layer_backward_args(op, s, input, grad_output, grad_hy, grad_cy, output, gates, cells);
-  if (lengths.has_value())
-    return lstm_layer_masked_backward({s.T, s.B, s.I, s.H, s.P, batch_first, reverse}, grad_output.contiguous(),
-                                      grad_hy.contiguous(), grad_cy.contiguous(), input.contiguous(), hx.contiguous(),
-                                      cx.contiguous(), w_ih.contiguous(), w_hh.contiguous(), contiguous_opt(w_hr),
-                                      *lengths, output.contiguous(), gates.contiguous(), cells.contiguous(), has_bias);
   const auto opts = input.options();
   const Tensor empty = at::empty({0}, opts);
   const Tensor idx = order.empty() ? Tensor() : *sorted_indices;

@@ -14,6 +14,7 @@
 #include "common/rnn_engine.h"
 #include "cpu/gemm.h"
 #include "cpu/slot_split.h"
+#include "cpu/pointwise.h"
 #include "kernels/gru.h"
 
 namespace rnnext::cpu {
@@ -304,9 +305,12 @@ struct CpuPointwise {
     return out;
   }
 
+  // (An LSTM reaches these only in masked mode, which does not call them, or through lstm_layer_engine: the
+  // ATen step loop. Its dense, packed and padded layers run csrc/cpu/lstm_layer.cpp's fused schedule.)
   static void forward_steps(const common::ForwardSteps& f) {
     const int64_t nt = slot_split_threads(f.plan.s.B);
-    if (nt == 0 || f.plan.st.T < kMinSlotSteps) return common::aten_forward_steps<CpuPointwise>(f);
+    if (nt == 0 || f.plan.st.T < kMinSlotSteps || f.cell == CellKind::kLSTM)
+      return common::aten_forward_steps<CpuPointwise>(f);
     AT_DISPATCH_FLOATING_TYPES(f.gx.scalar_type(), "rnn_forward_steps", [&] {
       const Tensor w_hh_t = f.w_hh.t().contiguous();
       slot_forward<scalar_t>(f, nt, w_hh_t.const_data_ptr<scalar_t>());
@@ -315,7 +319,7 @@ struct CpuPointwise {
 
   static void backward_steps(const common::BackwardSteps& b) {
     const int64_t nt = slot_split_threads(b.plan.s.B);
-    if (nt == 0) return common::aten_backward_steps<CpuPointwise>(b);
+    if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "rnn_backward_steps", [&] { slot_backward<scalar_t>(b, nt); });
   }
 
@@ -359,6 +363,38 @@ struct CpuPointwise {
       at::parallel_for(0, n, grain(H), [&](int64_t j0, int64_t j1) {
         gru_backward_dispatch(j1 - j0, H, sv + j0 * 4 * H, hp + j0 * H, d + j0 * H, dx + j0 * 3 * H,
                               dr + j0 * 3 * H, dd + j0 * H);
+      });
+    });
+  }
+
+  // One LSTM step in PyTorch's gate order (csrc/cpu/pointwise.h's tiles, rows split across threads).
+  static void lstm_forward(int64_t n, int64_t H, const Tensor& pre, const Tensor& c, const Tensor& cells,
+                           const Tensor& h) {
+    AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "lstm_forward_step", [&] {
+      scalar_t* g = pre.data_ptr<scalar_t>();
+      scalar_t* cp = c.data_ptr<scalar_t>();
+      scalar_t* cs = cells.defined() ? cells.data_ptr<scalar_t>() : nullptr;
+      scalar_t* hp = h.data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain(4 * H), [&](int64_t j0, int64_t j1) {
+        lstm_forward_tile<scalar_t>(GateLayout{H, false}, j1 - j0, 0, 1, g + j0 * 4 * H, 4 * H, nullptr, cp + j0 * H,
+                                    cp + j0 * H, cs != nullptr ? cs + j0 * H : nullptr, hp + j0 * H, H, nullptr, 0);
+      });
+    });
+  }
+
+  static void lstm_backward(int64_t n, int64_t H, const Tensor& acts, const Tensor& c, const Tensor& c_prev,
+                            const Tensor& dh, const Tensor& dc, const Tensor& dgates) {
+    AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward_step", [&] {
+      const scalar_t* a = acts.const_data_ptr<scalar_t>();
+      const scalar_t* cc = c.const_data_ptr<scalar_t>();
+      const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
+      const scalar_t* d = dh.const_data_ptr<scalar_t>();
+      scalar_t* dcp = dc.data_ptr<scalar_t>();
+      scalar_t* dg = dgates.data_ptr<scalar_t>();
+      at::parallel_for(0, n, grain(4 * H), [&](int64_t j0, int64_t j1) {
+        lstm_backward_tile<scalar_t>(GateLayout{H, false}, j1 - j0, 0, 1, a + j0 * 4 * H, 4 * H, cc + j0 * H,
+                                     cp + j0 * H, j1 - j0, cp + j0 * H, d + j0 * H, nullptr, H, 0, dcp + j0 * H,
+                                     dg + j0 * 4 * H);
       });
     });
   }
@@ -414,6 +450,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward_cpu
 void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
   common::rnn_cell_step<CpuPointwise>(cell, x, h, w_ih, w_hh, b_ih, b_hh);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_engine(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  return common::lstm_layer_forward<CpuPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                                  sorted_indices, batch_first, reverse, train, lengths,
+                                                  common::Backend::kCPU, upload_cpu);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_engine(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths) {
+  return common::lstm_layer_backward<CpuPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                                                   batch_sizes, sorted_indices, batch_first, output, gates, cells,
+                                                   reverse, has_bias, lengths, common::Backend::kCPU, upload_cpu);
 }
 
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {

@@ -1,6 +1,6 @@
-// CUDA kernels of the GRU / vanilla-RNN layer: the engine of common/rnn_engine.h (cuBLAS GEMMs through ATen on
-// the current stream) with the cells' fused pointwise steps (kernels/gru.h) as grid-stride kernels, computed
-// in float for float16/bfloat16 storage.
+// CUDA kernels of the LSTM, GRU and vanilla-RNN layers: the engine of common/rnn_engine.h (cuBLAS GEMMs through
+// ATen on the current stream) with the cells' fused pointwise steps (kernels/gru.h, kernels/lstm.h through
+// cuda/lstm.cuh) as grid-stride kernels, computed in float for float16/bfloat16 storage.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -10,6 +10,7 @@
 
 #include "common/rnn_engine.h"
 #include "cuda/common.cuh"
+#include "cuda/lstm.cuh"
 #include "kernels/gru.h"
 
 namespace rnnext::cuda {
@@ -116,7 +117,34 @@ struct CudaPointwise {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
+
+  static void lstm_forward(int64_t n, int64_t H, const Tensor& pre, const Tensor& c, const Tensor& cells,
+                           const Tensor& h) {
+    if (n * H == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "lstm_forward_step_cuda", [&] {
+      lstm_forward_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream()>>>(
+          n, H, pre.data_ptr<scalar_t>(), nullptr, c.const_data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+          cells.defined() ? cells.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(), H, nullptr, nullptr, 0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void lstm_backward(int64_t n, int64_t H, const Tensor& acts, const Tensor& c, const Tensor& c_prev,
+                            const Tensor& dh, const Tensor& dc, const Tensor& dgates) {
+    if (n * H == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts.scalar_type(), "lstm_backward_step_cuda", [&] {
+      lstm_backward_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream()>>>(
+          n, H, acts.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(), n,
+          c_prev.const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(), H, nullptr, nullptr, 0,
+          dc.data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 };
+
+Tensor upload_to(const std::vector<int64_t>& v, const at::Device& device) {
+  return upload(v, device).narrow(0, 0, static_cast<int64_t>(v.size()));
+}
 
 std::tuple<Tensor, Tensor, Tensor> rnn_layer_cuda(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                                   const Tensor& w_hh, const std::optional<Tensor>& b_ih,
@@ -126,9 +154,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cuda(const Tensor& input, const Ten
                                                   bool reverse, bool train, c10::string_view cell,
                                                   const std::optional<Tensor>& lengths) {
   const c10::cuda::CUDAGuard guard(input.device());
-  auto up = [&](const std::vector<int64_t>& v) {
-    return upload(v, input.device()).narrow(0, 0, static_cast<int64_t>(v.size()));
-  };
+  auto up = [&](const std::vector<int64_t>& v) { return upload_to(v, input.device()); };
   return common::rnn_layer_forward<CudaPointwise>("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh,
                                                   batch_sizes, sorted_indices, batch_first, reverse, train,
                                                   std::string_view(cell.data(), cell.size()), lengths,
@@ -141,9 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cu
     bool batch_first, bool reverse, const Tensor& output, const Tensor& saved, c10::string_view cell,
     bool has_bias, const std::optional<Tensor>& lengths) {
   const c10::cuda::CUDAGuard guard(input.device());
-  auto up = [&](const std::vector<int64_t>& v) {
-    return upload(v, input.device()).narrow(0, 0, static_cast<int64_t>(v.size()));
-  };
+  auto up = [&](const std::vector<int64_t>& v) { return upload_to(v, input.device()); };
   return common::rnn_layer_backward<CudaPointwise>("rnnext::rnn_layer_backward", grad_output, grad_hy, input, hx,
                                                    w_ih, w_hh, batch_sizes, sorted_indices, batch_first, reverse,
                                                    output, saved, std::string_view(cell.data(), cell.size()),
@@ -167,6 +191,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward_cud
                                                   common::Backend::kCUDA);
 }
 
+// The LSTM layer: every layout (dense, packed, padded, masked) through the engine. The engine checks every
+// argument (the CPU's checks) before anything is launched.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cuda(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  auto up = [&](const std::vector<int64_t>& v) { return upload_to(v, input.device()); };
+  return common::lstm_layer_forward<CudaPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                                   sorted_indices, batch_first, reverse, train, lengths,
+                                                   common::Backend::kCUDA, up);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cuda(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  auto up = [&](const std::vector<int64_t>& v) { return upload_to(v, input.device()); };
+  return common::lstm_layer_backward<CudaPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                                                    batch_sizes, sorted_indices, batch_first, output, gates, cells,
+                                                    reverse, has_bias, lengths, common::Backend::kCUDA, up);
+}
+
 }  // namespace
 
 void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
@@ -176,6 +227,8 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
 }
 
 TORCH_LIBRARY_IMPL(rnnext, CUDA, m) {
+  m.impl("lstm_layer", &lstm_layer_cuda);
+  m.impl("lstm_layer_backward", &lstm_layer_backward_cuda);
   m.impl("rnn_layer", &rnn_layer_cuda);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cuda);
   m.impl("rnn_cell", &rnn_cell_cuda);
