@@ -87,6 +87,12 @@ struct RnnPlan {
   Tensor state_to_batch(const Tensor& t) const {
     return identity_order ? t : at::empty_like(t).index_copy_(0, batch_of, t);
   }
+  // The input/output row of slot row r, for a kernel that gathers as it goes (a CPU plan: out_rows on the host).
+  struct SlotRows {
+    const int64_t* rows;  // null: identity
+    int64_t operator()(int64_t r) const { return rows != nullptr ? rows[r] : r; }
+  };
+  SlotRows slot_row() const { return {identity_rows ? nullptr : out_rows.template const_data_ptr<int64_t>()}; }
 };
 
 // upload: host int64 vector -> int64 tensor on the input's device (the CPU: a copy; CUDA: through pinned memory).
@@ -135,6 +141,12 @@ struct ForwardSteps {
   // LSTM: the cell state of every slot (B, H) in place, every slot row's new c (N, H) when training, and W_hr
   // (P, H, contiguous) with a projection; undefined otherwise.
   Tensor c = Tensor(), cells = Tensor(), w_hr = Tensor();
+  // The policy projects the input itself, inside its step loop (Pointwise::fuses_input): gx is then undefined
+  // and x, W_ih and b_ih are what it reads. x holds the input's rows in the input's order: slot row r reads row
+  // plan.slot_row(r) (it gathers them as it goes).
+  bool fused_input = false;
+  Tensor x = Tensor(), w_ih = Tensor();
+  std::optional<Tensor> b_ih = std::nullopt;
 };
 
 // The backward recurrence: given every slot row's output gradient (dy_slots), the h it produced (h_slots) and
@@ -155,6 +167,20 @@ struct BackwardSteps {
   // and the gradient of cx on exit; with a projection, W_hr (P, H) and dh_proj (used, P), which receives the
   // gradient reaching every row's projected h (for W_hr's gradient).
   Tensor cells = Tensor(), c_prev = Tensor(), dc = Tensor(), w_hr = Tensor(), dh_proj = Tensor();
+  // The initial states in slot order (B, P) and (B, H; LSTM). With fused_input (the forward's policy projected the
+  // input itself), h_prev and c_prev are undefined: the policy's backward_steps and weight_grads work from
+  // h_slots, cells and these.
+  Tensor h0 = Tensor(), c0 = Tensor();
+  bool fused_input = false;
+  // With fused_input, also the input's and the output's rows in the input's order (slot row r is their row
+  // plan.slot_row(r)); h_slots is then undefined.
+  Tensor x_rows = Tensor(), y_rows = Tensor();
+};
+
+// The gradients after the backward recurrence: of every slot row's input (dx_slots, used x I), the weights, the
+// biases (b_ih, b_hh; empty without bias) and W_hr (empty without a projection).
+struct WeightGrads {
+  Tensor dx_slots, w_ih, w_hh, b_ih, b_hh, w_hr;
 };
 
 // out = x W^T + b through ATen (any device): a policy's linear_out unless it has a better kernel for the shape.
@@ -184,6 +210,10 @@ inline void aten_matmul_out(const Tensor& out, const Tensor& a, const Tensor& w,
 //     undefined: receives the new c, h (n, H)): one LSTM step in PyTorch's gate order;
 //   lstm_backward(n, H, acts (n, 4H), c (n, H), c_prev (n, H), dh (n, H), dc (n, H): incoming on entry, the
 //     gradient of c_prev on exit, dgates (n, 4H)): its backward.
+// and per layer: linear_out, matmul_out (GEMMs), forward_steps / backward_steps (the step loops: the aten_*
+// loops below or the device's own), weight_grads (aten_weight_grads or its own) and fuses_input(cell): whether
+// its forward_steps projects the input itself (then gx is not computed, and its own backward_steps and
+// weight_grads read the workspace it wrote: the CPU's fused LSTM schedule, with its own gate column order).
 
 // One LSTM step of n slots: gx, gh (n, 4H) the input and recurrent projections (gh is overwritten when gates is
 // undefined); gates (n, 4H) receives the activations when defined; c (n, H) in place; cells (n, H) the new c when
@@ -445,6 +475,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward(
           has_bias ? at::sum(dgx, {0}) : empty, has_bias ? at::sum(dgh, {0}) : at::empty({0}, opts)};
 }
 
+// The weight gradients as a few large GEMMs over all slot rows (a policy's weight_grads unless it has its own).
+inline WeightGrads aten_weight_grads(const BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
+                                     bool has_bias) {
+  const int64_t H = b.plan.s.H, used = b.plan.used;
+  const auto opts = x_slots.options();
+  WeightGrads w;
+  w.dx_slots = at::mm(b.dgx, w_ih);
+  w.w_ih = at::mm(b.dgx.t(), x_slots);
+  w.w_hh = at::mm(b.dgh.t(), b.h_prev);
+  w.b_ih = has_bias ? at::sum(b.dgx, {0}) : at::empty({0}, opts);
+  w.b_hh = !has_bias ? at::empty({0}, opts) : b.cell == CellKind::kGRU ? at::sum(b.dgh, {0}) : w.b_ih.clone();
+  w.w_hr = at::empty({0}, opts);
+  if (b.dh_proj.defined())  // the unprojected h of every row: o tanh(c), from the saved activations
+    w.w_hr = at::mm(b.dh_proj.t(), at::mul(b.saved.narrow(0, 0, used).narrow(1, 3 * H, H), at::tanh(b.cells)));
+  return w;
+}
+
 // One layer call's tensors, forward: the cell's states (cx for LSTM, else null) and LSTM's projection.
 struct LayerArgs {
   const Tensor& input;
@@ -484,8 +531,15 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   // A padded input's output is zero at the padding.
   r.output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
   const int64_t W = saved_width(cell, H);
-  r.saved = train && W > 0 ? at::zeros({s.N, W}, opts) : at::empty({0}, opts);
-  r.cells = train && lstm ? at::zeros({s.N, H}, opts) : at::empty({0}, opts);
+  // Training keeps rows for the backward; a padded input uses only the first `used`: keep the rest defined.
+  auto workspace = [&](bool keep, int64_t width) {
+    if (!keep) return at::empty({0}, opts);
+    Tensor t = at::empty({s.N, width}, opts);
+    t.narrow(0, used, s.N - used).zero_();
+    return t;
+  };
+  r.saved = workspace(train && W > 0, W);
+  r.cells = workspace(train && lstm, H);
   if (used == 0) {
     r.hy = a.hx.contiguous().clone();
     if (lstm) r.cy = a.cx->contiguous().clone();
@@ -495,15 +549,20 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
   const Tensor h = slots(a.hx);
   const Tensor c = lstm ? slots(*a.cx) : Tensor();
-  const Tensor x_slots = plan.to_slots(a.input.reshape({-1, I})).contiguous();
   // (Contiguous weights: the same values give the same bits in any layout.)
-  const Tensor gx = at::empty({used, num_gates(cell) * H}, opts);
-  Pointwise::linear_out(gx, x_slots, a.w_ih.contiguous(), b_ih);
+  const Tensor w_ih = a.w_ih.contiguous();
+  const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
+  const Tensor x_rows = a.input.reshape({-1, I}).contiguous();
+  Tensor gx;
+  if (!fused) {
+    gx = at::empty({used, num_gates(cell) * H}, opts);
+    Pointwise::linear_out(gx, plan.to_slots(x_rows).contiguous(), w_ih, b_ih);
+  }
   // Every slot row's new h: the output itself when the slot rows are its rows.
   const Tensor h_slots = plan.identity_rows ? r.output.view({-1, P}) : at::empty({used, P}, opts);
   const ForwardSteps f{plan,    cell, gx, a.w_hh.contiguous(), b_hh, h, h_slots, train && W > 0 ? r.saved : Tensor(),
                        c,       train && lstm ? r.cells : Tensor(),
-                       a.w_hr.has_value() ? a.w_hr->contiguous() : Tensor()};
+                       a.w_hr.has_value() ? a.w_hr->contiguous() : Tensor(), fused, x_rows, w_ih, b_ih};
   if (a.lengths.has_value())
     masked_forward_steps<Pointwise>(f, *a.lengths);
   else
@@ -578,27 +637,38 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     if (a.w_hr.has_value()) r.grad_w_hr = at::zeros(a.w_hr->sizes(), opts);
     return r;
   }
+  const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
   const Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous();
-  const Tensor h_slots = plan.to_slots(g.output.reshape({-1, P})).contiguous();
+  const Tensor x_rows = input.reshape({-1, I}).contiguous(), y_rows = g.output.reshape({-1, P}).contiguous();
+  const Tensor h_slots = fused ? Tensor() : plan.to_slots(y_rows).contiguous();
   // The state each slot row read: the slot's row of the previous step, or the initial state for a slot's first
   // step.
-  std::vector<int64_t> prev(used);
-  for (int64_t p = 0; p < st.T; ++p)
-    for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
-      prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
-  const Tensor prev_rows = a.lengths.has_value() ? Tensor() : upload(prev);
+  Tensor prev_rows;
+  if (!a.lengths.has_value() && !fused) {
+    std::vector<int64_t> prev(used);
+    for (int64_t p = 0; p < st.T; ++p)
+      for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
+        prev[st.offset_at(p) + j] = j < n_prev ? st.offset_at(p - 1) + j : used + j;
+    prev_rows = upload(prev);
+  }
   auto previous = [&](const Tensor& rows, const Tensor& first) {
+    if (fused) return Tensor();
     return a.lengths.has_value() ? masked_h_prev(*a.lengths, st, rows, first)
                                  : at::cat({rows, first}).index_select(0, prev_rows);
   };
-  const Tensor h_prev = previous(h_slots, plan.state_to_slots(a.hx));
+  const Tensor h0 = plan.state_to_slots(a.hx);
+  const Tensor h_prev = previous(h_slots, h0);
   const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
   Tensor dgx = at::empty({used, G}, opts);
   Tensor dgh = gru ? at::empty({used, G}, opts) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
+  b.h0 = h0;
+  b.fused_input = fused;
+  if (fused) b.x_rows = x_rows, b.y_rows = y_rows;
   if (lstm) {
     b.cells = cells;
-    b.c_prev = previous(cells, plan.state_to_slots(*a.cx));
+    b.c0 = plan.state_to_slots(*a.cx);
+    b.c_prev = previous(cells, b.c0);
     b.dc = dc;
     if (a.w_hr.has_value()) {
       b.w_hr = a.w_hr->contiguous();
@@ -609,22 +679,18 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     masked_backward_steps<Pointwise>(b, *a.lengths);
   else
     Pointwise::backward_steps(b);
-  const Tensor x_slots = plan.to_slots(input.reshape({-1, I})).contiguous();
-  const Tensor dx_slots = at::mm(dgx, wi);
-  const Tensor grad_input = plan.identity_rows ? dx_slots
-                                               : at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows,
-                                                                                                    dx_slots);
+  WeightGrads w = Pointwise::weight_grads(b, fused ? Tensor() : plan.to_slots(x_rows).contiguous(), wi, has_bias);
+  const Tensor grad_input =
+      plan.identity_rows ? w.dx_slots
+                         : at::zeros({input.numel() / I, I}, opts).index_copy_(0, plan.out_rows, w.dx_slots);
   r.grad_input = grad_input.view(input.sizes());
   r.grad_hx = to_batch(dh);
   r.grad_cx = to_batch(dc);
-  r.grad_w_ih = at::mm(dgx.t(), x_slots);
-  r.grad_w_hh = at::mm(dgh.t(), h_prev);
-  if (has_bias) {
-    r.grad_b_ih = at::sum(dgx, {0});
-    r.grad_b_hh = gru ? at::sum(dgh, {0}) : r.grad_b_ih.clone();
-  }
-  if (b.dh_proj.defined())  // the unprojected h of every row: o tanh(c), from the saved activations
-    r.grad_w_hr = at::mm(b.dh_proj.t(), at::mul(sv.narrow(0, 0, used).narrow(1, 3 * H, H), at::tanh(cells)));
+  r.grad_w_ih = w.w_ih;
+  r.grad_w_hh = w.w_hh;
+  r.grad_b_ih = w.b_ih;
+  r.grad_b_hh = w.b_hh;
+  r.grad_w_hr = w.w_hr;
   return r;
 }
 
@@ -696,23 +762,11 @@ void rnn_cell_step(common::CellKind cell, const at::Tensor& x, const at::Tensor&
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                    const std::optional<at::Tensor>& b_hh);
 
-// lstm_layer and its backward through the engine with the CPU kernels (csrc/cpu/rnn_layer.cpp): what
-// csrc/cpu/lstm_layer.cpp runs for masked mode (its fused schedule covers the host-side layouts), and the
-// engine's own LSTM path for the tests (RNNEXT_LSTM_ENGINE=1 sends every CPU layer call here).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_engine(
-    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& sorted_indices, bool batch_first, bool reverse, bool train,
-    const std::optional<at::Tensor>& lengths);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_layer_backward_engine(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
-                           const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                           const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-                           const std::optional<at::Tensor>& batch_sizes,
-                           const std::optional<at::Tensor>& sorted_indices, bool batch_first,
-                           const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells, bool reverse,
-                           bool has_bias, const std::optional<at::Tensor>& lengths);
+// The CPU's fused LSTM step loop (csrc/cpu/lstm_layer.cpp): the CPU policy's forward_steps, backward_steps and
+// weight_grads for an LSTM (host-side layouts), with its own blocked gate column order in the workspace.
+void lstm_fused_forward_steps(const common::ForwardSteps& f);
+void lstm_fused_backward_steps(const common::BackwardSteps& b);
+common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, const at::Tensor& w_ih, bool has_bias);
 }  // namespace rnnext::cpu
 
 namespace rnnext::cuda {

@@ -1,13 +1,11 @@
-// CPU kernels of the fused LSTM layer: one layer, one direction, over a whole sequence, forward and backward.
-//
-// Inputs come in three layouts, all run by the same recurrence:
-//   dense   (T, B, I) or (B, T, I) with batch_first: every batch entry is active at every step;
-//   packed  (N, I) with batch_sizes: PackedSequence data, step t holds rows offset[t] .. offset[t] + bs[t];
-//   padded  (T, B, I) or (B, T, I) with batch_sizes (and sorted_indices): variable lengths without packing;
-//           at step t the entries sorted_indices[0 .. bs[t]) are active, the rest is padding (zero output).
-// The kernels work on "slots": slot j of step t is the j-th active entry; slots 0 .. bs[t] of a step are
-// contiguous in every internal buffer (the gate/cell workspace is laid out like packed data), and a RowMap
-// says which row of the input/output tensors a slot reads and writes.
+// The CPU's fused LSTM step loop: the engine's (common/rnn_engine.h) forward and backward recurrence of an LSTM
+// layer, one direction, on the CPU's host-side layouts (dense, packed, padded; masked mode runs the engine's own
+// loop). The engine hands over the layer in slot rows (the input's rows in slot order, like packed data: slot j
+// of step p is row offset[p] + j) and the states in slot order; this loop runs, per step, the input and recurrent
+// GEMMs as one ([x_t | h_{t-1}] times [W_ih W_hh]^T) and the pointwise step, per block of hidden units
+// (kernels/lstm_layout.h: a block's four gates adjacent, so that a thread owning a range of blocks needs nothing
+// from the others within a step), with threads split by slots or by unit blocks (cpu/slot_split.h). Its gate
+// workspace is in that blocked column order; its backward and weight gradients read it so.
 //
 // Steps are processed in order p = 0..T-1, at time t = p (forward) or T-1-p (reverse). Slots keep their state
 // in place between steps, so a slot that joins late (reverse direction) starts from hx and one that leaves
@@ -15,25 +13,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/index_copy.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/zero.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <tuple>
 #include <vector>
 
-#include "common/layer_schedule.h"
 #include "common/rnn_engine.h"
-#include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
@@ -44,11 +31,6 @@ namespace rnnext::cpu {
 namespace {
 
 using at::Tensor;
-using common::check_layer_args;
-using common::LayerShapes;
-using common::Layout;
-using common::make_steps;
-using common::RowMap;
 using common::Steps;
 using kernels::block_first_col;
 using kernels::block_first_unit;
@@ -64,12 +46,11 @@ int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork
 
 template <typename scalar_t>
 struct Forward {
-  const LayerShapes& s;
   const Steps& st;
-  const RowMap& map;
-  int64_t H, P, I, K, G, NB;
+  common::RnnPlan::SlotRows row;  // slot row -> input row
+  int64_t B, H, P, I, K, G, NB;
   bool proj, gates_per_step;
-  const scalar_t* x;     // input rows (I wide)
+  const scalar_t* x;     // input rows (I wide), in the input's order
   const scalar_t* wt;    // [W_ih W_hh]^T blocked (K, G)
   const scalar_t* bias;  // blocked, or null
   const scalar_t* whr;   // W_hr^T (H, P), or null
@@ -78,16 +59,15 @@ struct Forward {
   scalar_t* xh;          // two buffers (B, K) of [x_t | h_{t-1}] per slot
   scalar_t* c;           // cell state per slot (B, H)
   scalar_t* hf;          // unprojected h per slot (B, H), with proj
-  scalar_t* y;           // output rows (P wide)
-  scalar_t* hn;          // final h (B, P), batch order
-  scalar_t* cn;          // final c (B, H), batch order
+  scalar_t* y;           // output slot rows (P wide)
+  scalar_t* hn;          // final h (B, P), slot order (c's final value is c itself)
 
-  scalar_t* xh_buf(int64_t p) const { return xh + (p % 2) * s.B * K; }
+  scalar_t* xh_buf(int64_t p) const { return xh + (p % 2) * B * K; }
   // x of step p into the read buffer of step p, slots [j0, j1).
   void load_x(int64_t p, int64_t j0, int64_t j1) const {
     scalar_t* dst = xh_buf(p);
     for (int64_t j = j0; j < j1; ++j) {
-      const scalar_t* src = x + map.row(st, p, j) * I;
+      const scalar_t* src = x + row(st.offset_at(p) + j) * I;
       std::copy(src, src + I, dst + j * K);
     }
   }
@@ -99,9 +79,8 @@ struct Forward {
     scalar_t* gp = (gates_per_step ? g : g + off * G) + j0 * G;
     scalar_t* cr = c + j0 * H;
     scalar_t* cs = c_save != nullptr ? c_save + (off + j0) * H : nullptr;
-    // The tile writes y itself when the step's output rows are evenly spaced.
-    const bool direct_y = !proj && map.uniform();
-    scalar_t* yy = direct_y ? y + map.row(st, p, j0) * P : nullptr;
+    // Without a projection the tile writes the output rows itself.
+    scalar_t* yy = proj ? nullptr : y + (off + j0) * P;
     const GateLayout layout{H, true};
     for (int64_t c0 = k0; c0 < k1; c0 += kBlocksPerChunk) {
       const int64_t c1 = std::min(k1, c0 + kBlocksPerChunk);
@@ -110,7 +89,7 @@ struct Forward {
       if (proj)
         lstm_forward_tile<scalar_t>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hf + j0 * H, H, nullptr, 0);
       else
-        lstm_forward_tile<scalar_t>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hw, K, yy, map.row_stride() * P);
+        lstm_forward_tile<scalar_t>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hw, K, yy, P);
     }
   }
   // With proj: h = h_full W_hr^T for slots [j0, j1), columns [q0, q1).
@@ -118,22 +97,19 @@ struct Forward {
     scalar_t* hw = xh_buf(p + 1) + j0 * K + I;
     gemm_rowmajor(j1 - j0, q1 - q0, H, hf + j0 * H, H, whr + q0, P, hw + q0, K, /*accumulate=*/false);
   }
-  // Copies h (columns [q0, q1)) of slots [j0, j1) to the output rows where the tile did not, and h and c of
-  // slots whose last step this is to the final states (c: units [u0, u1)).
-  void emit(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1, int64_t u0, int64_t u1) const {
+  // Copies h (columns [q0, q1)) of slots [j0, j1) to the output rows where the tile did not (with a projection),
+  // and of slots whose last step this is to the final states.
+  void emit(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
     const scalar_t* hw = xh_buf(p + 1) + I;
-    if (proj || !map.uniform())
+    if (proj)
       for (int64_t j = j0; j < j1; ++j)
-        std::copy(hw + j * K + q0, hw + j * K + q1, y + map.row(st, p, j) * P + q0);
-    for (int64_t j = std::max(j0, st.rows_at(p + 1)); j < j1; ++j) {
-      const int64_t b = map.batch(j);
-      std::copy(hw + j * K + q0, hw + j * K + q1, hn + b * P + q0);
-      std::copy(c + j * H + u0, c + j * H + u1, cn + b * H + u0);
-    }
+        std::copy(hw + j * K + q0, hw + j * K + q1, y + (st.offset_at(p) + j) * P + q0);
+    for (int64_t j = std::max(j0, st.rows_at(p + 1)); j < j1; ++j)
+      std::copy(hw + j * K + q0, hw + j * K + q1, hn + j * P + q0);
   }
 
   void run_by_slots(int64_t nt) const {
-    const std::vector<int64_t> bounds = balanced_slot_split(st, s.B, nt);
+    const std::vector<int64_t> bounds = balanced_slot_split(st, B, nt);
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t th = t0; th < t1; ++th) {
         const int64_t j0 = bounds[th], j1 = bounds[th + 1];
@@ -143,7 +119,7 @@ struct Forward {
           load_x(p, j0, e);
           cells(p, j0, e, 0, NB);
           if (proj) project(p, j0, e, 0, P);
-          emit(p, j0, e, 0, P, 0, H);
+          emit(p, j0, e, 0, P);
         }
       }
     });
@@ -157,109 +133,37 @@ struct Forward {
         const int64_t u0 = block_first_unit(k0), u1 = block_first_unit(k1 - 1) + block_width(k1 - 1, H);
         if (p + 1 < st.T) load_x(p + 1, n_next * k0 / NB, n_next * k1 / NB);  // this thread's share
         cells(p, 0, n, k0, k1);
-        if (!proj) emit(p, 0, n, u0, u1, u0, u1);
+        if (!proj) emit(p, 0, n, u0, u1);
       });
       if (proj) {
         at::parallel_for(0, P, grain_for(P, n * H * P), [&](int64_t q0, int64_t q1) {
           project(p, 0, n, q0, q1);
-          emit(p, 0, n, q0, q1, q0 * H / P, q1 * H / P);
+          emit(p, 0, n, q0, q1);
         });
       }
     }
   }
 };
 
-// RNNEXT_LSTM_ENGINE=1 runs every layout through the engine's generic step loop (common/rnn_engine.h, the one
-// every CUDA layer call takes) instead of the fused schedule below, so that the tests cover that loop on the CPU.
-// Read per call: a forward and its backward must see the same value (their workspaces differ in gate layout).
-bool use_engine(const std::optional<Tensor>& lengths) {
-  if (lengths.has_value()) return true;  // masked mode: the engine's
-  const char* v = std::getenv("RNNEXT_LSTM_ENGINE");
-  return v != nullptr && v[0] == '1';
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
-    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    bool reverse, bool train, const std::optional<Tensor>& lengths) {
-  if (use_engine(lengths))
-    return lstm_layer_engine(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first,
-                             reverse, train, lengths);
-  const char* op = "rnnext::lstm_layer";
-  const LayerShapes s =
-      check_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first);
-  const Steps st = make_steps(op, s, batch_sizes, reverse);
-  const std::vector<int64_t> order = check_permutation(op, "sorted_indices", sorted_indices, s.B);
-  const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
-  const int64_t H = s.H, P = s.P, G = 4 * H;
-  const auto opts = input.options();
-  std::vector<int64_t> out_shape = input.sizes().vec();
-  out_shape.back() = P;
-  // A padded input's output is zero at the padding.
-  Tensor output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
-  Tensor hy = hx.contiguous().clone();
-  Tensor cy = cx.contiguous().clone();
-  // Training keeps every step's gate activations and cell state for the backward; inference needs one step's.
-  Tensor gates = train ? at::empty({s.N, G}, opts) : at::empty({s.B, G}, opts);
-  Tensor cells = train ? at::empty({s.N, H}, opts) : at::empty({0}, opts);
-  if (train) {  // a padded input uses only the first rows of the workspace; keep the rest defined
-    const int64_t used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;
-    gates.narrow(0, used, s.N - used).zero_();
-    cells.narrow(0, used, s.N - used).zero_();
-  }
-  if (st.T > 0 && s.B > 0) {
-    const BlockedWeights bw = block_weights(w_ih, w_hh, b_ih, b_hh);
-    const Tensor w_hr_t = w_hr.has_value() ? w_hr->t().contiguous() : Tensor();
-    const Tensor x = input.contiguous();
-    const int64_t K = s.I + P;
-    // Slot-ordered state: [x_t | h_{t-1}] in two buffers (both start with hx: late joiners read it), and c.
-    Tensor xh = at::empty({2, s.B, K}, opts);
-    const Tensor h0 = order.empty() ? hx : hx.index_select(0, *sorted_indices);
-    xh.narrow(2, s.I, P).copy_(h0.unsqueeze(0).expand({2, s.B, P}));
-    Tensor cbuf = (order.empty() ? cx : cx.index_select(0, *sorted_indices)).contiguous().clone();
-    Tensor hfull = w_hr.has_value() ? at::empty({s.B, H}, opts) : Tensor();
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
-      const Forward<scalar_t> f{
-          s, st, map, H, P, s.I, K, G, num_unit_blocks(H), w_hr.has_value(), !train,
-          x.const_data_ptr<scalar_t>(), bw.w_t.const_data_ptr<scalar_t>(),
-          bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr,
-          w_hr.has_value() ? w_hr_t.const_data_ptr<scalar_t>() : nullptr, gates.data_ptr<scalar_t>(),
-          train ? cells.data_ptr<scalar_t>() : nullptr, xh.data_ptr<scalar_t>(), cbuf.data_ptr<scalar_t>(),
-          w_hr.has_value() ? hfull.data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(),
-          hy.data_ptr<scalar_t>(), cy.data_ptr<scalar_t>()};
-      if (const int64_t nt = slot_split_threads(s.B))
-        f.run_by_slots(nt);
-      else
-        f.run_by_units();
-    });
-  }
-  if (!train) gates = at::empty({0}, opts);
-  return {output, hy, cy, gates, cells};
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Backward
 
 template <typename scalar_t>
 struct Backward {
-  const LayerShapes& s;
   const Steps& st;
-  const RowMap& map;
-  int64_t H, P, G, NB;
+  int64_t B, H, P, G, NB;
   bool proj;
   const scalar_t* a;    // gate activations (N, G), blocked
   const scalar_t* cs;   // cell states (N, H)
   const scalar_t* c0;   // cx per slot (B, H)
   const scalar_t* whh;  // W_hh, blocked rows (G, P)
   const scalar_t* whr;  // W_hr (P, H), or null
-  const scalar_t* dy;   // output gradient rows (P wide)
+  const scalar_t* dy;   // output gradient slot rows (P wide)
   scalar_t* dg;         // gate pre-activation gradients (N, G), blocked
   scalar_t* dh;         // per slot (B, P): recurrent gradient into h, ends as grad of hx
   scalar_t* dc;         // per slot (B, H): gradient into c, ends as grad of cx
   scalar_t* dhp;        // with proj: dh of every step (N, P), for the gradient of W_hr
   scalar_t* dhf;        // with proj: per slot (B, H), gradient into the unprojected h
-  scalar_t* dy_slots;   // per slot (B, P): the step's output gradient gathered, when its rows are scattered
 
   // dh[slots j0..j1, columns q0..q1] = dgates(step p) W_hh: the gradient that flows into step p - 1 (into hx
   // for slots that start at step p).
@@ -267,20 +171,11 @@ struct Backward {
     if (p >= st.T || j1 <= j0) return;
     gemm_rowmajor(j1 - j0, q1 - q0, G, dg + (st.offset_at(p) + j0) * G, G, whh + q0, P, dh + j0 * P + q0, P, false);
   }
-  // The output gradient of slots [j0, j1) of step p, columns [q0, q1), and its row stride.
-  std::pair<const scalar_t*, int64_t> output_grad(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
-    if (map.uniform()) return {dy + map.row(st, p, j0) * P, map.row_stride() * P};
-    for (int64_t j = j0; j < j1; ++j) {
-      const scalar_t* src = dy + map.row(st, p, j) * P;
-      std::copy(src + q0, src + q1, dy_slots + j * P + q0);
-    }
-    return {dy_slots + j0 * P, P};
-  }
   // With proj: dh (P wide) = recurrent part + output gradient, kept per step for W_hr's gradient.
   void projected_grad(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
     scalar_t* rows = dhp + st.offset_at(p) * P;
     for (int64_t j = j0; j < j1; ++j) {
-      const scalar_t* src = dy + map.row(st, p, j) * P;
+      const scalar_t* src = dy + (st.offset_at(p) + j) * P;
       for (int64_t q = q0; q < q1; ++q) rows[j * P + q] = dh[j * P + q] + src[q];
     }
   }
@@ -296,8 +191,8 @@ struct Backward {
       dh_a = dhf + j0 * H;
       ld_a = H;
     } else {
-      const int64_t u0 = block_first_unit(k0), u1 = block_first_unit(k1 - 1) + block_width(k1 - 1, H);
-      std::tie(dh_b, ld_b) = output_grad(p, j0, j1, u0, u1);
+      dh_b = dy + (off + j0) * P;
+      ld_b = P;
       dh_a = dh + j0 * P;
       ld_a = P;
     }
@@ -307,7 +202,7 @@ struct Backward {
   }
 
   void run_by_slots(int64_t nt) const {
-    const std::vector<int64_t> bounds = balanced_slot_split(st, s.B, nt);
+    const std::vector<int64_t> bounds = balanced_slot_split(st, B, nt);
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t th = t0; th < t1; ++th) {
         const int64_t j0 = bounds[th], j1 = bounds[th + 1];
@@ -348,141 +243,118 @@ struct Backward {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cpu(
-    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
-    const std::optional<Tensor>& lengths) {
-  if (use_engine(lengths))
-    return lstm_layer_backward_engine(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, batch_sizes,
-                                      sorted_indices, batch_first, output, gates, cells, reverse, has_bias, lengths);
-  const char* op = "rnnext::lstm_layer_backward";
-  const LayerShapes s = check_layer_args(op, input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                                         batch_sizes, sorted_indices, batch_first);
-  const Steps st = make_steps(op, s, batch_sizes, reverse);
-  const std::vector<int64_t> order = check_permutation(op, "sorted_indices", sorted_indices, s.B);
-  const RowMap map{s.layout, batch_first, s.T, s.B, order.empty() ? nullptr : order.data()};
-  const int64_t H = s.H, P = s.P, G = 4 * H, I = s.I;
-  const int64_t used = st.T > 0 ? st.offset[st.T - 1] + st.rows[st.T - 1] : 0;  // workspace rows in use
-  common::check_layer_backward_args(op, s, input, grad_output, grad_hy, grad_cy, output, gates, cells);
-  const auto opts = input.options();
-  const Tensor empty = at::empty({0}, opts);
-  const Tensor idx = order.empty() ? Tensor() : *sorted_indices;
-  auto to_slots = [&](const Tensor& t) { return (idx.defined() ? t.index_select(0, idx) : t).contiguous().clone(); };
-  auto to_batch = [&](const Tensor& t) { return idx.defined() ? at::empty_like(t).index_copy_(0, idx, t) : t; };
-  Tensor dh_state = to_slots(grad_hy);
-  Tensor dc_state = to_slots(grad_cy);
-  if (used == 0) {
-    return {at::zeros_like(input, at::MemoryFormat::Contiguous), to_batch(dh_state), to_batch(dc_state),
-            at::zeros_like(w_ih, at::MemoryFormat::Contiguous), at::zeros_like(w_hh, at::MemoryFormat::Contiguous),
-            has_bias ? at::zeros({G}, opts) : empty,
-            w_hr.has_value() ? at::zeros_like(*w_hr, at::MemoryFormat::Contiguous) : empty};
-  }
-  const Tensor perm = blocked_gate_perm(H);
-  const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
-  const Tensor w_hh_blocked = w_hh.index_select(0, perm).contiguous();
-  const Tensor acts = gates.contiguous(), cs = cells.contiguous(), c0 = to_slots(cx);
-  const Tensor dy = grad_output.contiguous();
-  const Tensor w_hr_c = w_hr.has_value() ? w_hr->contiguous() : Tensor();
-  Tensor dgates = at::empty({used, G}, opts);
-  Tensor dh_proj = w_hr.has_value() ? at::empty({used, P}, opts) : Tensor();
-  Tensor dh_full = w_hr.has_value() ? at::empty({s.B, H}, opts) : Tensor();
-  Tensor dy_slots = map.uniform() ? Tensor() : at::empty({s.B, P}, opts);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {
-    const Backward<scalar_t> b{s, st, map, H, P, G, num_unit_blocks(H), w_hr.has_value(),
-                               acts.const_data_ptr<scalar_t>(), cs.const_data_ptr<scalar_t>(),
-                               c0.const_data_ptr<scalar_t>(), w_hh_blocked.const_data_ptr<scalar_t>(),
-                               w_hr.has_value() ? w_hr_c.const_data_ptr<scalar_t>() : nullptr,
-                               dy.const_data_ptr<scalar_t>(), dgates.data_ptr<scalar_t>(),
-                               dh_state.data_ptr<scalar_t>(), dc_state.data_ptr<scalar_t>(),
-                               w_hr.has_value() ? dh_proj.data_ptr<scalar_t>() : nullptr,
-                               w_hr.has_value() ? dh_full.data_ptr<scalar_t>() : nullptr,
-                               map.uniform() ? nullptr : dy_slots.data_ptr<scalar_t>()};
-    if (const int64_t nt = slot_split_threads(s.B))
-      b.run_by_slots(nt);
-    else
-      b.run_by_units();
-  });
+}  // namespace
 
-  // The weight gradients as large GEMMs over all steps: [dW_ih dW_hh db] = dgates^T [x h_prev 1], where
-  // h_prev is the h each slot's step read and the column of ones gives the bias gradient for free.
+void lstm_fused_forward_steps(const common::ForwardSteps& f) {
+  const Steps& st = f.plan.st;
+  const int64_t B = f.plan.s.B, H = f.plan.s.H, P = f.plan.s.P, I = f.plan.s.I, G = 4 * H, K = I + P;
+  const bool proj = f.w_hr.defined(), train = f.saved.defined();
+  const auto opts = f.x.options();
+  // Training keeps every step's gate activations for the backward; inference needs one step's.
+  const Tensor gates = train ? f.saved : at::empty({B, G}, opts);
+  const BlockedWeights bw = block_weights(f.w_ih, f.w_hh, f.b_ih, f.b_hh);
+  const Tensor w_hr_t = proj ? f.w_hr.t().contiguous() : Tensor();
+  // [x_t | h_{t-1}] per slot in two buffers (both start with hx: late joiners read it).
+  Tensor xh = at::empty({2, B, K}, opts);
+  xh.narrow(2, I, P).copy_(f.h.unsqueeze(0).expand({2, B, P}));
+  Tensor hfull = proj ? at::empty({B, H}, opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "lstm_layer", [&] {
+    const Forward<scalar_t> fw{st, f.plan.slot_row(), B, H, P, I, K, G, num_unit_blocks(H), proj, !train,
+                               f.x.const_data_ptr<scalar_t>(), bw.w_t.const_data_ptr<scalar_t>(),
+                               bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr,
+                               proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr, gates.data_ptr<scalar_t>(),
+                               train ? f.cells.data_ptr<scalar_t>() : nullptr, xh.data_ptr<scalar_t>(),
+                               f.c.data_ptr<scalar_t>(), proj ? hfull.data_ptr<scalar_t>() : nullptr,
+                               f.h_slots.data_ptr<scalar_t>(), f.h.data_ptr<scalar_t>()};
+    if (const int64_t nt = slot_split_threads(B))
+      fw.run_by_slots(nt);
+    else
+      fw.run_by_units();
+  });
+}
+
+void lstm_fused_backward_steps(const common::BackwardSteps& b) {
+  const Steps& st = b.plan.st;
+  const int64_t B = b.plan.s.B, H = b.plan.s.H, P = b.plan.s.P, G = 4 * H;
+  const bool proj = b.w_hr.defined();
+  const Tensor w_hh_blocked = b.w_hh.index_select(0, blocked_gate_perm(H)).contiguous();
+  Tensor dh_full = proj ? at::empty({B, H}, b.dh.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "lstm_layer_backward", [&] {
+    const Backward<scalar_t> bw{st, B, H, P, G, num_unit_blocks(H), proj, b.saved.const_data_ptr<scalar_t>(),
+                                b.cells.const_data_ptr<scalar_t>(), b.c0.const_data_ptr<scalar_t>(),
+                                w_hh_blocked.const_data_ptr<scalar_t>(),
+                                proj ? b.w_hr.const_data_ptr<scalar_t>() : nullptr,
+                                b.dy_slots.const_data_ptr<scalar_t>(), b.dgx.data_ptr<scalar_t>(),
+                                b.dh.data_ptr<scalar_t>(), b.dc.data_ptr<scalar_t>(),
+                                proj ? b.dh_proj.data_ptr<scalar_t>() : nullptr,
+                                proj ? dh_full.data_ptr<scalar_t>() : nullptr};
+    if (const int64_t nt = slot_split_threads(B))
+      bw.run_by_slots(nt);
+    else
+      bw.run_by_units();
+  });
+}
+
+common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, const Tensor& w_ih, bool has_bias) {
+  const Steps& st = b.plan.st;
+  const int64_t H = b.plan.s.H, P = b.plan.s.P, I = b.plan.s.I, G = 4 * H, used = b.plan.used;
+  const auto opts = w_ih.options();
+  const Tensor perm = blocked_gate_perm(H);
+  // [dW_ih dW_hh db] = dgates^T [x h_prev 1] in one GEMM, where h_prev is the h each slot row read and the
+  // column of ones gives the bias gradient for free.
   const int64_t KX = I + P + 1;
-  const Tensor x = input.contiguous(), y = output.contiguous();
   Tensor xh1 = at::empty({used, KX}, opts);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_xh", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    const Tensor h0 = to_slots(hx);
-    const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_xh", [&] {
+    // (The input's and the output's rows in the input's order, gathered here.)
+    const common::RnnPlan::SlotRows row = b.plan.slot_row();
+    const scalar_t* xp = b.x_rows.const_data_ptr<scalar_t>();
+    const scalar_t* yp = b.y_rows.const_data_ptr<scalar_t>();
+    const scalar_t* h0p = b.h0.const_data_ptr<scalar_t>();
     scalar_t* dst = xh1.data_ptr<scalar_t>();
     at::parallel_for(0, st.T, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
         for (int64_t j = 0; j < n; ++j) {
-          scalar_t* row = dst + (off + j) * KX;
-          const scalar_t* xr = xp + map.row(st, p, j) * I;
-          std::copy(xr, xr + I, row);
-          const scalar_t* h = j < n_prev ? yp + map.row(st, p - 1, j) * P : h0p + j * P;
-          std::copy(h, h + P, row + I);
-          row[I + P] = scalar_t(1);
+          scalar_t* out = dst + (off + j) * KX;
+          const scalar_t* xr = xp + row(off + j) * I;
+          std::copy(xr, xr + I, out);
+          const scalar_t* h = j < n_prev ? yp + row(st.offset_at(p - 1) + j) * P : h0p + j * P;
+          std::copy(h, h + P, out + I);
+          out[I + P] = scalar_t(1);
         }
       }
     });
   });
-  const Tensor grad_cat = unblock_rows(at::mm(dgates.t(), xh1), perm);  // (4H, I + P + 1)
-  Tensor grad_w_ih = grad_cat.narrow(1, 0, I).contiguous();
-  Tensor grad_w_hh = grad_cat.narrow(1, I, P).contiguous();
-  Tensor grad_bias = has_bias ? grad_cat.select(1, I + P).contiguous() : empty;
-
-  // grad_input = dgates W_ih (the blocked rows of W_ih match the blocked columns of dgates), computed per slot
-  // and, unless the slots are the input's rows, put back in the input's layout.
-  Tensor dx_slots = at::empty({used, I}, opts);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_dx", [&] {
-    gemm_batch_parallel<scalar_t>({{used, I, G, dgates.const_data_ptr<scalar_t>(), G,
-                                    w_ih_blocked.const_data_ptr<scalar_t>(), I, dx_slots.data_ptr<scalar_t>(), I,
+  const Tensor grad_cat = unblock_rows(at::mm(b.dgx.t(), xh1), perm);  // (4H, I + P + 1)
+  common::WeightGrads w;
+  const Tensor empty = at::empty({0}, opts);
+  w.w_ih = grad_cat.narrow(1, 0, I).contiguous();
+  w.w_hh = grad_cat.narrow(1, I, P).contiguous();
+  w.b_ih = has_bias ? grad_cat.select(1, I + P).contiguous() : empty;
+  w.b_hh = has_bias ? w.b_ih.clone() : empty;
+  // The input gradient dgates W_ih (the blocked rows of W_ih match the blocked columns of dgates).
+  const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
+  w.dx_slots = at::empty({used, I}, opts);
+  AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_dx", [&] {
+    gemm_batch_parallel<scalar_t>({{used, I, G, b.dgx.const_data_ptr<scalar_t>(), G,
+                                    w_ih_blocked.const_data_ptr<scalar_t>(), I, w.dx_slots.data_ptr<scalar_t>(), I,
                                     false, true}});
   });
-  Tensor grad_input;
-  const bool slots_are_rows = s.layout == Layout::kPacked || (s.layout == Layout::kDense && !batch_first);
-  if (slots_are_rows) {
-    grad_input = dx_slots.view(input.sizes());
-  } else {
-    grad_input = s.layout == Layout::kPadded ? at::zeros(input.sizes(), opts) : at::empty(input.sizes(), opts);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_dx_rows", [&] {
-      const scalar_t* src = dx_slots.const_data_ptr<scalar_t>();
-      scalar_t* dst = grad_input.data_ptr<scalar_t>();
-      at::parallel_for(0, st.T, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p)
-          for (int64_t j = 0; j < st.rows_at(p); ++j)
-            std::copy(src + (st.offset_at(p) + j) * I, src + (st.offset_at(p) + j + 1) * I,
-                      dst + map.row(st, p, j) * I);
-      });
-    });
-  }
-
-  Tensor grad_w_hr = empty;
-  if (w_hr.has_value()) {
+  w.w_hr = empty;
+  if (b.w_hr.defined()) {
     // Recompute the unprojected h = o * tanh(c) of every step.
     Tensor hfull = at::empty({used, H}, opts);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward_hfull", [&] {
-      const scalar_t* ap = acts.const_data_ptr<scalar_t>();
-      const scalar_t* cp = cs.const_data_ptr<scalar_t>();
+    AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_hfull", [&] {
+      const scalar_t* ap = b.saved.const_data_ptr<scalar_t>();
+      const scalar_t* cp = b.cells.const_data_ptr<scalar_t>();
       scalar_t* h = hfull.data_ptr<scalar_t>();
       at::parallel_for(0, used, 64, [&](int64_t r0, int64_t r1) {
         lstm_hidden_tile<scalar_t>(GateLayout{H, true}, r1 - r0, ap + r0 * G, G, cp + r0 * H, h + r0 * H);
       });
     });
-    grad_w_hr = at::mm(dh_proj.t(), hfull);
+    w.w_hr = at::mm(b.dh_proj.t(), hfull);
   }
-  return {grad_input, to_batch(dh_state), to_batch(dc_state), grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
-  m.impl("lstm_layer", &lstm_layer_cpu);
-  m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
+  return w;
 }
 
 }  // namespace rnnext::cpu

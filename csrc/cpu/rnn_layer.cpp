@@ -1,5 +1,6 @@
-// CPU kernels of the GRU / vanilla-RNN layer: the engine of common/rnn_engine.h with the cells' fused pointwise
-// steps (kernels/gru.h) run over the step's slots by ATen's threads.
+// CPU kernels of the LSTM, GRU and vanilla-RNN layers: the engine of common/rnn_engine.h with the cells' fused
+// pointwise steps (kernels/gru.h, kernels/lstm.h through cpu/pointwise.h) run over the step's slots by ATen's
+// threads, the slot split for GRU and RNN (below), and the fused LSTM step loop (csrc/cpu/lstm_layer.cpp).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -9,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "common/rnn_engine.h"
@@ -305,9 +307,23 @@ struct CpuPointwise {
     return out;
   }
 
-  // (An LSTM reaches these only in masked mode, which does not call them, or through lstm_layer_engine: the
-  // ATen step loop. Its dense, packed and padded layers run csrc/cpu/lstm_layer.cpp's fused schedule.)
+  // An LSTM's host-side layouts run the fused schedule of csrc/cpu/lstm_layer.cpp, which projects the input
+  // inside its step loop; RNNEXT_LSTM_ENGINE=1 sends them through the engine's ATen step loop instead (the one
+  // every CUDA layer call runs), so that the tests cover that loop on the CPU. The engine asks once per op call.
+  static bool fuses_input(CellKind cell) {
+    if (cell != CellKind::kLSTM) return false;
+    const char* v = std::getenv("RNNEXT_LSTM_ENGINE");
+    return v == nullptr || v[0] != '1';
+  }
+
+  static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
+                                          bool has_bias) {
+    return b.fused_input ? lstm_fused_weight_grads(b, w_ih, has_bias)
+                         : common::aten_weight_grads(b, x_slots, w_ih, has_bias);
+  }
+
   static void forward_steps(const common::ForwardSteps& f) {
+    if (f.fused_input) return lstm_fused_forward_steps(f);
     const int64_t nt = slot_split_threads(f.plan.s.B);
     if (nt == 0 || f.plan.st.T < kMinSlotSteps || f.cell == CellKind::kLSTM)
       return common::aten_forward_steps<CpuPointwise>(f);
@@ -318,6 +334,7 @@ struct CpuPointwise {
   }
 
   static void backward_steps(const common::BackwardSteps& b) {
+    if (b.fused_input) return lstm_fused_backward_steps(b);
     const int64_t nt = slot_split_threads(b.plan.s.B);
     if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "rnn_backward_steps", [&] { slot_backward<scalar_t>(b, nt); });
@@ -430,6 +447,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
                                                   lengths, common::Backend::kCPU, upload_cpu);
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  return common::lstm_layer_forward<CpuPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                                  sorted_indices, batch_first, reverse, train, lengths,
+                                                  common::Backend::kCPU, upload_cpu);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_cpu(
+    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
+    const std::optional<Tensor>& lengths) {
+  return common::lstm_layer_backward<CpuPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                                                   batch_sizes, sorted_indices, batch_first, output, gates, cells,
+                                                   reverse, has_bias, lengths, common::Backend::kCPU, upload_cpu);
+}
+
 std::tuple<Tensor, Tensor> rnn_cell_cpu(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                        const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                        const std::optional<Tensor>& b_hh, c10::string_view cell) {
@@ -452,28 +490,9 @@ void rnn_cell_step(CellKind cell, const Tensor& x, const Tensor& h, const Tensor
   common::rnn_cell_step<CpuPointwise>(cell, x, h, w_ih, w_hh, b_ih, b_hh);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_engine(
-    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
-    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    bool reverse, bool train, const std::optional<Tensor>& lengths) {
-  return common::lstm_layer_forward<CpuPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                                                  sorted_indices, batch_first, reverse, train, lengths,
-                                                  common::Backend::kCPU, upload_cpu);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_backward_engine(
-    const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
-    const std::optional<Tensor>& lengths) {
-  return common::lstm_layer_backward<CpuPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
-                                                   batch_sizes, sorted_indices, batch_first, output, gates, cells,
-                                                   reverse, has_bias, lengths, common::Backend::kCPU, upload_cpu);
-}
-
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
+  m.impl("lstm_layer", &lstm_layer_cpu);
+  m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
   m.impl("rnn_layer", &rnn_layer_cpu);
   m.impl("rnn_layer_backward", &rnn_layer_backward_cpu);
   m.impl("rnn_cell", &rnn_cell_cpu);

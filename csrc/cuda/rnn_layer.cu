@@ -77,6 +77,11 @@ __global__ void rnn_backward_kernel(int64_t n, int64_t H, int cell, const scalar
 }
 
 struct CudaPointwise {
+  static bool fuses_input(CellKind) { return false; }
+  static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
+                                          bool has_bias) {
+    return common::aten_weight_grads(b, x_slots, w_ih, has_bias);
+  }
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     common::aten_linear_out(out, x, w, b);
   }
