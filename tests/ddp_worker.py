@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import rnnext.distributed  # noqa: E402
 from rnnext.data import listops as L  # noqa: E402
 from rnnext.models import RNNClassifier, SPINNClassifier  # noqa: E402
 
@@ -59,7 +60,7 @@ if __name__ == "__main__":
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     params = train(args.model, rank, world)
     torch.save(params, f"{args.out}.rank{rank}")
-    # Leave together: tearing gloo down while the peer is still connected aborted a process now and then under
-    # torch 2.14.1 ("terminate called without an active exception"), as rnnext.distributed.shutdown notes.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    # Leave together, and without the C++ static teardown: either one missing aborted a process now and then under
+    # torch 2.14.1 ("terminate called without an active exception"), as rnnext.distributed notes.
+    rnnext.distributed.shutdown(rnnext.distributed.Context(rank, world, rank, torch.device("cpu")))
+    rnnext.distributed.exit_process(0)
