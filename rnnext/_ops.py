@@ -98,6 +98,19 @@ def _check_same_dtype(op: str, ref_name: str, ref, *named) -> None:
                          f"({ref.dtype}), got {t.dtype}")
 
 
+def _workspace_dtype(input) -> torch.dtype:
+    """The dtype of the workspace a forward returns for its backward (gates, cells, saved): float32 for bfloat16
+    on the CPU, whose ops compute in float32 (csrc/cpu/bf16.h), else the input's."""
+    return torch.float32 if input.dtype == torch.bfloat16 and input.device.type == "cpu" else input.dtype
+
+
+def _check_workspace_dtype(op: str, input, *named) -> None:
+    want = _workspace_dtype(input)
+    for name, t in named:
+        torch._check(t.dtype == want, lambda: f"{op}: expected {name} to be {want} (the workspace of a {input.dtype} "
+                     f"forward), got {t.dtype}")
+
+
 def _not_differentiable(op: str, forward: str):
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -135,7 +148,7 @@ def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             _check_shape(op, name, b, (4 * H,))
-    return input.new_empty(B, H), input.new_empty(B, H), input.new_empty(B, 4 * H)
+    return input.new_empty(B, H), input.new_empty(B, H), input.new_empty(B, 4 * H, dtype=_workspace_dtype(input))
 
 
 @torch.library.register_fake("rnnext::lstm_cell_backward")
@@ -150,6 +163,9 @@ def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates,
     for name, t in (("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx), ("cy", cy)):
         _check_shape(op, name, t, (B, H))
     _check_shape(op, "gates", gates, (B, 4 * H))
+    _check_same_dtype(op, "input", input, ("grad_hy", grad_hy), ("grad_cy", grad_cy), ("hx", hx), ("cx", cx),
+                      ("w_ih", w_ih), ("w_hh", w_hh), ("cy", cy))
+    _check_workspace_dtype(op, input, ("gates", gates))
     G = w_ih.shape[0]
     return (
         input.new_empty(input.shape),
@@ -229,8 +245,9 @@ def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, s
                                   sorted_indices, batch_first, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
     output = input.new_empty(*input.shape[:-1], P)
-    gates = input.new_empty(N, 4 * H) if train else input.new_empty(0)
-    cells = input.new_empty(N, H) if train else input.new_empty(0)
+    ws = _workspace_dtype(input)
+    gates = input.new_empty(N, 4 * H, dtype=ws) if train else input.new_empty(0, dtype=ws)
+    cells = input.new_empty(N, H, dtype=ws) if train else input.new_empty(0, dtype=ws)
     return output, hx.new_empty(hx.shape), cx.new_empty(cx.shape), gates, cells
 
 
@@ -245,7 +262,8 @@ def _lstm_layer_backward_fake(
     _check_devices(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
                    ("output", output), ("gates", gates), ("cells", cells))
     _check_same_dtype(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
-                      ("output", output), ("gates", gates), ("cells", cells))
+                      ("output", output))
+    _check_workspace_dtype(op, input, ("gates", gates), ("cells", cells))
     out_shape = (*input.shape[:-1], P)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
     _check_shape(op, "grad_output", grad_output, out_shape)
@@ -357,7 +375,8 @@ def _rnn_layer_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indic
     H = _check_rnn_layer_args("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
                               batch_first, cell, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
-    saved = input.new_empty(N, 4 * H) if train and cell == "gru" else input.new_empty(0)
+    ws = _workspace_dtype(input)
+    saved = input.new_empty(N, 4 * H, dtype=ws) if train and cell == "gru" else input.new_empty(0, dtype=ws)
     return input.new_empty(*input.shape[:-1], H), hx.new_empty(hx.shape), saved
 
 
@@ -369,6 +388,8 @@ def _rnn_layer_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, batch_
                               lengths)
     _check_devices(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("output", output),
                    ("saved", saved))
+    _check_same_dtype(op, "input", input, ("grad_output", grad_output), ("grad_hy", grad_hy), ("output", output))
+    _check_workspace_dtype(op, input, ("saved", saved))
     out_shape = (*input.shape[:-1], H)
     _check_shape(op, "grad_output", grad_output, out_shape)
     _check_shape(op, "output", output, out_shape)
@@ -428,7 +449,8 @@ def _rnn_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, cell):
     _check_dim(op, "input", input, 2, "(batch, input_size)")
     H = _check_rnn_layer_args(op, input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, None, False, cell)
     B = input.shape[0]
-    return hx.new_empty((B, H)), input.new_empty((B, 4 * H) if cell == "gru" else (0, 0))
+    return hx.new_empty((B, H)), input.new_empty((B, 4 * H) if cell == "gru" else (0, 0),
+                                                 dtype=_workspace_dtype(input))
 
 
 @torch.library.register_fake("rnnext::rnn_cell_backward")
@@ -437,6 +459,8 @@ def _rnn_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, hy, saved, cell, has
     _check_dim(op, "input", input, 2, "(batch, input_size)")
     H = _check_rnn_layer_args(op, input.unsqueeze(0), hx, w_ih, w_hh, None, None, None, None, False, cell)
     _check_devices(op, "input", input, ("grad_hy", grad_hy), ("hy", hy), ("saved", saved))
+    _check_same_dtype(op, "input", input, ("grad_hy", grad_hy), ("hy", hy))
+    _check_workspace_dtype(op, input, ("saved", saved))
     B = input.shape[0]
     _check_shape(op, "grad_hy", grad_hy, (B, H))
     _check_shape(op, "hy", hy, (B, H))

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/bf16.h"
 #include "cpu/bias.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
@@ -63,6 +64,13 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
                                                  const Tensor& w_ih, const Tensor& w_hh,
                                                  const std::optional<Tensor>& b_ih,
                                                  const std::optional<Tensor>& b_hh) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::lstm_cell";
+    auto [hy, cy, gates] = lstm_cell_cpu(bf16::up(op, "input", input), bf16::up(op, "hx", hx), bf16::up(op, "cx", cx),
+                                         bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh),
+                                         bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh));
+    return {bf16::down(hy), bf16::down(cy), gates};
+  }
   check_cell_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   const int64_t B = input.size(0), H = w_hh.size(1), I = input.size(1), G = 4 * H;
   // gates = x W_ih^T + h W_hh^T on the weights as they are: matrix-vector products for a few rows, else the
@@ -111,6 +119,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cp
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool has_bias) {
   const char* op = "rnnext::lstm_cell_backward";
+  if (bf16::active(input)) {
+    auto [gi, ghx, gcx, gwi, gwh, gb] = lstm_cell_backward_cpu(
+        bf16::up(op, "grad_hy", grad_hy), bf16::up(op, "grad_cy", grad_cy), bf16::up(op, "input", input),
+        bf16::up(op, "hx", hx), bf16::up(op, "cx", cx), bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh),
+        bf16::workspace(op, "gates", gates), bf16::up(op, "cy", cy), has_bias);
+    return {bf16::down(gi), bf16::down(ghx), bf16::down(gcx), bf16::down(gwi), bf16::down(gwh), bf16::down(gb)};
+  }
   check_cell_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t B = input.size(0), H = w_hh.size(1);
   check_same(op, "input", input, "grad_hy", grad_hy);

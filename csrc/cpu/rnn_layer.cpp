@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/rnn_engine.h"
+#include "cpu/bf16.h"
 #include "cpu/gemm.h"
 #include "cpu/slot_split.h"
 #include "cpu/pointwise.h"
@@ -430,6 +431,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& sorted_indices, bool batch_first,
                                                  bool reverse, bool train, c10::string_view cell,
                                                  const std::optional<Tensor>& lengths) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::rnn_layer";
+    auto [out, hy, saved] = rnn_layer_cpu(bf16::up(op, "input", input), bf16::up(op, "hx", hx),
+                                          bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh),
+                                          bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh), batch_sizes,
+                                          sorted_indices, batch_first, reverse, train, cell, lengths);
+    return {bf16::down(out), bf16::down(hy), saved};
+  }
   return common::rnn_layer_forward<CpuPointwise>("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
                                                  sorted_indices, batch_first, reverse, train,
                                                  std::string_view(cell.data(), cell.size()), lengths,
@@ -441,6 +450,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
     const Tensor& w_hh, const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
     bool batch_first, bool reverse, const Tensor& output, const Tensor& saved, c10::string_view cell,
     bool has_bias, const std::optional<Tensor>& lengths) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::rnn_layer_backward";
+    auto [gi, ghx, gwi, gwh, gbi, gbh] = rnn_layer_backward_cpu(
+        bf16::up(op, "grad_output", grad_output), bf16::up(op, "grad_hy", grad_hy), bf16::up(op, "input", input),
+        bf16::up(op, "hx", hx), bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh), batch_sizes, sorted_indices,
+        batch_first, reverse, bf16::up(op, "output", output), bf16::workspace(op, "saved", saved), cell, has_bias,
+        lengths);
+    return {bf16::down(gi), bf16::down(ghx), bf16::down(gwi), bf16::down(gwh), bf16::down(gbi), bf16::down(gbh)};
+  }
   return common::rnn_layer_backward<CpuPointwise>("rnnext::rnn_layer_backward", grad_output, grad_hy, input, hx, w_ih,
                                                   w_hh, batch_sizes, sorted_indices, batch_first, reverse, output,
                                                   saved, std::string_view(cell.data(), cell.size()), has_bias,
@@ -452,6 +470,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::lstm_layer";
+    auto [out, hy, cy, gates, cells] = lstm_layer_cpu(
+        bf16::up(op, "input", input), bf16::up(op, "hx", hx), bf16::up(op, "cx", cx), bf16::up(op, "w_ih", w_ih),
+        bf16::up(op, "w_hh", w_hh), bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh), bf16::up(op, "w_hr", w_hr),
+        batch_sizes, sorted_indices, batch_first, reverse, train, lengths);
+    return {bf16::down(out), bf16::down(hy), bf16::down(cy), gates, cells};
+  }
   return common::lstm_layer_forward<CpuPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                                   sorted_indices, batch_first, reverse, train, lengths,
                                                   common::Backend::kCPU, upload_cpu);
@@ -463,6 +489,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
     const std::optional<Tensor>& lengths) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::lstm_layer_backward";
+    auto [gi, ghx, gcx, gwi, gwh, gb, gwr] = lstm_layer_backward_cpu(
+        bf16::up(op, "grad_output", grad_output), bf16::up(op, "grad_hy", grad_hy), bf16::up(op, "grad_cy", grad_cy),
+        bf16::up(op, "input", input), bf16::up(op, "hx", hx), bf16::up(op, "cx", cx), bf16::up(op, "w_ih", w_ih),
+        bf16::up(op, "w_hh", w_hh), bf16::up(op, "w_hr", w_hr), batch_sizes, sorted_indices, batch_first,
+        bf16::up(op, "output", output), bf16::workspace(op, "gates", gates), bf16::workspace(op, "cells", cells),
+        reverse, has_bias, lengths);
+    return {bf16::down(gi), bf16::down(ghx), bf16::down(gcx), bf16::down(gwi), bf16::down(gwh), bf16::down(gb),
+            bf16::down(gwr)};
+  }
   return common::lstm_layer_backward<CpuPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
                                                    batch_sizes, sorted_indices, batch_first, output, gates, cells,
                                                    reverse, has_bias, lengths, common::Backend::kCPU, upload_cpu);
@@ -471,6 +508,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
 std::tuple<Tensor, Tensor> rnn_cell_cpu(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                        const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                        const std::optional<Tensor>& b_hh, c10::string_view cell) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::rnn_cell";
+    auto [hy, saved] = rnn_cell_cpu(bf16::up(op, "input", input), bf16::up(op, "hx", hx), bf16::up(op, "w_ih", w_ih),
+                                    bf16::up(op, "w_hh", w_hh), bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh),
+                                    cell);
+    return {bf16::down(hy), saved};
+  }
   return common::rnn_cell_forward<CpuPointwise>("rnnext::rnn_cell", input, hx, w_ih, w_hh, b_ih, b_hh,
                                                 std::string_view(cell.data(), cell.size()), common::Backend::kCPU);
 }
@@ -478,6 +522,14 @@ std::tuple<Tensor, Tensor> rnn_cell_cpu(const Tensor& input, const Tensor& hx, c
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_cell_backward_cpu(
     const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& hy, const Tensor& saved, c10::string_view cell, bool has_bias) {
+  if (bf16::active(input)) {
+    const char* op = "rnnext::rnn_cell_backward";
+    auto [gi, ghx, gwi, gwh, gbi, gbh] = rnn_cell_backward_cpu(
+        bf16::up(op, "grad_hy", grad_hy), bf16::up(op, "input", input), bf16::up(op, "hx", hx),
+        bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh), bf16::up(op, "hy", hy),
+        bf16::workspace(op, "saved", saved), cell, has_bias);
+    return {bf16::down(gi), bf16::down(ghx), bf16::down(gwi), bf16::down(gwh), bf16::down(gbi), bf16::down(gbh)};
+  }
   return common::rnn_cell_backward<CpuPointwise>("rnnext::rnn_cell_backward", grad_hy, input, hx, w_ih, w_hh, hy,
                                                  saved, std::string_view(cell.data(), cell.size()), has_bias,
                                                  common::Backend::kCPU);

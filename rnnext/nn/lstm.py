@@ -20,10 +20,36 @@ __all__ = ["LSTM", "LSTMCell"]
 _HiddenState = Tuple[Tensor, Tensor]
 
 
-def _check_float_input(module: str, input: Tensor, ref: Tensor) -> None:
+def _autocast_dtype(lowers: bool, input, params_dtype: torch.dtype, hx=None) -> Optional[torch.dtype]:
+    """The dtype a module computes in under ``torch.autocast`` (None outside autocast, or where autocast leaves it
+    alone), as stock's module does: autocast lowers float32 only; a module whose stock ops are on autocast's
+    lower-precision list (``lowers``: on the CPU LSTM through ``mkldnn_rnn_layer``, RNN and RNNCell through their
+    linear maps; on CUDA every layer, through cuDNN's RNN) runs in the autocast dtype. The others (on the CPU GRU,
+    LSTMCell, GRUCell: their fused pointwise kernels are on autocast's float32 list) follow their input and
+    states: float32 when either is float32 (a lower-precision input is then upcast), the autocast dtype when all
+    are in it."""
+    if params_dtype != torch.float32 or not isinstance(input, Tensor):
+        return None
+    dev = input.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return None
+    low = torch.get_autocast_dtype(dev)
+    if lowers:
+        return low
+    if input.dtype != low:
+        return None
+    states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+    if any(isinstance(t, Tensor) and t.dtype != low for t in states):
+        return params_dtype
+    return low
+
+
+def _check_float_input(module: str, input: Tensor, ref: Tensor, dtype: Optional[torch.dtype] = None) -> None:
+    """input is floating point, of the parameters' dtype (any floating dtype when an autocast region runs the
+    module in ``dtype``, to which it is cast) and on their device."""
     if not torch.is_floating_point(input):
         raise TypeError(f"{module}: expected a floating-point input, got dtype {input.dtype}")
-    if input.dtype != ref.dtype:
+    if dtype is None and input.dtype != ref.dtype:
         raise TypeError(
             f"{module}: expected input of dtype {ref.dtype} (the parameters' dtype), got {input.dtype}; "
             f"convert one to the other with .to()"
@@ -187,20 +213,26 @@ class _RNNBase(nn.Module):
             s += ", bidirectional={bidirectional}"
         return s.format(**self.__dict__)
 
-    def _layer_weights(self, index: int):
+    def _layer_weights(self, index: int, cast: Optional[torch.dtype] = None):
+        """Layer index's (w_ih, w_hh, b_ih, b_hh, w_hr), the biases and w_hr None where absent, in ``cast``
+        (autocast's dtype) when given."""
         names = self._all_weights[index]
         w_ih, w_hh = getattr(self, names[0]), getattr(self, names[1])
         b_ih = getattr(self, names[2]) if self.bias else None
         b_hh = getattr(self, names[3]) if self.bias else None
         w_hr = getattr(self, names[-1]) if self.proj_size > 0 else None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
+        if cast is None:
+            return w_ih, w_hh, b_ih, b_hh, w_hr
+        return tuple(None if w is None else w.to(cast) for w in (w_ih, w_hh, b_ih, b_hh, w_hr))
 
     # What a subclass supplies.
     _num_states = 1          # LSTM: (h, c); GRU and RNN: h
     _device_lengths = False  # runs lengths on the input's device without reading them (masked mode)
+    _autocast_lowers = True  # on the CPU, stock's module runs in the autocast dtype (see _autocast_dtype)
 
     def _run_direction(self, idx: int, x: Tensor, states: List[Tensor], batch_sizes, sorted_indices,
-                       batch_first: bool, reverse: bool, train: bool, masked_lengths) -> Tuple[Tensor, List[Tensor]]:
+                       batch_first: bool, reverse: bool, train: bool, masked_lengths,
+                       cast: Optional[torch.dtype]) -> Tuple[Tensor, List[Tensor]]:
         raise NotImplementedError  # pragma: no cover  (every subclass overrides it)
 
     def forward(self, input: Union[Tensor, PackedSequence], hx=None, *,
@@ -218,6 +250,8 @@ class _RNNBase(nn.Module):
         but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding)."""
         name = f"rnnext.nn.{self._kind}"
         ref = self.weight_ih_l0
+        raw = input.data if isinstance(input, PackedSequence) else input
+        cast = _autocast_dtype(self._autocast_lowers or ref.device.type == "cuda", raw, ref.dtype, hx)
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
@@ -227,7 +261,8 @@ class _RNNBase(nn.Module):
             if lengths is not None:
                 raise ValueError(f"{name}: lengths= is for a padded tensor input; a PackedSequence carries its own")
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            _check_float_input(name, data, ref)
+            _check_float_input(name, data, ref, cast)
+            data = data if cast is None else data.to(cast)
             if data.dim() != 2:
                 raise ValueError(f"{name}: expected the PackedSequence data to be 2-D (rows, features), "
                                  f"got {data.dim()}-D")
@@ -239,7 +274,7 @@ class _RNNBase(nn.Module):
             if not isinstance(input, Tensor):
                 raise TypeError(f"{name}: expected input to be a Tensor or a PackedSequence, got "
                                 f"{type(input).__name__}")
-            _check_float_input(name, input, ref)
+            _check_float_input(name, input, ref, cast)
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: expected input to be 2-D (unbatched) or 3-D, got {input.dim()}-D "
                                  f"with shape {tuple(input.shape)}")
@@ -248,6 +283,7 @@ class _RNNBase(nn.Module):
             # The op copies a strided input anyway; doing it here also keeps what autograd saves in the layout
             # torch.compile traced.
             x = (input if batched else input.unsqueeze(1)).contiguous()
+            x = x if cast is None else x.to(cast)
             batch = x.size(0 if batch_first else 1)
             batch_sizes = sorted_indices = unsorted_indices = layer_sorted_indices = None
             if lengths is not None:
@@ -280,6 +316,8 @@ class _RNNBase(nn.Module):
                 states = list(hx)
             else:
                 states = [hx]
+            if cast is not None:  # autocast casts the given states too
+                states = [t.to(cast) if isinstance(t, Tensor) and t.is_floating_point() else t for t in states]
             states = _batched_states(name, labels, states, shapes, batched, 1, x)
             if sorted_indices is not None:
                 states = [t.index_select(1, sorted_indices) for t in states]
@@ -294,7 +332,7 @@ class _RNNBase(nn.Module):
                 idx = layer * num_directions + direction
                 out, new_states = self._run_direction(idx, layer_input, [t[idx] for t in per_layer], batch_sizes,
                                                       layer_sorted_indices, batch_first, direction == 1, train,
-                                                      masked_lengths)
+                                                      masked_lengths, cast)
                 outputs.append(out)
                 for acc, t in zip(finals, new_states):
                     acc.append(t)
@@ -378,8 +416,8 @@ class LSTM(_RNNBase):
                          proj_size, device, dtype)
 
     def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
-                       masked_lengths):
-        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
+                       masked_lengths, cast):
+        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx, cast)
         time_dim = 1 if batch_first else 0
         if w_hr is None and batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
             # One step (a decoder or sampling loop calling the module per step): the cell op, which runs on the
@@ -453,13 +491,27 @@ class _CellBase(nn.Module):
         except KeyError:
             return None
 
-    def _prepare(self, input: Tensor, states, labels) -> Tuple[Tensor, List[Tensor], bool]:
+    _autocast_lowers = False  # on the CPU, stock's LSTMCell and GRUCell follow the input's dtype under autocast
+
+    def _direct(self, input: Tensor) -> bool:
+        """Whether a call may take the one-call path: not while compiling (the checked path traces better) nor
+        under autocast (the checked path casts)."""
+        return not torch.compiler.is_compiling() and not torch.is_autocast_enabled(input.device.type)
+
+    def _cast_weights(self, cast: Optional[torch.dtype]):
+        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return w if cast is None else tuple(None if t is None else t.to(cast) for t in w)
+
+    def _prepare(self, input: Tensor, states, labels) -> Tuple[Tensor, List[Tensor], bool, Optional[torch.dtype]]:
         """Checks input (1-D unbatched or 2-D) and the states (a tuple of len(labels) tensors, or None for
-        zeros); returns the batched input, the batched states and whether the input was batched."""
+        zeros); returns the batched input, the batched states, whether the input was batched and the dtype an
+        autocast region runs the cell in (None: its parameters')."""
         name = f"rnnext.nn.{self._kind}"
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
-        _check_float_input(name, input, self.weight_ih)
+        cast = _autocast_dtype(self._autocast_lowers or input.device.type == "cuda", input, self.weight_ih.dtype,
+                               states)
+        _check_float_input(name, input, self.weight_ih, cast)
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: expected input to be 1-D (unbatched) or 2-D, got {input.dim()}-D "
                              f"with shape {tuple(input.shape)}")
@@ -468,10 +520,13 @@ class _CellBase(nn.Module):
                                f"got {input.size(-1)}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
+        x = x if cast is None else x.to(cast)
         shape = (x.size(0), self.hidden_size)
         if states is None:
-            return x, [x.new_zeros(shape) for _ in labels], batched
-        return x, _batched_states(name, labels, states, [shape] * len(labels), batched, 0, x), batched
+            return x, [x.new_zeros(shape) for _ in labels], batched, cast
+        if cast is not None:  # autocast casts the given states too
+            states = [t.to(cast) if isinstance(t, Tensor) and t.is_floating_point() else t for t in states]
+        return x, _batched_states(name, labels, states, [shape] * len(labels), batched, 0, x), batched, cast
 
 
 class LSTMCell(_CellBase):
@@ -490,8 +545,7 @@ class LSTMCell(_CellBase):
         # The common call (a batch, given states, registered parameters) goes straight to the op, whose checks
         # cover the module's: a call in a Python loop pays little beyond the op. Anything the op rejects, and
         # every other form of call, takes the module's checks below, which say what is wrong as stock does.
-        if type(hx) is tuple and len(hx) == 2 and type(input) is Tensor and input.dim() == 2 \
-                and not torch.compiler.is_compiling():
+        if type(hx) is tuple and len(hx) == 2 and type(input) is Tensor and input.dim() == 2 and self._direct(input):
             w = self._weights()
             if w is not None:
                 try:
@@ -501,8 +555,8 @@ class LSTMCell(_CellBase):
                     pass
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"rnnext.nn.LSTMCell: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
-        x, (h, c), batched = self._prepare(input, hx, ("h_0", "c_0"))
-        hy, cy, _ = _ops.ops.lstm_cell(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        x, (h, c), batched, cast = self._prepare(input, hx, ("h_0", "c_0"))
+        hy, cy, _ = _ops.ops.lstm_cell(x, h, c, *self._cast_weights(cast))
         if not batched:
             return hy.squeeze(0), cy.squeeze(0)
         return hy, cy

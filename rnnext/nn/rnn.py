@@ -29,8 +29,8 @@ class _GRUOrRNN(_RNNBase):
     _device_lengths = True
 
     def _run_direction(self, idx, x, states, batch_sizes, sorted_indices, batch_first, reverse, train,
-                       masked_lengths):
-        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx)
+                       masked_lengths, cast):
+        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx, cast)
         time_dim = 1 if batch_first else 0
         if batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
             # One step (a decoder or sampling loop calling the module per step): the cell op, as LSTM does.
@@ -63,6 +63,7 @@ class GRU(_GRUOrRNN):
 
     _kind = "GRU"
     _cell = "gru"
+    _autocast_lowers = False  # on the CPU, stock's GRU follows the input's dtype under autocast
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
@@ -103,16 +104,15 @@ class _GRUOrRNNCell(_CellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         # The one-call path of LSTMCell.forward (see there): the op checks what the module would.
-        if type(input) is Tensor and type(hx) is Tensor and input.dim() == 2 and not torch.compiler.is_compiling():
+        if type(input) is Tensor and type(hx) is Tensor and input.dim() == 2 and self._direct(input):
             w = self._weights()
             if w is not None:
                 try:
                     return _ops.ops.rnn_cell(input, hx, *w, self._cell_name())[0]
                 except (RuntimeError, TypeError, ValueError):
                     pass
-        x, (h,), batched = self._prepare(input, None if hx is None else (hx,), ("hx",))
-        hy, _ = _ops.ops.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                  self._cell_name())
+        x, (h,), batched, cast = self._prepare(input, None if hx is None else (hx,), ("hx",))
+        hy, _ = _ops.ops.rnn_cell(x, h, *self._cast_weights(cast), self._cell_name())
         return hy if batched else hy.squeeze(0)
 
 
@@ -131,6 +131,7 @@ class RNNCell(_GRUOrRNNCell):
 
     _kind = "RNNCell"
     _gates = 1
+    _autocast_lowers = True  # stock's RNNCell runs its linear maps in the autocast dtype
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:

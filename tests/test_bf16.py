@@ -1,0 +1,262 @@
+"""bfloat16 on the CPU: rnnext's LSTM, GRU and RNN layers and cells in bfloat16 against a float64 oracle (stock
+torch.nn in float64 on the same bfloat16 weights and inputs), with stock torch.nn's own bfloat16 run as the
+yardstick. The bounds, per output and gradient tensor:
+- relative RMS error (||ours - oracle|| / ||oracle||) at most 1.5x stock bfloat16's, or under a floor: one bfloat16
+  unit in the last place (2^-7) for LSTM, GRU and tanh RNN; 4e-2 for ReLU RNN, whose kinks turn a rounding-sized
+  difference in a pre-activation near zero into an O(1) difference in a gradient entry (stock has the same,
+  case by case in other places);
+- LSTM (stock's fused oneDNN path is the reference there) also the largest absolute error at most 1.5x stock's,
+  or under a quarter of a bfloat16 unit in the last place of the oracle's largest value.
+Also the dtype contract (bfloat16 in, bfloat16 out, bfloat16 gradients; no silent mixing), opcheck with bfloat16
+arguments, and clear errors for mixed dtypes."""
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import rnnext
+
+BF16_ULP = 2.0 ** -7  # spacing of bfloat16 numbers in [1, 2)
+
+KINDS = {
+    "lstm": (torch.nn.LSTM, rnnext.nn.LSTM, {}),
+    "lstm_proj": (torch.nn.LSTM, rnnext.nn.LSTM, {"proj_size": 5}),
+    "gru": (torch.nn.GRU, rnnext.nn.GRU, {}),
+    "rnn_tanh": (torch.nn.RNN, rnnext.nn.RNN, {}),
+    "rnn_relu": (torch.nn.RNN, rnnext.nn.RNN, {"nonlinearity": "relu"}),
+}
+
+
+def _modules(kind, I, H, **kw):
+    """(stock bf16, rnnext bf16, stock float64 oracle), all holding the same bfloat16-valued weights."""
+    stock_cls, ours_cls, extra = KINDS[kind]
+    torch.manual_seed(7)
+    base = stock_cls(I, H, **extra, **kw)
+    state = base.to(torch.bfloat16).state_dict()
+    stock = stock_cls(I, H, **extra, **kw, dtype=torch.bfloat16)
+    ours = ours_cls(I, H, **extra, **kw, dtype=torch.bfloat16)
+    oracle = stock_cls(I, H, **extra, **kw, dtype=torch.float64)
+    stock.load_state_dict(state)
+    ours.load_state_dict(state)
+    oracle.load_state_dict({k: v.double() for k, v in state.items()})
+    return stock, ours, oracle
+
+
+def _run(module, inp, x, lengths, hx, batch_first):
+    """Forward and backward of one input kind; returns [output, final states..., grad input, grad hx...,
+    parameter grads...] in float64, and checks that everything bfloat16 in came out bfloat16."""
+    dtype = next(module.parameters()).dtype
+    xi = x.to(dtype, copy=True).requires_grad_()
+    hxi = None
+    if hx is not None:
+        hxi = (tuple(h.to(dtype, copy=True).requires_grad_() for h in hx) if isinstance(hx, tuple)
+               else hx.to(dtype, copy=True).requires_grad_())
+    if inp == "packed":
+        packed = pack_padded_sequence(xi, lengths, batch_first=batch_first, enforce_sorted=False)
+        out, states = module(packed, hxi)
+        out = pad_packed_sequence(out, batch_first=batch_first)[0]
+    elif inp == "lengths" and isinstance(module, (rnnext.nn.LSTM, rnnext.nn.GRU, rnnext.nn.RNN)):
+        out, states = module(xi, hxi, lengths=lengths)
+    elif inp == "lengths":  # stock: pack, run, unpack (padding zero)
+        packed = pack_padded_sequence(xi, lengths, batch_first=batch_first, enforce_sorted=False)
+        out, states = module(packed, hxi)
+        out = pad_packed_sequence(out, batch_first=batch_first, total_length=x.shape[1 if batch_first else 0])[0]
+    else:
+        out, states = module(xi, hxi)
+    states = list(states) if isinstance(states, tuple) else [states]
+    assert out.dtype == dtype and all(s.dtype == dtype for s in states)
+    weight = torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)
+    loss = (out.double() * weight).sum() + sum((s.double() * 0.5).sum() for s in states)
+    loss.backward()
+    hx_grads = [] if hxi is None else [h.grad for h in (hxi if isinstance(hxi, tuple) else (hxi,))]
+    grads = [xi.grad, *hx_grads, *[p.grad for p in module.parameters()]]
+    assert all(g.dtype == dtype for g in grads)
+    return [t.detach().double() for t in (out, *states, *grads)]
+
+
+GRID = list(itertools.product(list(KINDS), [1, 2], [False, True], ["dense", "packed", "lengths"], [False, True]))
+
+
+@pytest.mark.parametrize("kind,layers,bidir,inp,give_hx", GRID)
+def test_bf16_modules_within_stock_bf16_error(kind, layers, bidir, inp, give_hx):
+    I, H, T, B = 6, 12, 7, 5
+    batch_first = (layers + int(bidir) + int(give_hx)) % 2 == 1
+    stock, ours, oracle = _modules(kind, I, H, num_layers=layers, bidirectional=bidir, batch_first=batch_first)
+    g = torch.Generator().manual_seed(layers * 10 + int(bidir))
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(*shape, generator=g).to(torch.bfloat16).double()
+    lengths = torch.tensor([7, 3, 5, 1, 6])
+    hx = None
+    if give_hx:
+        D = 2 if bidir else 1
+        P = KINDS[kind][2].get("proj_size", H)
+        h0 = torch.randn(layers * D, B, P, generator=g).to(torch.bfloat16).double()
+        hx = (h0, torch.randn(layers * D, B, H, generator=g).to(torch.bfloat16).double()) if kind.startswith(
+            "lstm") else h0
+    ref = _run(oracle, inp, x, lengths, hx, batch_first)
+    theirs = _run(stock, inp, x, lengths, hx, batch_first)
+    mine = _run(ours, inp, x, lengths, hx, batch_first)
+    assert len(ref) == len(theirs) == len(mine)
+    _check_errors(kind, ref, theirs, mine)
+
+
+def _check_errors(kind, ref, theirs, mine):
+    rms_floor = 4e-2 if kind == "rnn_relu" else BF16_ULP
+    for i, (r, t, m) in enumerate(zip(ref, theirs, mine)):
+        norm = r.norm().item()
+        if norm == 0:
+            assert m.abs().max().item() == 0, f"tensor {i}: the oracle is zero, rnnext is not"
+            continue
+        rms_stock, rms_ours = (t - r).norm().item() / norm, (m - r).norm().item() / norm
+        assert rms_ours <= max(1.5 * rms_stock, rms_floor), (
+            f"tensor {i}: rnnext bf16 relative RMS error {rms_ours:.3g} > 1.5x stock bf16's {rms_stock:.3g} "
+            f"and > {rms_floor:.3g}")
+        if kind.startswith("lstm"):
+            err_stock, err_ours = (t - r).abs().max().item(), (m - r).abs().max().item()
+            floor = 0.25 * BF16_ULP * max(1.0, r.abs().max().item())
+            assert err_ours <= max(1.5 * err_stock, floor), (
+                f"tensor {i}: rnnext bf16 max error {err_ours:.3g} > 1.5x stock bf16's {err_stock:.3g} "
+                f"(floor {floor:.3g})")
+
+
+CELLS = {"lstm": (torch.nn.LSTMCell, rnnext.nn.LSTMCell, {}), "gru": (torch.nn.GRUCell, rnnext.nn.GRUCell, {}),
+         "rnn_tanh": (torch.nn.RNNCell, rnnext.nn.RNNCell, {}),
+         "rnn_relu": (torch.nn.RNNCell, rnnext.nn.RNNCell, {"nonlinearity": "relu"})}
+
+
+@pytest.mark.parametrize("kind,bias,B", list(itertools.product(list(CELLS), [True, False], [1, 3, 40])))
+def test_bf16_cells_within_stock_bf16_error(kind, bias, B):
+    stock_cls, ours_cls, extra = CELLS[kind]
+    I, H = 6, 12
+    torch.manual_seed(3)
+    state = stock_cls(I, H, bias=bias, **extra).to(torch.bfloat16).state_dict()
+    mods = []
+    for cls, dtype in ((stock_cls, torch.float64), (stock_cls, torch.bfloat16), (ours_cls, torch.bfloat16)):
+        m = cls(I, H, bias=bias, **extra, dtype=dtype)
+        m.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+        mods.append(m)
+    g = torch.Generator().manual_seed(B)
+    x = torch.randn(B, I, generator=g).to(torch.bfloat16).double()
+    h = torch.randn(B, H, generator=g).to(torch.bfloat16).double()
+    c = torch.randn(B, H, generator=g).to(torch.bfloat16).double()
+    results = []
+    for m in mods:
+        dtype = next(m.parameters()).dtype
+        xi, hi, ci = (t.to(dtype, copy=True).requires_grad_() for t in (x, h, c))
+        out = m(xi, (hi, ci)) if kind == "lstm" else m(xi, hi)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        assert all(o.dtype == dtype for o in outs)
+        sum((o.double() * (k + 1)).sum() for k, o in enumerate(outs)).backward()
+        grads = [xi.grad, hi.grad] + ([ci.grad] if kind == "lstm" else []) + [p.grad for p in m.parameters()]
+        assert all(t.dtype == dtype for t in grads)
+        results.append([t.detach().double() for t in outs + grads])
+    _check_errors(kind, *results)
+
+
+def _bf(*shape, g):
+    return torch.randn(*shape, generator=g).to(torch.bfloat16)
+
+
+def test_bf16_ops_opcheck():
+    g = torch.Generator().manual_seed(0)
+    T, B, I, H, P = 4, 3, 5, 6, 4
+    rg = lambda t: t.requires_grad_()  # noqa: E731
+    lstm = (rg(_bf(T, B, I, g=g)), rg(_bf(B, P, g=g)), rg(_bf(B, H, g=g)), rg(_bf(4 * H, I, g=g)),
+            rg(_bf(4 * H, P, g=g)), rg(_bf(4 * H, g=g)), rg(_bf(4 * H, g=g)), rg(_bf(P, H, g=g)), None, None, False,
+            True, True)
+    torch.library.opcheck(torch.ops.rnnext.lstm_layer.default, lstm)
+    for cell in ("gru", "rnn_tanh"):
+        G = (3 if cell == "gru" else 1) * H
+        packed = (rg(_bf(8, I, g=g)), rg(_bf(B, H, g=g)), rg(_bf(G, I, g=g)), rg(_bf(G, H, g=g)), rg(_bf(G, g=g)),
+                  rg(_bf(G, g=g)), torch.tensor([3, 2, 2, 1]), None, False, True, True, cell)
+        torch.library.opcheck(torch.ops.rnnext.rnn_layer.default, packed)
+        torch.library.opcheck(torch.ops.rnnext.rnn_cell.default,
+                              (rg(_bf(B, I, g=g)), rg(_bf(B, H, g=g)), rg(_bf(G, I, g=g)), rg(_bf(G, H, g=g)),
+                               rg(_bf(G, g=g)), rg(_bf(G, g=g)), cell))
+    torch.library.opcheck(torch.ops.rnnext.lstm_cell.default,
+                          (rg(_bf(B, I, g=g)), rg(_bf(B, H, g=g)), rg(_bf(B, H, g=g)), rg(_bf(4 * H, I, g=g)),
+                           rg(_bf(4 * H, H, g=g)), None, None))
+    # The backward ops: bfloat16 values, float32 workspace.
+    x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (t.detach() for t in lstm[:8])
+    out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, None, None,
+                                                            False, True, True)
+    assert out.dtype == hy.dtype == cy.dtype == torch.bfloat16 and gates.dtype == cells.dtype == torch.float32
+    torch.library.opcheck(torch.ops.rnnext.lstm_layer_backward.default,
+                          (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), x, hx, cx, w_ih, w_hh,
+                           w_hr, None, None, False, out, gates, cells, True, True))
+
+
+def test_bf16_mixed_dtypes_are_clear_errors():
+    g = torch.Generator().manual_seed(0)
+    x, h, c = _bf(4, 3, 5, g=g), _bf(3, 6, g=g), _bf(3, 6, g=g)
+    w_ih, w_hh = _bf(24, 5, g=g), _bf(24, 6, g=g)
+    with pytest.raises(RuntimeError, match="expected hx to have the dtype of input"):
+        torch.ops.rnnext.lstm_layer(x, h.float(), c, w_ih, w_hh, None, None, None, None, None, False, False, False)
+    with pytest.raises(RuntimeError, match="expected w_hh to have the dtype of input"):
+        torch.ops.rnnext.rnn_layer(x, h, w_ih[:6], w_hh[:6].float(), None, None, None, None, False, False, False,
+                                   "rnn_tanh")
+    out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(x, h, c, w_ih, w_hh, None, None, None, None, None, False,
+                                                            False, True)
+    with pytest.raises(RuntimeError, match="expected gates to be float32"):
+        torch.ops.rnnext.lstm_layer_backward(out, hy, cy, x, h, c, w_ih, w_hh, None, None, None, False, out,
+                                             gates.bfloat16(), cells, False, False)
+    # A module keeps its dtype: bfloat16 input to a float32 module (outside autocast) is a TypeError naming both.
+    m = rnnext.nn.GRU(5, 6)
+    with pytest.raises(TypeError, match="bfloat16"):
+        m(x)
+
+
+def test_bf16_module_to_keeps_dtype_and_state_dict():
+    m = rnnext.nn.LSTM(5, 6, num_layers=2).to(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    out, (h, c) = m(torch.randn(4, 3, 5, dtype=torch.bfloat16))
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    stock = torch.nn.LSTM(5, 6, num_layers=2, dtype=torch.bfloat16)
+    stock.load_state_dict(m.state_dict())
+    packed = pack_padded_sequence(torch.randn(4, 3, 5, dtype=torch.bfloat16), torch.tensor([4, 2, 1]))
+    out_p, _ = m(packed)
+    assert isinstance(out_p, PackedSequence) and out_p.data.dtype == torch.bfloat16
+
+
+AUTOCAST_PAIRS = [(torch.nn.LSTM, rnnext.nn.LSTM), (torch.nn.GRU, rnnext.nn.GRU), (torch.nn.RNN, rnnext.nn.RNN),
+                  (torch.nn.LSTMCell, rnnext.nn.LSTMCell), (torch.nn.GRUCell, rnnext.nn.GRUCell),
+                  (torch.nn.RNNCell, rnnext.nn.RNNCell)]
+
+
+@pytest.mark.parametrize("stock_cls,ours_cls", AUTOCAST_PAIRS, ids=[p[0].__name__ for p in AUTOCAST_PAIRS])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["f32_input", "bf16_input"])
+@pytest.mark.parametrize("give_hx", [False, True])
+def test_autocast_matches_stock_dtypes(stock_cls, ours_cls, input_dtype, give_hx):
+    """Under torch.autocast("cpu", bfloat16) a float32 module returns what stock's returns: LSTM, RNN and RNNCell
+    run in bfloat16 whatever the input; GRU, LSTMCell and GRUCell follow the input (float32 stays float32, a
+    bfloat16 activation runs in bfloat16). Values agree with stock's at bfloat16 precision, and the gradients
+    reach the float32 parameters in float32."""
+    torch.manual_seed(0)
+    stock = stock_cls(4, 6)
+    ours = ours_cls(4, 6)
+    ours.load_state_dict(stock.state_dict())
+    cell = "Cell" in stock_cls.__name__
+    x = torch.randn(3, 4) if cell else torch.randn(5, 3, 4)
+    hshape = (3, 6) if cell else (1, 3, 6)
+    h = torch.randn(hshape)
+    hx = None
+    if give_hx:
+        hx = (h, torch.randn(hshape)) if stock_cls in (torch.nn.LSTM, torch.nn.LSTMCell) else h
+    results = []
+    for m in (stock, ours):
+        xi = x.to(input_dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(xi, hx)
+        first = out[0] if isinstance(out, tuple) else out
+        results.append(first)
+        first.float().sum().backward()
+        assert xi.grad.dtype == input_dtype
+        assert all(p.grad.dtype == torch.float32 for p in m.parameters())
+    a, b = results
+    assert a.dtype == b.dtype, f"stock returns {a.dtype}, rnnext {b.dtype}"
+    torch.testing.assert_close(b.double(), a.double(), atol=3e-2, rtol=3e-2)
+    # Outside autocast a bfloat16 input to a float32 module is an error, as for stock.
+    with pytest.raises((TypeError, ValueError, RuntimeError)):
+        ours(x.bfloat16(), hx)
