@@ -199,7 +199,7 @@ def test_bf16_mixed_dtypes_are_clear_errors():
                                    "rnn_tanh")
     out, hy, cy, gates, cells = torch.ops.rnnext.lstm_layer(x, h, c, w_ih, w_hh, None, None, None, None, None, False,
                                                             False, True)
-    with pytest.raises(RuntimeError, match="expected gates to be float32"):
+    with pytest.raises(RuntimeError, match="expected gates to be (float32|Float)"):
         torch.ops.rnnext.lstm_layer_backward(out, hy, cy, x, h, c, w_ih, w_hh, None, None, None, False, out,
                                              gates.bfloat16(), cells, False, False)
     # A module keeps its dtype: bfloat16 input to a float32 module (outside autocast) is a TypeError naming both.
@@ -260,3 +260,73 @@ def test_autocast_matches_stock_dtypes(stock_cls, ours_cls, input_dtype, give_hx
     # Outside autocast a bfloat16 input to a float32 module is an error, as for stock.
     with pytest.raises((TypeError, ValueError, RuntimeError)):
         ours(x.bfloat16(), hx)
+
+
+def _bf16_reference(x, h0, c0, w_ih, w_hh, b, reverse=False):
+    """The native bfloat16 LSTM layer's arithmetic in float64: GEMMs on bfloat16 operands ([x_t | h_{t-1}], the
+    weights), the cell state carried unrounded, h rounded to bfloat16 once per step (the next GEMM's operand and
+    the output)."""
+    T = x.shape[0]
+    h, c = h0.double(), c0.double()
+    outs = [None] * T
+    for step in range(T):
+        t = T - 1 - step if reverse else step
+        gates = x[t].double() @ w_ih.double().t() + h @ w_hh.double().t() + b.double()
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = (torch.sigmoid(o) * torch.tanh(c)).to(torch.bfloat16).double()
+        outs[t] = h
+    return torch.stack(outs), h, c
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("B,layout,reverse", [(3, "dense", False), (40, "dense", True), (64, "packed", False),
+                                               (64, "batch_first", True), (9, "padded", True)])
+def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
+    """The LSTM layer op in bfloat16 (natively on AVX512-BF16 CPUs: the fused loop's GEMMs in bfloat16, float32
+    accumulation and cell state; elsewhere the float32 kernel on the upcast values) against its float64
+    re-computation: outputs within a bfloat16 unit in the last place (a rounding of h may land on the other side
+    of a tie), the same bits for 1 and 2 threads and on either side of the slot split's batch threshold, and
+    every gradient within stock bfloat16's error bound (test_bf16_modules_within_stock_bf16_error)."""
+    g = torch.Generator().manual_seed(B)
+    T, I, H = 6, 7, 20
+    x = torch.randn(T, B, I, generator=g).bfloat16()
+    h0, c0 = torch.randn(B, H, generator=g).bfloat16(), torch.randn(B, H, generator=g).bfloat16()
+    w_ih, w_hh = (torch.randn(4 * H, I, generator=g) * 0.4).bfloat16(), (torch.randn(4 * H, H, generator=g) * 0.3).bfloat16()
+    b_ih, b_hh = (torch.randn(4 * H, generator=g) * 0.1).bfloat16(), (torch.randn(4 * H, generator=g) * 0.1).bfloat16()
+    ref_out, ref_h, ref_c = _bf16_reference(x, h0, c0, w_ih, w_hh, b_ih.double() + b_hh.double(), reverse)
+    bs = si = None
+    inp = x
+    if layout == "packed":
+        lengths = torch.tensor(sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True))
+        lengths[0] = T
+        packed = pack_padded_sequence(x, lengths)
+        inp, bs = packed.data, packed.batch_sizes
+    elif layout == "batch_first":
+        inp = x.transpose(0, 1).contiguous()
+    elif layout == "padded":  # every length T here: the padded path with a permutation
+        bs, si = torch.full((T,), B), torch.randperm(B, generator=g)
+    first = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
+                                        reverse, True)
+    out, hy, cy, gates, cells = first
+    assert out.dtype == hy.dtype == cy.dtype == torch.bfloat16 and gates.dtype == torch.float32
+    if layout == "packed":
+        out = pad_packed_sequence(PackedSequence(out, bs), total_length=T)[0]
+        keep = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
+        if not reverse:
+            ref_out = ref_out * keep  # (a forward direction's entries end early: compare the real rows)
+    elif layout == "batch_first":
+        out = out.transpose(0, 1)
+    if layout != "packed":
+        torch.testing.assert_close(out.double(), ref_out, atol=BF16_ULP * 2, rtol=BF16_ULP)
+        torch.testing.assert_close(hy.double(), ref_h, atol=BF16_ULP * 2, rtol=BF16_ULP)
+        torch.testing.assert_close(cy.double(), ref_c, atol=BF16_ULP * 4, rtol=BF16_ULP)
+    else:
+        torch.testing.assert_close((out * keep).double(), ref_out * keep, atol=BF16_ULP * 2, rtol=BF16_ULP)
+    # Thread counts and splits give the same bits.
+    torch.set_num_threads(3 - threads)
+    again = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
+                                        reverse, True)
+    torch.set_num_threads(threads)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)

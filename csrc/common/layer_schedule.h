@@ -26,7 +26,9 @@ enum class Backend { kCPU, kCUDA };
 // A floating-point argument on the backend's device: float32/float64 on the CPU, also float16/bfloat16 on CUDA.
 inline void check_float_input(const char* op, const char* name, const Tensor& t, Backend backend) {
   if (backend == Backend::kCPU) {
-    cpu::check_float_cpu(op, name, t);
+    // (bfloat16 reaches the CPU engine only through an op's bfloat16 entry: cpu/bf16.h.)
+    if (t.scalar_type() != at::kBFloat16) cpu::check_float_cpu(op, name, t);
+    TORCH_CHECK(t.device().is_cpu(), op, ": expected ", name, " on the CPU, got ", t.device());
     return;
   }
   const auto st = t.scalar_type();
@@ -174,9 +176,16 @@ inline void check_layer_backward_args(const char* op, const LayerShapes& s, cons
   std::vector<int64_t> out_shape = input.sizes().vec();
   out_shape.back() = s.P;
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &grad_output},
-                                {"grad_hy", &grad_hy}, {"grad_cy", &grad_cy}, {"output", &output},
-                                {"gates", &gates}, {"cells", &cells}})
+                                {"grad_hy", &grad_hy}, {"grad_cy", &grad_cy}, {"output", &output}})
     cpu::check_same(op, "input", input, name, *t);
+  // The workspace: the input's dtype, float32 for a bfloat16 layer on the CPU (cpu/bf16.h).
+  const auto ws = input.scalar_type() == at::kBFloat16 && input.device().is_cpu() ? at::kFloat : input.scalar_type();
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"gates", &gates}, {"cells", &cells}}) {
+    TORCH_CHECK(t->scalar_type() == ws, op, ": expected ", name, " to be ", ws, " (the workspace of a ",
+                input.scalar_type(), " forward), got ", t->scalar_type());
+    TORCH_CHECK(t->device() == input.device(), op, ": expected ", name, " on the device of input (", input.device(),
+                "), got ", t->device());
+  }
   cpu::check_shape(op, "grad_output", grad_output, out_shape);
   cpu::check_shape(op, "output", output, out_shape);
   cpu::check_shape(op, "grad_hy", grad_hy, {s.B, s.P});

@@ -531,10 +531,15 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   // A padded input's output is zero at the padding.
   r.output = s.layout == Layout::kPadded ? at::zeros(out_shape, opts) : at::empty(out_shape, opts);
   const int64_t W = saved_width(cell, H);
+  // The workspace and LSTM's cell state are float32 for a bfloat16 layer on the CPU (which reaches the engine
+  // only where the step loop computes bfloat16 natively: the fused LSTM loop), else the input's dtype (CUDA's
+  // kernels keep half types in their workspace and compute in float).
+  const auto acc_opts =
+      a.input.scalar_type() == at::kBFloat16 && backend == Backend::kCPU ? opts.dtype(at::kFloat) : opts;
   // Training keeps rows for the backward; a padded input uses only the first `used`: keep the rest defined.
   auto workspace = [&](bool keep, int64_t width) {
-    if (!keep) return at::empty({0}, opts);
-    Tensor t = at::empty({s.N, width}, opts);
+    if (!keep) return at::empty({0}, acc_opts);
+    Tensor t = at::empty({s.N, width}, acc_opts);
     t.narrow(0, used, s.N - used).zero_();
     return t;
   };
@@ -548,7 +553,7 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   // Slot order; every slot keeps its states in place (copies: the steps update them).
   auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
   const Tensor h = slots(a.hx);
-  const Tensor c = lstm ? slots(*a.cx) : Tensor();
+  const Tensor c = lstm ? slots(*a.cx).to(acc_opts.dtype()) : Tensor();
   // (Contiguous weights: the same values give the same bits in any layout.)
   const Tensor w_ih = a.w_ih.contiguous();
   const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
@@ -569,7 +574,7 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
     Pointwise::forward_steps(f);
   if (!plan.identity_rows) r.output.view({-1, P}).index_copy_(0, plan.out_rows, h_slots);
   r.hy = plan.state_to_batch(h);
-  if (lstm) r.cy = plan.state_to_batch(c);
+  if (lstm) r.cy = plan.state_to_batch(c).to(opts.dtype());
   return r;
 }
 
@@ -618,12 +623,18 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     if (W > 0) cpu::check_shape(op, "saved", g.saved, {s.N, W});
   }
   const auto opts = input.options();
+  // A bfloat16 layer on the CPU (the fused LSTM loop's native path) runs its recurrence in float32: the state
+  // gradients, the gate gradients and the output gradient it reads; its policy's weight_grads run the GEMMs.
+  const auto acc_opts =
+      input.scalar_type() == at::kBFloat16 && backend == Backend::kCPU ? opts.dtype(at::kFloat) : opts;
   // The pointwise policies read through raw pointers, and the GEMMs should give the same bits for the same
   // values in any layout: contiguous operands.
   const Tensor sv = g.saved.contiguous(), wi = a.w_ih.contiguous(), wh = a.w_hh.contiguous();
-  auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
+  auto slots = [&](const Tensor& t) {
+    return (plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t)).to(acc_opts.dtype());
+  };
   const Tensor dh = slots(g.grad_hy), dc = lstm ? slots(*g.grad_cy) : Tensor();  // slot order
-  auto to_batch = [&](const Tensor& t) { return t.defined() ? plan.state_to_batch(t) : t; };
+  auto to_batch = [&](const Tensor& t) { return t.defined() ? plan.state_to_batch(t).to(opts.dtype()) : t; };
   LayerGradsOut r;
   const Tensor empty = at::empty({0}, opts);
   r.grad_b_ih = r.grad_b_hh = r.grad_w_hr = empty;
@@ -638,7 +649,7 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     return r;
   }
   const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
-  const Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous();
+  const Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous().to(acc_opts.dtype());
   const Tensor x_rows = input.reshape({-1, I}).contiguous(), y_rows = g.output.reshape({-1, P}).contiguous();
   const Tensor h_slots = fused ? Tensor() : plan.to_slots(y_rows).contiguous();
   // The state each slot row read: the slot's row of the previous step, or the initial state for a slot's first
@@ -659,15 +670,15 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   const Tensor h0 = plan.state_to_slots(a.hx);
   const Tensor h_prev = previous(h_slots, h0);
   const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
-  Tensor dgx = at::empty({used, G}, opts);
-  Tensor dgh = gru ? at::empty({used, G}, opts) : dgx;
+  Tensor dgx = at::empty({used, G}, acc_opts);
+  Tensor dgh = gru ? at::empty({used, G}, acc_opts) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
   b.h0 = h0;
   b.fused_input = fused;
   if (fused) b.x_rows = x_rows, b.y_rows = y_rows;
   if (lstm) {
     b.cells = cells;
-    b.c0 = plan.state_to_slots(*a.cx);
+    b.c0 = plan.state_to_slots(*a.cx).to(acc_opts.dtype());
     b.c_prev = previous(cells, b.c0);
     b.dc = dc;
     if (a.w_hr.has_value()) {
@@ -767,6 +778,9 @@ void rnn_cell_step(common::CellKind cell, const at::Tensor& x, const at::Tensor&
 void lstm_fused_forward_steps(const common::ForwardSteps& f);
 void lstm_fused_backward_steps(const common::BackwardSteps& b);
 common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, const at::Tensor& w_ih, bool has_bias);
+// Whether the fused LSTM forward runs bfloat16 natively here (AVX512-BF16 GEMMs): without a projection and
+// outside masked mode, on a CPU that has the instructions.
+bool lstm_fused_takes_bf16(const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths);
 }  // namespace rnnext::cpu
 
 namespace rnnext::cuda {

@@ -16,12 +16,15 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/rnn_engine.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
 #include "cpu/slot_split.h"
@@ -30,7 +33,12 @@
 namespace rnnext::cpu {
 namespace {
 
+
 using at::Tensor;
+
+std::optional<Tensor> bf16_to_float(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
 using common::Steps;
 using kernels::block_first_col;
 using kernels::block_first_unit;
@@ -44,63 +52,81 @@ int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork
 // ---------------------------------------------------------------------------------------------------------
 // Forward
 
-template <typename scalar_t>
+// S: the storage type of the input, output and states (float, double, or bfloat16); A: the type the gates, the
+// cell state and the pointwise math use (float for bfloat16, else S). With bfloat16 the step's GEMM runs on
+// AVX512-BF16 (cpu/gemm_bf16.h: [x_t | h_{t-1}] and the weights in bfloat16, float32 accumulation) and the new
+// h, computed in float32, is rounded once into the next step's GEMM operand and the output.
+template <typename S>
 struct Forward {
+  static constexpr bool kBf16 = std::is_same_v<S, c10::BFloat16>;
+  using A = std::conditional_t<kBf16, float, S>;
   const Steps& st;
   common::RnnPlan::SlotRows row;  // slot row -> input row
   int64_t B, H, P, I, K, G, NB;
   bool proj, gates_per_step;
-  const scalar_t* x;     // input rows (I wide), in the input's order
-  const scalar_t* wt;    // [W_ih W_hh]^T blocked (K, G)
-  const scalar_t* bias;  // blocked, or null
-  const scalar_t* whr;   // W_hr^T (H, P), or null
-  scalar_t* g;           // gates workspace (N, G), or one step's (B, G) with gates_per_step
-  scalar_t* c_save;      // cell states (N, H), or null
-  scalar_t* xh;          // two buffers (B, K) of [x_t | h_{t-1}] per slot
-  scalar_t* c;           // cell state per slot (B, H)
-  scalar_t* hf;          // unprojected h per slot (B, H), with proj
-  scalar_t* y;           // output slot rows (P wide)
-  scalar_t* hn;          // final h (B, P), slot order (c's final value is c itself)
+  const S* x;      // input rows (I wide), in the input's order
+  const S* wt;     // [W_ih W_hh]^T blocked (K, G); with bfloat16 packed in k-pairs (cpu/gemm_bf16.h)
+  const A* bias;   // blocked, or null
+  const S* whr;    // W_hr^T (H, P), or null (never with bfloat16)
+  A* g;            // gates workspace (N, G), or one step's (B, G) with gates_per_step
+  A* c_save;       // cell states (N, H), or null
+  S* xh;           // two buffers (B, K) of [x_t | h_{t-1}] per slot
+  A* c;            // cell state per slot (B, H)
+  A* hf;           // unprojected h per slot (B, H): with proj, and with bfloat16 (h before rounding)
+  S* y;            // output slot rows (P wide)
+  S* hn;           // final h (B, P), slot order (c's final value is c itself)
 
-  scalar_t* xh_buf(int64_t p) const { return xh + (p % 2) * B * K; }
+  S* xh_buf(int64_t p) const { return xh + (p % 2) * B * K; }
   // x of step p into the read buffer of step p, slots [j0, j1).
   void load_x(int64_t p, int64_t j0, int64_t j1) const {
-    scalar_t* dst = xh_buf(p);
+    S* dst = xh_buf(p);
     for (int64_t j = j0; j < j1; ++j) {
-      const scalar_t* src = x + row(st.offset_at(p) + j) * I;
+      const S* src = x + row(st.offset_at(p) + j) * I;
       std::copy(src, src + I, dst + j * K);
     }
   }
   // Gates, pointwise step and (without proj) h for slots [j0, j1) and unit blocks [k0, k1) of step p.
   void cells(int64_t p, int64_t j0, int64_t j1, int64_t k0, int64_t k1) const {
     const int64_t m = j1 - j0, off = st.offset_at(p);
-    const scalar_t* xr = xh_buf(p) + j0 * K;
-    scalar_t* hw = xh_buf(p + 1) + j0 * K + I;
-    scalar_t* gp = (gates_per_step ? g : g + off * G) + j0 * G;
-    scalar_t* cr = c + j0 * H;
-    scalar_t* cs = c_save != nullptr ? c_save + (off + j0) * H : nullptr;
+    const S* xr = xh_buf(p) + j0 * K;
+    S* hw = xh_buf(p + 1) + j0 * K + I;
+    A* gp = (gates_per_step ? g : g + off * G) + j0 * G;
+    A* cr = c + j0 * H;
+    A* cs = c_save != nullptr ? c_save + (off + j0) * H : nullptr;
     // Without a projection the tile writes the output rows itself.
-    scalar_t* yy = proj ? nullptr : y + (off + j0) * P;
+    S* yy = proj ? nullptr : y + (off + j0) * P;
     const GateLayout layout{H, true};
     for (int64_t c0 = k0; c0 < k1; c0 += kBlocksPerChunk) {
       const int64_t c1 = std::min(k1, c0 + kBlocksPerChunk);
       const int64_t d0 = block_first_col(c0), d1 = 4 * (block_first_unit(c1 - 1) + block_width(c1 - 1, H));
-      gemm_rowmajor(m, d1 - d0, K, xr, K, wt + d0, G, gp + d0, G, /*accumulate=*/false);
-      if (proj)
-        lstm_forward_tile<scalar_t>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hf + j0 * H, H, nullptr, 0);
-      else
-        lstm_forward_tile<scalar_t>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hw, K, yy, P);
+      if constexpr (kBf16) {
+        gemm_bf16_packed(m, d1 - d0, K, reinterpret_cast<const uint16_t*>(xr), K,
+                         reinterpret_cast<const uint16_t*>(wt) + 2 * d0, G, gp + d0, G, /*accumulate=*/false);
+        A* h32 = hf + j0 * H;
+        lstm_forward_tile<A>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, h32, H, nullptr, 0);
+        const int64_t u0 = block_first_unit(c0), u1 = block_first_unit(c1 - 1) + block_width(c1 - 1, H);
+        for (int64_t j = 0; j < m; ++j)
+          for (int64_t u = u0; u < u1; ++u) hw[j * K + u] = yy[j * P + u] = S(h32[j * H + u]);
+      } else {
+        gemm_rowmajor(m, d1 - d0, K, xr, K, wt + d0, G, gp + d0, G, /*accumulate=*/false);
+        if (proj)
+          lstm_forward_tile<S>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hf + j0 * H, H, nullptr, 0);
+        else
+          lstm_forward_tile<S>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, hw, K, yy, P);
+      }
     }
   }
   // With proj: h = h_full W_hr^T for slots [j0, j1), columns [q0, q1).
   void project(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
-    scalar_t* hw = xh_buf(p + 1) + j0 * K + I;
-    gemm_rowmajor(j1 - j0, q1 - q0, H, hf + j0 * H, H, whr + q0, P, hw + q0, K, /*accumulate=*/false);
+    if constexpr (!kBf16) {
+      S* hw = xh_buf(p + 1) + j0 * K + I;
+      gemm_rowmajor(j1 - j0, q1 - q0, H, hf + j0 * H, H, whr + q0, P, hw + q0, K, /*accumulate=*/false);
+    }
   }
   // Copies h (columns [q0, q1)) of slots [j0, j1) to the output rows where the tile did not (with a projection),
   // and of slots whose last step this is to the final states.
   void emit(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
-    const scalar_t* hw = xh_buf(p + 1) + I;
+    const S* hw = xh_buf(p + 1) + I;
     if (proj)
       for (int64_t j = j0; j < j1; ++j)
         std::copy(hw + j * K + q0, hw + j * K + q1, y + (st.offset_at(p) + j) * P + q0);
@@ -249,22 +275,34 @@ void lstm_fused_forward_steps(const common::ForwardSteps& f) {
   const Steps& st = f.plan.st;
   const int64_t B = f.plan.s.B, H = f.plan.s.H, P = f.plan.s.P, I = f.plan.s.I, G = 4 * H, K = I + P;
   const bool proj = f.w_hr.defined(), train = f.saved.defined();
+  const bool bf16 = f.x.scalar_type() == at::kBFloat16;  // (the engine sends bfloat16 here only without proj)
   const auto opts = f.x.options();
+  const auto acc_opts = f.c.options();  // the gates' and the cell state's dtype (float32 for bfloat16)
   // Training keeps every step's gate activations for the backward; inference needs one step's.
-  const Tensor gates = train ? f.saved : at::empty({B, G}, opts);
-  const BlockedWeights bw = block_weights(f.w_ih, f.w_hh, f.b_ih, f.b_hh);
+  const Tensor gates = train ? f.saved : at::empty({B, G}, acc_opts);
+  const BlockedWeights bw = bf16 ? block_weights(f.w_ih.to(at::kFloat), f.w_hh.to(at::kFloat),
+                                                 bf16_to_float(f.b_ih), bf16_to_float(f.b_hh))
+                                 : block_weights(f.w_ih, f.w_hh, f.b_ih, f.b_hh);
+  Tensor w_t = bw.w_t;
+  if (bf16) {  // the blocked weights in bfloat16 (exact: they were bfloat16), packed in k-pairs
+    const Tensor w16 = bw.w_t.to(at::kBFloat16);
+    w_t = at::empty({(K + 1) / 2 * 2, G}, opts);
+    pack_bf16_pairs(K, G, reinterpret_cast<const uint16_t*>(w16.const_data_ptr<c10::BFloat16>()), G,
+                    reinterpret_cast<uint16_t*>(w_t.data_ptr<c10::BFloat16>()));
+  }
   const Tensor w_hr_t = proj ? f.w_hr.t().contiguous() : Tensor();
   // [x_t | h_{t-1}] per slot in two buffers (both start with hx: late joiners read it).
   Tensor xh = at::empty({2, B, K}, opts);
   xh.narrow(2, I, P).copy_(f.h.unsqueeze(0).expand({2, B, P}));
-  Tensor hfull = proj ? at::empty({B, H}, opts) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "lstm_layer", [&] {
+  Tensor hfull = proj || bf16 ? at::empty({B, H}, acc_opts) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, f.x.scalar_type(), "lstm_layer", [&] {
+    using A = typename Forward<scalar_t>::A;
     const Forward<scalar_t> fw{st, f.plan.slot_row(), B, H, P, I, K, G, num_unit_blocks(H), proj, !train,
-                               f.x.const_data_ptr<scalar_t>(), bw.w_t.const_data_ptr<scalar_t>(),
-                               bw.bias.defined() ? bw.bias.const_data_ptr<scalar_t>() : nullptr,
-                               proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr, gates.data_ptr<scalar_t>(),
-                               train ? f.cells.data_ptr<scalar_t>() : nullptr, xh.data_ptr<scalar_t>(),
-                               f.c.data_ptr<scalar_t>(), proj ? hfull.data_ptr<scalar_t>() : nullptr,
+                               f.x.const_data_ptr<scalar_t>(), w_t.const_data_ptr<scalar_t>(),
+                               bw.bias.defined() ? bw.bias.const_data_ptr<A>() : nullptr,
+                               proj ? w_hr_t.const_data_ptr<scalar_t>() : nullptr, gates.data_ptr<A>(),
+                               train ? f.cells.data_ptr<A>() : nullptr, xh.data_ptr<scalar_t>(),
+                               f.c.data_ptr<A>(), hfull.defined() ? hfull.data_ptr<A>() : nullptr,
                                f.h_slots.data_ptr<scalar_t>(), f.h.data_ptr<scalar_t>()};
     if (const int64_t nt = slot_split_threads(B))
       fw.run_by_slots(nt);
@@ -273,11 +311,16 @@ void lstm_fused_forward_steps(const common::ForwardSteps& f) {
   });
 }
 
+bool lstm_fused_takes_bf16(const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths) {
+  return gemm_bf16_available() && !w_hr.has_value() && !lengths.has_value();
+}
+
 void lstm_fused_backward_steps(const common::BackwardSteps& b) {
   const Steps& st = b.plan.st;
   const int64_t B = b.plan.s.B, H = b.plan.s.H, P = b.plan.s.P, G = 4 * H;
   const bool proj = b.w_hr.defined();
-  const Tensor w_hh_blocked = b.w_hh.index_select(0, blocked_gate_perm(H)).contiguous();
+  // (In the state gradients' dtype: float32 for a bfloat16 layer, whose recurrence runs in float32.)
+  const Tensor w_hh_blocked = b.w_hh.index_select(0, blocked_gate_perm(H)).to(b.dh.scalar_type()).contiguous();
   Tensor dh_full = proj ? at::empty({B, H}, b.dh.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "lstm_layer_backward", [&] {
     const Backward<scalar_t> bw{st, B, H, P, G, num_unit_blocks(H), proj, b.saved.const_data_ptr<scalar_t>(),
@@ -301,26 +344,31 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
   const auto opts = w_ih.options();
   const Tensor perm = blocked_gate_perm(H);
   // [dW_ih dW_hh db] = dgates^T [x h_prev 1] in one GEMM, where h_prev is the h each slot row read and the
-  // column of ones gives the bias gradient for free.
+  // column of ones gives the bias gradient for free. A bfloat16 layer runs these GEMMs in float32 on its float32
+  // gate gradients (rounding them to bfloat16 first measured up to 3x stock bfloat16's error in the bias and
+  // weight gradients) and rounds the results once.
+  const bool bf16 = w_ih.scalar_type() == at::kBFloat16;
+  const auto acc = b.dgx.scalar_type();
   const int64_t KX = I + P + 1;
-  Tensor xh1 = at::empty({used, KX}, opts);
-  AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_xh", [&] {
+  Tensor xh1 = at::empty({used, KX}, opts.dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w_ih.scalar_type(), "lstm_layer_backward_xh", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, float, scalar_t>;
     // (The input's and the output's rows in the input's order, gathered here.)
     const common::RnnPlan::SlotRows row = b.plan.slot_row();
     const scalar_t* xp = b.x_rows.const_data_ptr<scalar_t>();
     const scalar_t* yp = b.y_rows.const_data_ptr<scalar_t>();
     const scalar_t* h0p = b.h0.const_data_ptr<scalar_t>();
-    scalar_t* dst = xh1.data_ptr<scalar_t>();
+    A* dst = xh1.data_ptr<A>();
     at::parallel_for(0, st.T, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = st.rows_at(p), n_prev = st.rows_at(p - 1), off = st.offset_at(p);
         for (int64_t j = 0; j < n; ++j) {
-          scalar_t* out = dst + (off + j) * KX;
+          A* out = dst + (off + j) * KX;
           const scalar_t* xr = xp + row(off + j) * I;
           std::copy(xr, xr + I, out);
           const scalar_t* h = j < n_prev ? yp + row(st.offset_at(p - 1) + j) * P : h0p + j * P;
           std::copy(h, h + P, out + I);
-          out[I + P] = scalar_t(1);
+          out[I + P] = A(1);
         }
       }
     });
@@ -328,18 +376,19 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
   const Tensor grad_cat = unblock_rows(at::mm(b.dgx.t(), xh1), perm);  // (4H, I + P + 1)
   common::WeightGrads w;
   const Tensor empty = at::empty({0}, opts);
-  w.w_ih = grad_cat.narrow(1, 0, I).contiguous();
-  w.w_hh = grad_cat.narrow(1, I, P).contiguous();
-  w.b_ih = has_bias ? grad_cat.select(1, I + P).contiguous() : empty;
+  w.w_ih = grad_cat.narrow(1, 0, I).contiguous().to(opts.dtype());
+  w.w_hh = grad_cat.narrow(1, I, P).contiguous().to(opts.dtype());
+  w.b_ih = has_bias ? grad_cat.select(1, I + P).contiguous().to(opts.dtype()) : empty;
   w.b_hh = has_bias ? w.b_ih.clone() : empty;
   // The input gradient dgates W_ih (the blocked rows of W_ih match the blocked columns of dgates).
-  const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
-  w.dx_slots = at::empty({used, I}, opts);
-  AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_dx", [&] {
+  const Tensor w_ih_blocked = w_ih.index_select(0, perm).to(acc).contiguous();
+  Tensor dx = at::empty({used, I}, opts.dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "lstm_layer_backward_dx", [&] {
     gemm_batch_parallel<scalar_t>({{used, I, G, b.dgx.const_data_ptr<scalar_t>(), G,
-                                    w_ih_blocked.const_data_ptr<scalar_t>(), I, w.dx_slots.data_ptr<scalar_t>(), I,
-                                    false, true}});
+                                    w_ih_blocked.const_data_ptr<scalar_t>(), I, dx.data_ptr<scalar_t>(), I, false,
+                                    true}});
   });
+  w.dx_slots = bf16 ? dx.to(at::kBFloat16) : dx;
   w.w_hr = empty;
   if (b.w_hr.defined()) {
     // Recompute the unprojected h = o * tanh(c) of every step.

@@ -470,6 +470,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_cpu(
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const std::optional<Tensor>& w_hr,
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     bool reverse, bool train, const std::optional<Tensor>& lengths) {
+  if (bf16::active(input) && CpuPointwise::fuses_input(CellKind::kLSTM) && lstm_fused_takes_bf16(w_hr, lengths))
+    // Natively: the fused loop's GEMMs in bfloat16 (AVX512-BF16), its workspace and cell state in float32.
+    return common::lstm_layer_forward<CpuPointwise>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                                    sorted_indices, batch_first, reverse, train, lengths,
+                                                    common::Backend::kCPU, upload_cpu);
   if (bf16::active(input)) {
     const char* op = "rnnext::lstm_layer";
     auto [out, hy, cy, gates, cells] = lstm_layer_cpu(
@@ -489,6 +494,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
     const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices, bool batch_first,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse, bool has_bias,
     const std::optional<Tensor>& lengths) {
+  if (bf16::active(input) && CpuPointwise::fuses_input(CellKind::kLSTM) && lstm_fused_takes_bf16(w_hr, lengths))
+    // Natively: the recurrence in float32, the weight-gradient and input-gradient GEMMs in bfloat16.
+    return common::lstm_layer_backward<CpuPointwise>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                                     w_hr, batch_sizes, sorted_indices, batch_first, output, gates,
+                                                     cells, reverse, has_bias, lengths, common::Backend::kCPU,
+                                                     upload_cpu);
   if (bf16::active(input)) {
     const char* op = "rnnext::lstm_layer_backward";
     auto [gi, ghx, gcx, gwi, gwh, gb, gwr] = lstm_layer_backward_cpu(

@@ -1,0 +1,127 @@
+// bfloat16 GEMM with float32 accumulation on AVX512-BF16 (vdpbf16ps): C[M, N] (float) = (accumulate ? C : 0) +
+// A[M, K] (bfloat16, row-major) @ B (bfloat16, K x N, packed in k-pairs: see gemm_bf16.h). The whole file is
+// compiled for AVX-512 BF16 and is only entered on CPUs that have it (gemm_bf16_available).
+#include "cpu/gemm_bf16.h"
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace rnnext::cpu {
+
+bool gemm_bf16_available() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512bw") != 0;
+  }();
+  return has;
+}
+
+void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint16_t* out) {
+  const int64_t pairs = (K + 1) / 2;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* r0 = B + 2 * p * ldb;
+    const uint16_t* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
+    uint16_t* o = out + p * N * 2;
+    for (int64_t n = 0; n < N; ++n) {
+      o[2 * n] = r0[n];
+      o[2 * n + 1] = r1 != nullptr ? r1[n] : uint16_t(0);
+    }
+  }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512bf16,avx512vl,fma")
+
+namespace {
+
+// A pair of bfloat16 values of row r of A at k-pair p, broadcast to every lane (the last pair of an odd K gets
+// a zero partner, matching the zero row pack_bf16_pairs adds to B).
+inline __m512bh a_pair(const uint16_t* a, int64_t p, int64_t K) {
+  uint32_t v;
+  if (2 * p + 1 < K)
+    std::memcpy(&v, a + 2 * p, 4);
+  else
+    v = a[2 * p];
+  return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
+}
+
+// 16 columns of B at k-pair p (32 bfloat16), the first `cols` of them (masked beyond).
+inline __m512bh b_load(const uint16_t* b, __mmask32 m) {
+  return (__m512bh)(m == __mmask32(0xFFFFFFFFu) ? _mm512_loadu_si512(b) : _mm512_maskz_loadu_epi16(m, b));
+}
+
+inline __mmask32 pair_mask(int64_t cols) {
+  return cols >= 16 ? __mmask32(0xFFFFFFFFu) : __mmask32((1ull << (2 * cols)) - 1ull);
+}
+inline __mmask16 col_mask(int64_t cols) {
+  return cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);
+}
+
+// A tile of MR rows x NV * 16 columns (the last vector masked to `cols_last`).
+template <int MR, int NV>
+inline void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb2, float* C, int64_t ldc,
+                 bool accumulate, int64_t cols_last) {
+  __m512 acc[MR][NV];
+  const __mmask16 cm = col_mask(cols_last);
+  const __mmask32 pm = pair_mask(cols_last);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? cm : __mmask16(0xFFFF);
+      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(m, C + r * ldc + v * 16) : _mm512_setzero_ps();
+    }
+  const int64_t pairs = (K + 1) / 2;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* bp = B + p * ldb2;
+    __m512bh b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = b_load(bp + v * 32, v == NV - 1 ? pm : __mmask32(0xFFFFFFFFu));
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = a_pair(A + r * lda, p, K);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      float* c = C + r * ldc + v * 16;
+      if (v == NV - 1 && cm != __mmask16(0xFFFF))
+        _mm512_mask_storeu_ps(c, cm, acc[r][v]);
+      else
+        _mm512_storeu_ps(c, acc[r][v]);
+    }
+}
+
+template <int MR>
+void rows(int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb2, float* C,
+          int64_t ldc, bool accumulate) {
+  int64_t n = 0;
+  for (; n + 64 <= N; n += 64) tile<MR, 4>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, 16);
+  const int64_t rest = N - n;
+  if (rest > 48)
+    tile<MR, 4>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 48);
+  else if (rest > 32)
+    tile<MR, 3>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 32);
+  else if (rest > 16)
+    tile<MR, 2>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 16);
+  else if (rest > 0)
+    tile<MR, 1>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest);
+}
+
+}  // namespace
+
+void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  const int64_t ldb2 = 2 * ldb;  // bfloat16 elements per k-pair row of the packed B
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) rows<4>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate);
+  switch (M - m) {
+    case 3: rows<3>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate); break;
+    case 2: rows<2>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate); break;
+    case 1: rows<1>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace rnnext::cpu

@@ -1,0 +1,22 @@
+// bfloat16 GEMM with float32 accumulation for the CPU kernels' inner loops (csrc/cpu/gemm_bf16.cpp), on
+// AVX512-BF16's dot-product instruction. bfloat16 values are passed as their raw 16-bit patterns.
+#pragma once
+#include <cstdint>
+
+namespace rnnext::cpu {
+
+// Whether this CPU runs gemm_bf16_packed (AVX512-BF16 and AVX512-BW).
+bool gemm_bf16_available();
+
+// B (K x N, row-major, leading dimension ldb) packed in k-pairs: out[(p * N + n) * 2 + i] = B[2p + i][n], a zero
+// row completing an odd K. out holds ceil(K / 2) * N * 2 values.
+void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint16_t* out);
+
+// C[M, N] (float, leading dimension ldc) = (accumulate ? C : 0) + A[M, K] @ B, A row-major bfloat16 (leading
+// dimension lda), Bp a pack_bf16_pairs of B whose packed rows hold ldb columns (the product uses the first N
+// of them: pass Bp + 2 * n0 for columns starting at n0). Products are exact in float32 and summed in float32,
+// in a fixed order for given sizes. Only on CPUs where gemm_bf16_available().
+void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
+}  // namespace rnnext::cpu
