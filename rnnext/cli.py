@@ -38,11 +38,11 @@ def _plot(rows, path: str, machine: str) -> None:
 
 
 def _bench_suites():
-    from .benchmarks import cells, generation, gru_rnn, listops_training, lstm, packing, spinn
+    from .benchmarks import bf16, cells, generation, gru_rnn, listops_training, lstm, packing, spinn
 
     return [("LSTM", lstm.run), ("GRU and RNN", gru_rnn.run), ("Cells in Python loops", cells.run),
             ("Packed sequences", packing.run), ("SPINN", spinn.run), ("Generation", generation.run),
-            ("ListOps training", listops_training.run)]
+            ("ListOps training", listops_training.run), ("bfloat16", bf16.run)]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -69,7 +69,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"\n{title}: {res['config']}")
         if "gemm_peak_gflops" in res:
             n = 4096 if device.type == "cuda" else 1024
-            print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of {n}x{n} float32 matrices, "
+            dt = res.get("gemm_dtype", "float32")
+            print(f"GEMM roofline: {res['gemm_peak_gflops']:.0f} GFLOP/s (torch.mm of {n}x{n} {dt} matrices, "
                   "timed between the cases' runs)")
         print(format_table(res["rows"]), flush=True)
         if "saved_bytes" in res:
@@ -184,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
-    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, cells, packed, spinn, generation or listops")
+    b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, cells, packed, spinn, generation, listops "
+                   "or bfloat16 (prefixes do: bf)")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where both sides run (cuda: cuDNN nn.LSTM and stock code on the GPU against rnnext's kernels)")
     b.set_defaults(func=_cmd_bench)

@@ -323,10 +323,21 @@ def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
         torch.testing.assert_close(cy.double(), ref_c, atol=BF16_ULP * 4, rtol=BF16_ULP)
     else:
         torch.testing.assert_close((out * keep).double(), ref_out * keep, atol=BF16_ULP * 2, rtol=BF16_ULP)
-    # Thread counts and splits give the same bits.
+    # Thread counts and splits give the same bits, forward and backward.
+    out0 = first[0]
+    grads = (torch.randn(out0.shape, generator=g).bfloat16(), torch.randn(B, H, generator=g).bfloat16(),
+             torch.randn(B, H, generator=g).bfloat16())
+
+    def backward(fwd):
+        return torch.ops.rnnext.lstm_layer_backward(*grads, inp, h0, c0, w_ih, w_hh, None, bs, si,
+                                                    layout == "batch_first", fwd[0], fwd[3], fwd[4], reverse, True)
+
+    back = backward(first)
+    assert all(t.dtype == torch.bfloat16 for t in back)
     torch.set_num_threads(3 - threads)
     again = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
                                         reverse, True)
+    back_again = backward(again)
     torch.set_num_threads(threads)
-    for a, b in zip(first, again):
+    for a, b in zip((*first, *back), (*again, *back_again)):
         assert torch.equal(a, b)

@@ -190,12 +190,23 @@ struct Backward {
   scalar_t* dc;         // per slot (B, H): gradient into c, ends as grad of cx
   scalar_t* dhp;        // with proj: dh of every step (N, P), for the gradient of W_hr
   scalar_t* dhf;        // with proj: per slot (B, H), gradient into the unprojected h
+  // A bfloat16 layer (float scalar_t) runs the recurrent GEMM in bfloat16: every row's gate gradients rounded
+  // (used, G) and W_hh's blocked rows packed in k-pairs; both null otherwise.
+  uint16_t* dg16 = nullptr;
+  const uint16_t* whh16 = nullptr;
 
   // dh[slots j0..j1, columns q0..q1] = dgates(step p) W_hh: the gradient that flows into step p - 1 (into hx
   // for slots that start at step p).
   void recurrent(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
     if (p >= st.T || j1 <= j0) return;
-    gemm_rowmajor(j1 - j0, q1 - q0, G, dg + (st.offset_at(p) + j0) * G, G, whh + q0, P, dh + j0 * P + q0, P, false);
+    const int64_t r = st.offset_at(p) + j0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (dg16 != nullptr) {
+        gemm_bf16_packed(j1 - j0, q1 - q0, G, dg16 + r * G, G, whh16 + 2 * q0, P, dh + j0 * P + q0, P, false);
+        return;
+      }
+    }
+    gemm_rowmajor(j1 - j0, q1 - q0, G, dg + r * G, G, whh + q0, P, dh + j0 * P + q0, P, false);
   }
   // With proj: dh (P wide) = recurrent part + output gradient, kept per step for W_hr's gradient.
   void projected_grad(int64_t p, int64_t j0, int64_t j1, int64_t q0, int64_t q1) const {
@@ -225,6 +236,14 @@ struct Backward {
     lstm_backward_tile<scalar_t>(GateLayout{H, true}, j1 - j0, k0, k1, a + (off + j0) * G, G, cs + (off + j0) * H,
                                  cs + (off_prev + j0) * H, n_prev, c0 + j0 * H, dh_a, dh_b, ld_a, ld_b,
                                  dc + j0 * H, dg + (off + j0) * G);
+    if (dg16 != nullptr) {  // this thread's columns of the rows, rounded for the recurrent GEMM
+      const int64_t d0 = block_first_col(k0), d1 = 4 * (block_first_unit(k1 - 1) + block_width(k1 - 1, H));
+      for (int64_t j = j0; j < j1; ++j) {
+        const scalar_t* src = dg + (off + j) * G;
+        uint16_t* dst = dg16 + (off + j) * G;
+        for (int64_t d = d0; d < d1; ++d) dst[d] = c10::BFloat16(static_cast<float>(src[d])).x;
+      }
+    }
   }
 
   void run_by_slots(int64_t nt) const {
@@ -319,8 +338,18 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
   const Steps& st = b.plan.st;
   const int64_t B = b.plan.s.B, H = b.plan.s.H, P = b.plan.s.P, G = 4 * H;
   const bool proj = b.w_hr.defined();
-  // (In the state gradients' dtype: float32 for a bfloat16 layer, whose recurrence runs in float32.)
+  // (In the state gradients' dtype: float32 for a bfloat16 layer, whose recurrence runs in float32 but for the
+  // recurrent GEMM: bfloat16 gate gradients and W_hh, float32 accumulation.)
+  const bool bf16 = b.w_hh.scalar_type() == at::kBFloat16 && !proj;
   const Tensor w_hh_blocked = b.w_hh.index_select(0, blocked_gate_perm(H)).to(b.dh.scalar_type()).contiguous();
+  Tensor whh16, dg16;
+  if (bf16) {
+    const Tensor w = b.w_hh.index_select(0, blocked_gate_perm(H)).contiguous();  // (G, P) bfloat16
+    whh16 = at::empty({(G + 1) / 2 * 2, P}, w.options());
+    pack_bf16_pairs(G, P, reinterpret_cast<const uint16_t*>(w.const_data_ptr<c10::BFloat16>()), P,
+                    reinterpret_cast<uint16_t*>(whh16.data_ptr<c10::BFloat16>()));
+    dg16 = at::empty({b.dgx.size(0), G}, w.options());
+  }
   Tensor dh_full = proj ? at::empty({B, H}, b.dh.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "lstm_layer_backward", [&] {
     const Backward<scalar_t> bw{st, B, H, P, G, num_unit_blocks(H), proj, b.saved.const_data_ptr<scalar_t>(),
@@ -330,7 +359,10 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
                                 b.dy_slots.const_data_ptr<scalar_t>(), b.dgx.data_ptr<scalar_t>(),
                                 b.dh.data_ptr<scalar_t>(), b.dc.data_ptr<scalar_t>(),
                                 proj ? b.dh_proj.data_ptr<scalar_t>() : nullptr,
-                                proj ? dh_full.data_ptr<scalar_t>() : nullptr};
+                                proj ? dh_full.data_ptr<scalar_t>() : nullptr,
+                                bf16 ? reinterpret_cast<uint16_t*>(dg16.data_ptr<c10::BFloat16>()) : nullptr,
+                                bf16 ? reinterpret_cast<const uint16_t*>(whh16.const_data_ptr<c10::BFloat16>())
+                                     : nullptr};
     if (const int64_t nt = slot_split_threads(B))
       bw.run_by_slots(nt);
     else

@@ -78,15 +78,17 @@ class Row:
 
 
 class GemmProbe:
-    """A square float32 torch.mm to time alongside a benchmark's two sides (same rounds, same machine noise):
-    its rate is the GEMM roofline the case is compared against. On a GPU the matrices are larger (4096), so
-    that the probe is not launch-bound."""
+    """A square torch.mm (float32, or the dtype given) to time alongside a benchmark's two sides (same rounds, same
+    machine noise): its rate is the GEMM roofline the case is compared against. On a GPU the matrices are larger
+    (4096), so that the probe is not launch-bound."""
 
-    def __init__(self, n: Optional[int] = None, device: Union[str, torch.device, None] = None):
+    def __init__(self, n: Optional[int] = None, device: Union[str, torch.device, None] = None,
+                 dtype: torch.dtype = torch.float32):
         device = torch.device(device or "cpu")
         n = n or (4096 if device.type == "cuda" else 1024)
-        self.a, self.b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        self.c = torch.empty(n, n, device=device)
+        self.a = torch.randn(n, n, device=device).to(dtype)
+        self.b = torch.randn(n, n, device=device).to(dtype)
+        self.c = torch.empty(n, n, device=device, dtype=dtype)
         self.gflop = 2 * n**3 / 1e9
 
     def __call__(self):
@@ -101,9 +103,9 @@ class RooflineTimer:
     """Times a case's sides interleaved with a GemmProbe (time_interleaved) and returns their medians and the
     case's roofline time; keeps every probe rate for the suite's median GEMM rate."""
 
-    def __init__(self, rounds: int, device: torch.device):
+    def __init__(self, rounds: int, device: torch.device, dtype: torch.dtype = torch.float32):
         self.rounds, self.device = rounds, device
-        self.probe = GemmProbe(device=device)
+        self.probe = GemmProbe(device=device, dtype=dtype)
         self.rates: List[float] = []
 
     def __call__(self, fns: Dict[str, Callable[[], object]], gflop: float):

@@ -1,0 +1,72 @@
+"""bfloat16 on the CPU: rnnext's bfloat16 LSTM and GRU against stock torch.nn in bfloat16 (oneDNN's fused LSTM; GRU
+as ATen's per-step ops) and against rnnext's own float32, with the roofline at this machine's bfloat16 GEMM rate
+(a 1024^3 bfloat16 torch.mm timed between the cases' runs)."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnext
+
+from .lstm import layer_gflop
+from .timing import RooflineTimer, Row, forward_backward, inference, resolve_device
+
+CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
+
+
+def _pair(stock_cls, ours_cls, I, H):
+    torch.manual_seed(0)
+    stock = stock_cls(I, H).to(torch.bfloat16)
+    ours = ours_cls(I, H).to(torch.bfloat16)
+    ours.load_state_dict(stock.state_dict())
+    return stock, ours
+
+
+def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object]:
+    dev = resolve_device(device)
+    c = dict(CONFIG)
+    if dev.type != "cpu":  # the suite measures the CPU's bfloat16 path
+        return {"config": {**c, "device": str(dev), "skipped": "CPU only"}, "rows": []}
+    T, B, I, H = c["T"], c["B"], c["I"], c["H"]
+    if quick:
+        rounds = min(rounds, 7)
+    rows: List[Row] = []
+    stock, ours = _pair(torch.nn.LSTM, rnnext.nn.LSTM, I, H)
+    ours32 = rnnext.nn.LSTM(I, H)
+    ours32.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    torch.manual_seed(0)
+    x32 = torch.randn(T, B, I).bfloat16().float().requires_grad_()
+    x = x32.detach().bfloat16().requires_grad_()
+    timed = RooflineTimer(rounds, dev, dtype=torch.bfloat16)
+
+    gf = layer_gflop([B] * T, I, H, backward=True)
+    t, roof = timed({"stock": forward_backward(stock, x), "rnnext": forward_backward(ours, x)}, gf)
+    rows.append(Row("LSTM bf16 fwd+bwd (stock: bf16 oneDNN)", t["stock"], t["rnnext"], roof, gf))
+
+    gf = layer_gflop([B] * T, I, H, backward=False)
+    t, roof = timed({"stock": inference(stock, x), "rnnext": inference(ours, x)}, gf)
+    rows.append(Row("LSTM bf16 inference (stock: bf16 oneDNN)", t["stock"], t["rnnext"], roof, gf))
+
+    gf = layer_gflop([B] * T, I, H, backward=True)
+    t, roof = timed({"stock": forward_backward(ours32, x32), "rnnext": forward_backward(ours, x)}, gf)
+    rows.append(Row("LSTM bf16 fwd+bwd (stock: rnnext float32)", t["stock"], t["rnnext"], roof, gf))
+
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
+    lengths[0] = T
+    packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    packed = PackedSequence(packed0.data.clone().requires_grad_(), packed0.batch_sizes, packed0.sorted_indices,
+                            packed0.unsorted_indices)
+    gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
+    t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
+    rows.append(Row("packed LSTM bf16 fwd+bwd (stock: bf16 oneDNN)", t["stock"], t["rnnext"], roof, gf))
+
+    gstock, gours = _pair(torch.nn.GRU, rnnext.nn.GRU, I, H)
+    gf = layer_gflop([B] * T, I, H, backward=True) * 3 / 4  # three gate blocks
+    t, roof = timed({"stock": forward_backward(gstock, x), "rnnext": forward_backward(gours, x)}, gf)
+    rows.append(Row("GRU bf16 fwd+bwd (stock: bf16)", t["stock"], t["rnnext"], roof, gf))
+    c["device"] = str(dev)
+    return {"config": c, "rows": rows, "gemm_peak_gflops": timed.median_rate(), "gemm_dtype": "bfloat16"}
