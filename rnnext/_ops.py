@@ -547,7 +547,7 @@ def _treelstm_cell_fake(lstm_in, c_left, c_right):
     _check_shape(op, "c_left", c_left, (lstm_in.shape[0], lstm_in.shape[1] // 5))
     _check_shape(op, "c_right", c_right, (lstm_in.shape[0], lstm_in.shape[1] // 5))
     M, H = lstm_in.shape[0], lstm_in.shape[1] // 5
-    return lstm_in.new_empty(M, H), lstm_in.new_empty(M, H), lstm_in.new_empty(M, 5 * H)
+    return lstm_in.new_empty(M, H), lstm_in.new_empty(M, H), lstm_in.new_empty(M, 5 * H, dtype=_workspace_dtype(lstm_in))
 
 
 @torch.library.register_fake("rnnext::treelstm_cell_backward")
@@ -558,7 +558,8 @@ def _treelstm_cell_backward_fake(grad_h, grad_c, acts, c, c_left, c_right):
     _check_dim(op, "acts", acts, 2, "(nodes, 5 * hidden_size)")
     for name, t in (("grad_h", grad_h), ("grad_c", grad_c), ("c", c), ("c_left", c_left), ("c_right", c_right)):
         _check_shape(op, name, t, (acts.shape[0], acts.shape[1] // 5))
-    return acts.new_empty(acts.shape), c.new_empty(c.shape), c.new_empty(c.shape)
+    _check_workspace_dtype(op, c_left, ("acts", acts))
+    return c.new_empty(acts.shape), c.new_empty(c.shape), c.new_empty(c.shape)
 
 
 def _treelstm_cell_setup_context(ctx, inputs, output):
@@ -614,13 +615,14 @@ def _spinn_encode_fake(buffers, transitions, lengths, w_comp, b_comp, tracker_w_
     S, B, H = transitions.shape[0], buffers.shape[1], w_comp.shape[0] // 5
     tracker = tracker_w_hh is not None
     Tt = tracker_w_hh.shape[1] if tracker else 0
+    ws = _workspace_dtype(buffers)
     return (
         buffers.new_empty(B, H),
         buffers.new_empty(S, B, Tt) if tracker else buffers.new_empty(0),
-        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 2 * H),
-        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 5 * H) if train else buffers.new_empty(0),
-        buffers.new_empty(S, B, 4 * Tt) if tracker and train else buffers.new_empty(0),
-        buffers.new_empty(S, B, Tt) if tracker and train else buffers.new_empty(0),
+        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 2 * H, dtype=ws),
+        buffers.new_empty(B * max(buffers.shape[0] - 1, 0), 5 * H, dtype=ws) if train else buffers.new_empty(0, dtype=ws),
+        buffers.new_empty(S, B, 4 * Tt, dtype=ws) if tracker and train else buffers.new_empty(0, dtype=ws),
+        buffers.new_empty(S, B, Tt, dtype=ws) if tracker and train else buffers.new_empty(0, dtype=ws),
     )
 
 

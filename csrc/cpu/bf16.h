@@ -3,12 +3,16 @@
 // float32 accumulation (up to the order of the sums); the pointwise math runs in float32, LSTM's cell state is
 // carried in float32 across steps, and the workspace a forward returns for its backward stays float32. Outputs
 // and gradients are returned in bfloat16 (the arguments' dtype). This gives bfloat16 its numerics on every CPU
-// layer and cell op; its speed (GEMMs at the bfloat16 rate) is not there yet: they run at the float32 rate.
+// op; the LSTM layer also runs natively (its GEMMs at the bfloat16 rate, csrc/cpu/lstm_layer.cpp), the others
+// run at the float32 rate.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <ATen/core/List.h>
+
 #include <optional>
+#include <vector>
 
 namespace rnnext::cpu::bf16 {
 
@@ -24,6 +28,18 @@ inline at::Tensor up(const char* op, const char* name, const at::Tensor& t) {
 }
 inline std::optional<at::Tensor> up(const char* op, const char* name, const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(up(op, name, *t)) : std::nullopt;
+}
+
+inline std::vector<at::Tensor> up(const char* op, const char* name, at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(up(op, name, t));
+  return out;
+}
+inline c10::List<std::optional<at::Tensor>> up(const char* op, const char* name,
+                                               const c10::List<std::optional<at::Tensor>>& ts) {
+  c10::List<std::optional<at::Tensor>> out;
+  for (const std::optional<at::Tensor>& t : ts) out.push_back(up(op, name, t));
+  return out;
 }
 
 // A workspace argument of a bfloat16 backward (what the bfloat16 forward returned for it): float32.

@@ -17,6 +17,7 @@
 
 #include "common/generate.h"
 #include "common/rnn_engine.h"
+#include "cpu/bf16.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/lstm_weights.h"
@@ -74,6 +75,12 @@ Tensor lstm_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& c
                          const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
                          int64_t top_k) {
   const char* op = "rnnext::lstm_generate";
+  if (bf16::active(logits))
+    return lstm_generate_cpu(bf16::up(op, "logits", logits), bf16::up(op, "h0", h0), bf16::up(op, "c0", c0),
+                             bf16::up(op, "embedding", embedding), bf16::up(op, "w_ih", w_ih),
+                             bf16::up(op, "w_hh", w_hh), bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh),
+                             bf16::up(op, "head_weight", head_weight), bf16::up(op, "head_bias", head_bias), uniforms,
+                             temperature, top_k);
   const common::GenerateShapes sh = common::check_generate_args(op, logits, h0, &c0, embedding, w_ih, w_hh, b_ih, b_hh,
                                                                head_weight, head_bias, uniforms, temperature, 4,
                                                                common::Backend::kCPU);
@@ -153,6 +160,12 @@ Tensor rnn_generate_cpu(const Tensor& logits, const Tensor& h0, const Tensor& em
                         const std::optional<Tensor>& head_bias, const Tensor& uniforms, double temperature,
                         int64_t top_k, c10::string_view cell_name) {
   const char* op = "rnnext::rnn_generate";
+  if (bf16::active(logits))
+    return rnn_generate_cpu(bf16::up(op, "logits", logits), bf16::up(op, "h0", h0),
+                            bf16::up(op, "embedding", embedding), bf16::up(op, "w_ih", w_ih),
+                            bf16::up(op, "w_hh", w_hh), bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh),
+                            bf16::up(op, "head_weight", head_weight), bf16::up(op, "head_bias", head_bias), uniforms,
+                            temperature, top_k, cell_name);
   const common::CellKind cell = common::parse_cell(op, std::string_view(cell_name.data(), cell_name.size()));
   const common::GenerateShapes g =
       common::check_generate_args(op, logits, h0, nullptr, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias,

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu/bias.h"
+#include "cpu/bf16.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/pointwise.h"
@@ -170,6 +171,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
     const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
   const char* op = "rnnext::spinn_encode";
+  if (bf16::active(buffers)) {
+    auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_cpu(
+        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
+        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), train);
+    return {bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c};
+  }
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
@@ -253,6 +261,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
     const Tensor& tracker_acts, const Tensor& tracker_c) {
   const char* op = "rnnext::spinn_encode_backward";
+  if (bf16::active(buffers)) {
+    auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_cpu(
+        bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
+        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
+        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
+        bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
+        bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c));
+    return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
+  }
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H, M = plan.M;

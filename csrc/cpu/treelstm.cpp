@@ -7,6 +7,7 @@
 
 #include <tuple>
 
+#include "cpu/bf16.h"
 #include "cpu/checks.h"
 #include "cpu/pointwise.h"
 
@@ -32,6 +33,12 @@ int64_t check_cell(const char* op, const Tensor& lstm_in, const Tensor& c_left, 
 
 std::tuple<Tensor, Tensor, Tensor> treelstm_cell_cpu(const Tensor& lstm_in, const Tensor& c_left,
                                                      const Tensor& c_right) {
+  if (bf16::active(lstm_in)) {
+    const char* op = "rnnext::treelstm_cell";
+    auto [h, c, acts] = treelstm_cell_cpu(bf16::up(op, "lstm_in", lstm_in), bf16::up(op, "c_left", c_left),
+                                          bf16::up(op, "c_right", c_right));
+    return {bf16::down(h), bf16::down(c), acts};
+  }
   const int64_t H = check_cell("rnnext::treelstm_cell", lstm_in, c_left, c_right);
   const int64_t M = lstm_in.size(0);
   const Tensor pre = lstm_in.contiguous(), cl = c_left.contiguous(), cr = c_right.contiguous();
@@ -52,6 +59,12 @@ std::tuple<Tensor, Tensor, Tensor> treelstm_cell_backward_cpu(const Tensor& grad
                                                               const Tensor& acts, const Tensor& c,
                                                               const Tensor& c_left, const Tensor& c_right) {
   const char* op = "rnnext::treelstm_cell_backward";
+  if (bf16::active(c_left)) {
+    auto [gi, gl, gr] = treelstm_cell_backward_cpu(bf16::up(op, "grad_h", grad_h), bf16::up(op, "grad_c", grad_c),
+                                                   bf16::workspace(op, "acts", acts), bf16::up(op, "c", c),
+                                                   bf16::up(op, "c_left", c_left), bf16::up(op, "c_right", c_right));
+    return {bf16::down(gi), bf16::down(gl), bf16::down(gr)};
+  }
   const int64_t H = check_cell(op, acts, c_left, c_right);
   const int64_t M = acts.size(0);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_h", &grad_h}, {"grad_c", &grad_c},
