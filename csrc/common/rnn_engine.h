@@ -175,6 +175,9 @@ struct BackwardSteps {
   // With fused_input, also the input's and the output's rows in the input's order (slot row r is their row
   // plan.slot_row(r)); h_slots is then undefined.
   Tensor x_rows = Tensor(), y_rows = Tensor();
+  // Scratch a policy's backward_steps may leave for its weight_grads (the CPU's bfloat16 LSTM: its gate
+  // gradients rounded to bfloat16).
+  mutable Tensor scratch = Tensor();
 };
 
 // The gradients after the backward recurrence: of every slot row's input (dx_slots, used x I), the weights, the
