@@ -18,6 +18,24 @@ bool gemm_bf16_available() {
   return has;
 }
 
+namespace {
+uint16_t round_one(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN: keep it quiet
+  if ((u & 0x7F800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);  // denormal: to zero, as the
+                                                                                    // instruction does
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst);
+}  // namespace
+
+void round_to_bf16(int64_t n, const float* src, uint16_t* dst) {
+  if (gemm_bf16_available()) return round_to_bf16_avx512(n, src, dst);
+  for (int64_t i = 0; i < n; ++i) dst[i] = round_one(src[i]);
+}
+
 void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint16_t* out) {
   const int64_t pairs = (K + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
@@ -107,6 +125,18 @@ void rows(int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* 
     tile<MR, 1>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest);
 }
 
+}  // namespace
+
+namespace {
+void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(dst + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+  }
+}
 }  // namespace
 
 void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,

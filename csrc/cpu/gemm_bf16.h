@@ -19,4 +19,9 @@ void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint1
 void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
+// dst[i] = src[i] rounded to bfloat16 (nearest, ties to even; NaN stays NaN; float32 denormals become zero, as
+// AVX512-BF16's conversion makes them), i < n: vectorized where gemm_bf16_available(), else scalar (the same
+// results).
+void round_to_bf16(int64_t n, const float* src, uint16_t* dst);
+
 }  // namespace rnnext::cpu

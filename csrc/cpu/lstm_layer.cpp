@@ -106,8 +106,11 @@ struct Forward {
         A* h32 = hf + j0 * H;
         lstm_forward_tile<A>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, h32, H, nullptr, 0);
         const int64_t u0 = block_first_unit(c0), u1 = block_first_unit(c1 - 1) + block_width(c1 - 1, H);
-        for (int64_t j = 0; j < m; ++j)
-          for (int64_t u = u0; u < u1; ++u) hw[j * K + u] = yy[j * P + u] = S(h32[j * H + u]);
+        for (int64_t j = 0; j < m; ++j) {
+          uint16_t* dst = reinterpret_cast<uint16_t*>(hw + j * K);
+          round_to_bf16(u1 - u0, h32 + j * H + u0, dst + u0);
+          std::copy(dst + u0, dst + u1, reinterpret_cast<uint16_t*>(yy + j * P) + u0);
+        }
       } else {
         gemm_rowmajor(m, d1 - d0, K, xr, K, wt + d0, G, gp + d0, G, /*accumulate=*/false);
         if (proj)
@@ -239,11 +242,8 @@ struct Backward {
                                  dc + j0 * H, dg + (off + j0) * G);
     if (dg16 != nullptr) {  // this thread's columns of the rows, rounded for the recurrent GEMM
       const int64_t d0 = block_first_col(k0), d1 = 4 * (block_first_unit(k1 - 1) + block_width(k1 - 1, H));
-      for (int64_t j = j0; j < j1; ++j) {
-        const scalar_t* src = dg + (off + j) * G;
-        uint16_t* dst = dg16 + (off + j) * G;
-        for (int64_t d = d0; d < d1; ++d) dst[d] = c10::BFloat16(static_cast<float>(src[d])).x;
-      }
+      if constexpr (std::is_same_v<scalar_t, float>)
+        for (int64_t j = j0; j < j1; ++j) round_to_bf16(d1 - d0, dg + (off + j) * G + d0, dg16 + (off + j) * G + d0);
     }
   }
 
