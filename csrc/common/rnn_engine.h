@@ -45,6 +45,7 @@
 
 #include "common/layer_schedule.h"
 #include "cpu/checks.h"
+#include "cpu/scratch.h"
 
 namespace rnnext::common {
 
@@ -652,7 +653,13 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     return r;
   }
   const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
-  const Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous().to(acc_opts.dtype());
+  // (On the CPU the large temporaries come from cpu::scratch: memory kept mapped between calls.)
+  auto temp = [&](cpu::ScratchSlot slot, at::IntArrayRef sizes, at::ScalarType dtype) {
+    return backend == Backend::kCPU ? cpu::scratch(slot, sizes, dtype) : at::empty(sizes, opts.dtype(dtype));
+  };
+  Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous();
+  if (dy_slots.scalar_type() != acc_opts.dtype().toScalarType())
+    dy_slots = temp(cpu::ScratchSlot::kOutputGrad, {used, P}, acc_opts.dtype().toScalarType()).copy_(dy_slots);
   const Tensor x_rows = input.reshape({-1, I}).contiguous(), y_rows = g.output.reshape({-1, P}).contiguous();
   const Tensor h_slots = fused ? Tensor() : plan.to_slots(y_rows).contiguous();
   // The state each slot row read: the slot's row of the previous step, or the initial state for a slot's first
@@ -673,7 +680,7 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   const Tensor h0 = plan.state_to_slots(a.hx);
   const Tensor h_prev = previous(h_slots, h0);
   const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
-  Tensor dgx = at::empty({used, G}, acc_opts);
+  Tensor dgx = temp(cpu::ScratchSlot::kGateGrads, {used, G}, acc_opts.dtype().toScalarType());
   Tensor dgh = gru ? at::empty({used, G}, acc_opts) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
   b.h0 = h0;

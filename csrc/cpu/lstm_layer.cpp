@@ -28,6 +28,7 @@
 #include "cpu/gemm_bf16.h"
 #include "cpu/lstm_weights.h"
 #include "cpu/pointwise.h"
+#include "cpu/scratch.h"
 #include "cpu/slot_split.h"
 #include "kernels/lstm_layout.h"
 
@@ -349,7 +350,7 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
     whh16 = at::empty({(G + 1) / 2 * 2, P}, w.options());
     pack_bf16_pairs(G, P, reinterpret_cast<const uint16_t*>(w.const_data_ptr<c10::BFloat16>()), P,
                     reinterpret_cast<uint16_t*>(whh16.data_ptr<c10::BFloat16>()));
-    dg16 = at::empty({b.dgx.size(0), G}, w.options());
+    dg16 = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), G}, at::kBFloat16);
     b.scratch = dg16;  // complete after the loop: lstm_fused_weight_grads's operand
   }
   Tensor dh_full = proj ? at::empty({B, H}, b.dh.options()) : Tensor();
@@ -384,7 +385,7 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
   // weight and input gradients stay within the bounds of tests/test_bf16.py).
   const bool bf16 = w_ih.scalar_type() == at::kBFloat16;
   const int64_t KX = I + P + 1;
-  Tensor xh1 = at::empty({used, KX}, opts);
+  Tensor xh1 = scratch(ScratchSlot::kWeightGradOperand, {used, KX}, w_ih.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w_ih.scalar_type(), "lstm_layer_backward_xh", [&] {
     // (The input's and the output's rows in the input's order, gathered here.)
     const common::RnnPlan::SlotRows row = b.plan.slot_row();
