@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
 from .lstm import layer_gflop
-from .timing import RooflineTimer, Row, forward_backward, inference, resolve_device
+from .timing import RooflineTimer, Row, forward_backward, inference, packed_batch, resolve_device
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -54,13 +53,8 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     t, roof = timed({"stock": forward_backward(ours32, x32), "rnnext": forward_backward(ours, x)}, gf)
     rows.append(Row("LSTM bf16 fwd+bwd (stock: rnnext float32)", t["stock"], t["rnnext"], roof, gf))
 
-    g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
-    lengths[0] = T
-    packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-    packed = PackedSequence(packed0.data.clone().requires_grad_(), packed0.batch_sizes, packed0.sorted_indices,
-                            packed0.unsorted_indices)
-    gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
+    packed, lengths = packed_batch(x, c["min_len"])
+    gf = layer_gflop(packed.batch_sizes.tolist(), I, H, backward=True)
     t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
     rows.append(Row("packed LSTM bf16 fwd+bwd (stock: bf16 oneDNN)", t["stock"], t["rnnext"], roof, gf))
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .timing import RooflineTimer, Row, cell_loop, forward_backward, inference, resolve_device
+from .timing import RooflineTimer, Row, cell_loop, forward_backward, inference, packed_batch, resolve_device
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -57,12 +56,7 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
         rounds = min(rounds, 7)
     rows: List[Row] = []
     x = torch.randn(T, B, I, device=dev, requires_grad=True)
-    g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
-    lengths[0] = T
-    packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-    packed = PackedSequence(packed0.data.clone().requires_grad_(), packed0.batch_sizes, packed0.sorted_indices,
-                            packed0.unsorted_indices)
+    packed, lengths = packed_batch(x, c["min_len"])
     timed = RooflineTimer(rounds, dev)
 
     for label, stock_cls, ours_cls, gates in (("GRU", torch.nn.GRU, rnnext.nn.GRU, 3),
@@ -74,7 +68,7 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
         gf = layer_gflop([B] * T, I, H, gates, backward=True)
         t, roof = timed({"stock": forward_backward(stock, x), "rnnext": forward_backward(ours, x)}, gf)
         rows.append(Row(f"{label} dense fwd+bwd", t["stock"], t["rnnext"], roof, gf))
-        gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, gates, backward=True)
+        gf = layer_gflop(packed.batch_sizes.tolist(), I, H, gates, backward=True)
         t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
         rows.append(Row(f"{label} packed fwd+bwd", t["stock"], t["rnnext"], roof, gf))
         if gates == 3:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 import rnnext
 
-from .timing import RooflineTimer, Row, SavedBytes, cell_loop, forward_backward, inference, resolve_device
+from .timing import RooflineTimer, Row, SavedBytes, cell_loop, forward_backward, inference, packed_batch, resolve_device
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -51,14 +51,9 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     rows.append(Row("LSTM dense inference", t["stock"], t["rnnext"], roof, gf))
 
     # Packed: lengths uniform in [min_len, T], the PackedSequence built once (outside the timing).
-    g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(c["min_len"], T + 1, (B,), generator=g)
-    lengths[0] = T
-    packed0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-    data = packed0.data.clone().requires_grad_()
-    packed = PackedSequence(data, packed0.batch_sizes, packed0.sorted_indices, packed0.unsorted_indices)
+    packed, lengths = packed_batch(x, c["min_len"])
 
-    gf = layer_gflop(packed0.batch_sizes.tolist(), I, H, backward=True)
+    gf = layer_gflop(packed.batch_sizes.tolist(), I, H, backward=True)
     t, roof = timed({"stock": forward_backward(stock, packed), "rnnext": forward_backward(ours, packed)}, gf)
     real = float(lengths.sum()) / (T * B)
     rows.append(Row("LSTM packed fwd+bwd", t["stock"], t["rnnext"], roof, gf, {"real_token_share": real}))

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -115,6 +115,17 @@ class RooflineTimer:
 
     def median_rate(self) -> float:
         return sorted(self.rates)[len(self.rates) // 2]
+
+
+def packed_batch(x: torch.Tensor, min_len: int, seed: int = 1):
+    """The packed cases' input: x (T, B, F) packed with lengths uniform in [min_len, T] (the first one T), built
+    once, outside the timing; its data a leaf that requires grad. Returns (packed, lengths)."""
+    T, B = x.shape[0], x.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, T + 1, (B,), generator=g)
+    lengths[0] = T
+    p = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    return PackedSequence(p.data.clone().requires_grad_(), p.batch_sizes, p.sorted_indices, p.unsorted_indices), lengths
 
 
 def forward_backward(module, x) -> Callable[[], None]:
