@@ -26,17 +26,22 @@ def close(a, b, dtype, what=""):
 
 
 def both(module_cpu, dtype):
-    mc = module_cpu.to(dtype)
+    """(CPU reference, CUDA copy) of a module in `dtype`. For the half types the reference is the float64 module
+    holding the same rounded weights (the CPU has no float16 kernels; float64 is the exact answer either way)."""
     import copy
 
-    return mc, copy.deepcopy(mc).cuda()
+    mc = module_cpu.to(dtype)
+    gpu = copy.deepcopy(mc).cuda()
+    return (mc.double() if dtype in (torch.float16, torch.bfloat16) else mc), gpu
 
 
-def run_and_grads(module, inputs, loss_fn):
+def run_and_grads(module, inputs, loss_fn, params=None):
+    """Output and [input grads..., parameter grads...] of one forward/backward; `params` for a plain callable."""
     inputs = [x.clone().requires_grad_() if x.is_floating_point() else x for x in inputs]
     out = module(*inputs)
     loss_fn(out).backward()
-    grads = [x.grad for x in inputs if x.is_floating_point()] + [p.grad for p in module.parameters()]
+    params = list(module.parameters()) if params is None else list(params)
+    grads = [x.grad for x in inputs if x.is_floating_point()] + [p.grad for p in params]
     return out, grads
 
 
@@ -57,7 +62,7 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
     lengths = torch.tensor([7, 3, 5, 1])
     results = []
     for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
-        xi = x.to(dev).requires_grad_()
+        xi = x.to(dev, next(m.parameters()).dtype).requires_grad_()
         if kind == "packed":
             y, (h, c) = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
             y = y.data
@@ -166,8 +171,8 @@ def test_spinn_cuda_matches_cpu(tracker):
     g = torch.Generator().manual_seed(0)
     tr = random_transitions([5, 3, 1, 4], g)
     buf = torch.randn(5, 4, 12, dtype=torch.float64, generator=g)
-    a = run_and_grads(lambda b: cpu(b, tr), [buf], lambda o: o.sum())
-    b = run_and_grads(lambda b: gpu(b, tr), [buf.cuda()], lambda o: o.sum())
+    a = run_and_grads(lambda b: cpu(b, tr), [buf], lambda o: o.sum(), cpu.parameters())
+    b = run_and_grads(lambda b: gpu(b, tr), [buf.cuda()], lambda o: o.sum(), gpu.parameters())
     close(b[0], a[0], torch.float64)
     close(b[1][0], a[1][0], torch.float64)
     for p, q in zip(gpu.parameters(), cpu.parameters()):
