@@ -62,7 +62,7 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
     lengths = torch.tensor([7, 3, 5, 1])
     results = []
     for m, dev in ((cpu, "cpu"), (gpu, "cuda")):
-        xi = x.to(dev, next(m.parameters()).dtype).requires_grad_()
+        xi = x.to(dev, next(m.parameters()).dtype).clone().requires_grad_()  # a new leaf per side
         if kind == "packed":
             y, (h, c) = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
             y = y.data
@@ -72,7 +72,7 @@ def test_lstm_cuda_matches_cpu(dtype, kind):
             y, (h, c) = m(xi, lengths=lengths.to(dev))
         else:
             y, (h, c) = m(xi)
-        (y.float().sum() + h.float().square().sum() + c.float().sum()).backward()
+        (y.double().sum() + h.double().square().sum() + c.double().sum()).backward()  # loss in float64 on both sides
         results.append([y, h, c, xi.grad] + [p.grad for p in m.parameters()])
     for a, b in zip(results[1], results[0]):
         close(a, b, dtype if dtype != torch.float64 else torch.float64)
@@ -91,11 +91,11 @@ def test_rnn_layer_cuda_matches_cpu(cell, dtype, layout):
     lengths = torch.tensor([6, 0, 3, 9]) if layout == "masked" else None  # masked mode: lengths on the device
     results = []
     for dev in ("cpu", "cuda"):
-        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).requires_grad_()
+        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).clone().requires_grad_()
                 for t in base]
         lens = lengths.to(dev) if lengths is not None else None
         out, hy, _ = torch.ops.rnnext.rnn_layer(*args, bs, si, False, True, True, cell, lens)
-        (out.float().sin().sum() + hy.float().square().sum()).backward()
+        (out.double().sin().sum() + hy.double().square().sum()).backward()
         results.append([out, hy] + [a.grad for a in args])
     for a, b in zip(results[1], results[0]):
         close(a, b, dtype)
@@ -111,10 +111,10 @@ def test_rnn_cell_cuda_matches_cpu(cell, dtype):
             torch.randn(G)]
     results = []
     for dev in ("cpu", "cuda"):
-        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).requires_grad_()
+        args = [t.to(dev, dtype if dev == "cuda" or dtype == torch.float64 else torch.float32).clone().requires_grad_()
                 for t in base]
         hy, _ = torch.ops.rnnext.rnn_cell(*args, cell)
-        hy.float().square().sum().backward()
+        hy.double().square().sum().backward()
         results.append([hy] + [a.grad for a in args])
     for a, b in zip(results[1], results[0]):
         close(a, b, dtype)
