@@ -246,3 +246,64 @@ def test_bench_quick_on_cuda(tmp_path):
     for suite in res["suites"].values():
         assert suite["config"]["device"].startswith("cuda")
         assert all(r["speedup"] > 0 for r in suite["rows"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("stock_cls", [torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.LSTMCell, torch.nn.GRUCell,
+                                       torch.nn.RNNCell])
+def test_autocast_on_cuda_matches_stock(stock_cls, dtype):
+    """Under torch.autocast("cuda", dtype) a float32 module returns stock's dtype (on CUDA stock lowers every layer,
+    through cuDNN's RNN, and every cell), with stock's values at that precision; the parameters' gradients stay
+    float32."""
+    torch.manual_seed(0)
+    stock = stock_cls(4, 6).cuda()
+    ours = getattr(rnnext.nn, stock_cls.__name__)(4, 6).cuda()
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(3, 4, device="cuda") if "Cell" in stock_cls.__name__ else torch.randn(5, 3, 4, device="cuda")
+    results = []
+    for m in (stock, ours):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype):
+            out = m(xi)
+        first = out[0] if isinstance(out, tuple) else out
+        first.double().sum().backward()
+        assert xi.grad.dtype == torch.float32
+        assert all(p.grad.dtype == torch.float32 for p in m.parameters())
+        results.append(first)
+    a, b = results
+    assert a.dtype == b.dtype == dtype, f"stock returns {a.dtype}, rnnext {b.dtype}"
+    torch.testing.assert_close(b.double(), a.double(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tree_models_and_generation_in_half_types(dtype):
+    """SPINN (with a tracker), the TreeLSTM cell and sampling in float16/bfloat16 on CUDA, against the float64 CPU
+    module holding the same rounded weights."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from spinn_oracle import random_transitions
+
+    torch.manual_seed(0)
+    ref, gpu = both(rnnext.nn.SPINN(6, tracker_size=4), dtype)
+    g = torch.Generator().manual_seed(0)
+    tr = random_transitions([5, 3, 1, 4], g)
+    buf = torch.randn(5, 4, 12, generator=g).to(dtype)
+    a = run_and_grads(lambda b: ref(b, tr), [buf.double()], lambda o: o.double().sum(), ref.parameters())
+    b = run_and_grads(lambda b: gpu(b, tr), [buf.cuda()], lambda o: o.double().sum(), gpu.parameters())
+    assert b[0].dtype == dtype and all(t.dtype == dtype for t in b[1])
+    close(b[0], a[0], dtype, "SPINN output")
+    for i, (u, v) in enumerate(zip(b[1], a[1])):
+        close(u, v, dtype, f"SPINN gradient {i}")
+    pre, cl, cr = (torch.randn(5, 30).to(dtype), torch.randn(5, 6).to(dtype), torch.randn(5, 6).to(dtype))
+    outs = torch.ops.rnnext.treelstm_cell(pre.cuda(), cl.cuda(), cr.cuda())
+    assert outs[0].dtype == outs[1].dtype == dtype  # h, c (the workspace may be wider)
+    for u, v in zip(outs, torch.ops.rnnext.treelstm_cell(pre.double(), cl.double(), cr.double())):
+        close(u, v, dtype, "treelstm_cell")
+    model = CharGenerator(11, 6, 20, 2).to(dtype).eval().cuda()
+    prime = torch.randint(0, 11, (3, 4), device="cuda")
+    out = model.generate(prime, 20, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    again = model.generate(prime, 20, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert out.numel() == 3 * 20 and int(out.min()) >= 0 and int(out.max()) < 11
+    assert torch.equal(out, again)
