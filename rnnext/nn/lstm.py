@@ -252,6 +252,10 @@ class _RNNBase(nn.Module):
         ref = self.weight_ih_l0
         raw = input.data if isinstance(input, PackedSequence) else input
         cast = _autocast_dtype(self._autocast_lowers or ref.device.type == "cuda", raw, ref.dtype, hx)
+        if cast is not None and ref.device.type == "cuda":
+            # Stock's CUDA layers autocast through cuDNN's RNN wrapper, which casts to float16 whatever the
+            # autocast dtype (measured on an H200, torch 2.11: float16 out under a bfloat16 region); match it.
+            cast = torch.float16
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
