@@ -58,6 +58,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"rnnext bench on {machine}", flush=True)
     out = {"machine": machine, "suites": {}}
     suites = _bench_suites()
+    if args.dtype in ("bfloat16", "bf16"):
+        if args.only and not "bfloat16".startswith(args.only.lower()):
+            raise ValueError(f"--dtype {args.dtype} runs the bfloat16 suite; --only {args.only!r} names a float32 "
+                             "suite (drop one of the two)")
+        args.only = "bfloat16"
     if args.only:
         suites = [(t, r) for t, r in suites if t.lower().startswith(args.only.lower())]
         if not suites:
@@ -104,7 +109,7 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                         batch_size=args.batch_size, lr=args.lr, train_size=args.train_size, dev_size=args.dev_size,
                         max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,
-                        test_path=args.test, distributed=args.distributed)
+                        test_path=args.test, distributed=args.distributed, dtype=args.dtype)
     res = train_listops(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     if "rank" in res:  # a distributed worker other than the first: the first reports
         return 0
@@ -125,7 +130,7 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
     cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                       layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars,
-                      distributed=args.distributed, cell=args.cell)
+                      distributed=args.distributed, cell=args.cell, dtype=args.dtype)
     res = train_chars(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     if "rank" in res:
         return 0
@@ -177,6 +182,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+_DTYPE_CHOICES = ["float32", "bfloat16", "bf16", "fp32"]
+_DTYPE_HELP = ("compute dtype (default float32); bfloat16 (or bf16): mixed precision, float32 parameters and "
+               "optimizer, the steps under torch.autocast")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnnext", description="Fused recurrent and tree-structured networks for PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
     b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, cells, packed, spinn, generation, listops "
                    "or bfloat16 (prefixes do: bf)")
+    b.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES,
+                   help="float32 (default): every suite; bfloat16 (or bf16): the bfloat16 suite (LSTM, packed LSTM, "
+                        "GRU and SPINN in bfloat16 against stock's bfloat16 and rnnext's float32)")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where both sides run (cuda: cuDNN nn.LSTM and stock code on the GPU against rnnext's kernels)")
     b.set_defaults(func=_cmd_bench)
@@ -210,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--device", default="cpu")
+    lo.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES, help=_DTYPE_HELP)
     lo.add_argument("--no-progress", action="store_true", help="no progress bar")
     lo.add_argument("--distributed", action="store_true",
                     help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
@@ -231,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--resume", metavar="CKPT")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--device", default="cpu")
+    ch.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES, help=_DTYPE_HELP)
     ch.add_argument("--no-progress", action="store_true")
     ch.add_argument("--distributed", action="store_true",
                     help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "

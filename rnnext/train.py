@@ -3,6 +3,7 @@ LSTM baseline. The clock counts training only: data generation, batching and eva
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -20,6 +21,25 @@ from .data import listops as L
 from .models import RNNClassifier, SPINNClassifier
 
 DEFAULT_LISTOPS_TEST = os.path.join("..", "shared", "data", "listops", "test_d20s.tsv")
+
+# --dtype: the compute dtype of training and evaluation. bfloat16 is mixed precision: the parameters and the
+# optimizer state stay float32 and the steps run under torch.autocast(dtype=torch.bfloat16), so every rnnext
+# module (and nn.Linear) computes in bfloat16 (see the README's bfloat16 section) and the gradients reach the
+# parameters in float32.
+DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def canonical_dtype(name: str) -> str:
+    """'float32' or 'bfloat16' for any accepted spelling of --dtype; ValueError otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return "bfloat16" if DTYPES[name] is not None else "float32"
+
+
+def compute_context(dtype: str, device: torch.device):
+    """The context the training and evaluation steps run in: autocast to bfloat16, or nothing for float32."""
+    low = DTYPES[canonical_dtype(dtype)]
+    return torch.autocast(torch.device(device).type, dtype=low) if low is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -42,6 +62,7 @@ class ListOpsConfig:
     device: str = "cpu"
     distributed: bool = False       # DistributedDataParallel over torchrun's processes (see rnnext.distributed)
     test_path: Optional[str] = None  # the released test split; default: ../shared/data/listops/test_d20s.tsv
+    dtype: str = "float32"          # "float32" or "bfloat16" (mixed precision, see DTYPES)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -79,15 +100,18 @@ def _logits(model, batch: L.Batch, kind: str, device: torch.device) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model, examples: List[L.Example], kind: str, device: torch.device, batch_size: int = 256) -> float:
-    """Accuracy on examples, batched by length."""
+def evaluate(model, examples: List[L.Example], kind: str, device: torch.device, batch_size: int = 256,
+             dtype: str = "float32") -> float:
+    """Accuracy on examples, batched by length, computed in ``dtype`` (as trained)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
     correct = 0
     for i in range(0, len(order), batch_size):
         batch = L.collate([examples[j] for j in order[i:i + batch_size]])
-        pred = _logits(model, batch, kind, device).argmax(1).cpu()
+        with compute_context(dtype, device):
+            logits = _logits(model, batch, kind, device)
+        pred = logits.argmax(1).cpu()
         correct += int((pred == batch.labels).sum())
     model.train(was_training)
     return correct / max(len(examples), 1)
@@ -106,6 +130,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     (dev and test accuracy, throughput, the history of dev evaluations)."""
     from tqdm import tqdm
 
+    cfg.dtype = canonical_dtype(cfg.dtype)  # checked before any long work
     ctx = D.init_from_env(cfg.device) if cfg.distributed else None
     device = ctx.device if ctx else torch.device(cfg.device)
     main = ctx is None or ctx.is_main
@@ -155,7 +180,8 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         start = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = scheduled_lr(cfg.lr, state.train_seconds / budget, cfg.warmup)
-        loss = F.cross_entropy(_logits(net, batch, cfg.model, device), batch.labels.to(device))
+        with compute_context(cfg.dtype, device):
+            loss = F.cross_entropy(_logits(net, batch, cfg.model, device), batch.labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -172,7 +198,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
             next_eval += cfg.eval_every
             if not main:
                 continue
-            acc = evaluate(model, dev, cfg.model, device)
+            acc = evaluate(model, dev, cfg.model, device, dtype=cfg.dtype)
             state.history.append({"train_seconds": state.train_seconds, "step": state.step, "dev_accuracy": acc,
                                   "loss": loss.item()})
             bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  dev accuracy {acc:.4f}  "
@@ -185,9 +211,9 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         D.shutdown(ctx)
         return {"rank": ctx.rank, "steps": state.step}
     results: Dict[str, object] = {
-        "model": cfg.model, "steps": state.step, "train_seconds": state.train_seconds,
+        "model": cfg.model, "dtype": cfg.dtype, "steps": state.step, "train_seconds": state.train_seconds,
         "examples_per_second": state.examples / max(state.train_seconds, 1e-9),
-        "dev_accuracy": evaluate(model, dev, cfg.model, device), "history": state.history,
+        "dev_accuracy": evaluate(model, dev, cfg.model, device, dtype=cfg.dtype), "history": state.history,
     }
     if ctx:
         results["world_size"] = ctx.world_size
@@ -196,7 +222,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     if os.path.exists(test_path):
         test = L.read_listops_tsv(test_path)
         t1 = time.time()
-        results["test_accuracy"] = evaluate(model, test, cfg.model, device)
+        results["test_accuracy"] = evaluate(model, test, cfg.model, device, dtype=cfg.dtype)
         results["test_examples"] = len(test)
         results["test_seconds"] = time.time() - t1
     elif cfg.test_path:
@@ -233,6 +259,7 @@ class CharsConfig:
     seed: int = 0
     device: str = "cpu"
     distributed: bool = False
+    dtype: str = "float32"          # "float32" or "bfloat16" (mixed precision, see DTYPES)
 
 
 def default_corpus(max_chars: int) -> str:
@@ -275,6 +302,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
 
     from .models import CharGenerator, CharVocab
 
+    cfg.dtype = canonical_dtype(cfg.dtype)  # checked before any long work
     ctx = D.init_from_env(cfg.device) if cfg.distributed else None
     device = ctx.device if ctx else torch.device(cfg.device)
     main = ctx is None or ctx.is_main
@@ -328,7 +356,9 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     @torch.no_grad()
     def val_loss() -> float:
         model.eval()
-        losses = [F.cross_entropy(model(x)[0].reshape(-1, len(vocab)), y.reshape(-1)).item() for x, y in val_batches]
+        with compute_context(cfg.dtype, device):
+            losses = [F.cross_entropy(model(x)[0].reshape(-1, len(vocab)), y.reshape(-1)).item()
+                      for x, y in val_batches]
         model.train()
         return sum(losses) / len(losses)
 
@@ -348,8 +378,9 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     while state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps):
         x, y = windows(train_ids, cfg.batch_size, gen)
         start = time.perf_counter()
-        logits, _ = net(x)
-        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        with compute_context(cfg.dtype, device):
+            logits, _ = net(x)
+            loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -378,7 +409,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     save()
     prime = torch.tensor([vocab.encode("def ")], device=device)
     sample = vocab.decode(model.generate(prime, 300, temperature=0.8, generator=torch.Generator().manual_seed(0))[0].tolist())
-    results = {"steps": state.step, "train_seconds": state.train_seconds, "train_loss": loss.item(),
+    results = {"dtype": cfg.dtype, "steps": state.step, "train_seconds": state.train_seconds, "train_loss": loss.item(),
                "val_loss": val_loss(), "unigram_entropy": entropy, "vocab_size": len(vocab),
                "characters_per_second": state.examples / max(state.train_seconds, 1e-9), "sample": "def " + sample,
                "history": state.history}

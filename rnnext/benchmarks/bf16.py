@@ -1,5 +1,6 @@
 """bfloat16 on the CPU: rnnext's bfloat16 LSTM and GRU against stock torch.nn in bfloat16 (oneDNN's fused LSTM; GRU
-as ATen's per-step ops) and against rnnext's own float32, with the roofline at this machine's bfloat16 GEMM rate
+as ATen's per-step ops) and against rnnext's own float32, and SPINN in bfloat16 against rnnext's float32 SPINN
+(`rnnext bench --dtype bf16`), with the roofline at this machine's bfloat16 GEMM rate
 (a 1024^3 bfloat16 torch.mm timed between the cases' runs)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 
 import rnnext
 
+from . import spinn as spinn_bench
 from .lstm import layer_gflop
 from .timing import RooflineTimer, Row, forward_backward, inference, packed_batch, resolve_device
 
@@ -62,5 +64,30 @@ def run(rounds: int = 15, quick: bool = False, device="cpu") -> Dict[str, object
     gf = layer_gflop([B] * T, I, H, backward=True) * 3 / 4  # three gate blocks
     t, roof = timed({"stock": forward_backward(gstock, x), "rnnext": forward_backward(gours, x)}, gf)
     rows.append(Row("GRU bf16 fwd+bwd (stock: bf16)", t["stock"], t["rnnext"], roof, gf))
+
+    # SPINN H=300, tracker 64, B=128 (the SPINN suite's first case): bfloat16 against rnnext's float32.
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(spinn_bench.CONFIG["min_len"], spinn_bench.CONFIG["max_len"] + 1,
+                            (spinn_bench.CONFIG["B"],), generator=g).tolist()
+    transitions = spinn_bench.random_trees(lengths, g)
+    Hs, Ts = spinn_bench.CASES[0]
+    torch.manual_seed(0)
+    s32 = rnnext.nn.SPINN(Hs, tracker_size=Ts)
+    s16 = rnnext.nn.SPINN(Hs, tracker_size=Ts).to(torch.bfloat16)
+    s32.load_state_dict({k: v.float() for k, v in s16.state_dict().items()})
+    b16 = torch.randn(max(lengths), len(lengths), 2 * Hs, generator=g).bfloat16()
+    b32 = b16.float()
+
+    def spinn_step(model, buffers):
+        buffers = buffers.requires_grad_()
+
+        def f():
+            model(buffers, transitions).float().sum().backward()
+        return f
+
+    gf = spinn_bench.composition_gflop(lengths, Hs, Ts)
+    t, roof = timed({"stock": spinn_step(s32, b32), "rnnext": spinn_step(s16, b16)}, gf)
+    rows.append(Row(f"SPINN H={Hs} tracker {Ts} bf16 fwd+bwd (stock: rnnext float32)", t["stock"], t["rnnext"], roof,
+                    gf))
     c["device"] = str(dev)
     return {"config": c, "rows": rows, "gemm_peak_gflops": timed.median_rate(), "gemm_dtype": "bfloat16"}

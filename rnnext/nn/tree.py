@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _ops
-from .lstm import LSTMCell
+from .lstm import LSTMCell, _autocast_dtype
 
 __all__ = ["SHIFT", "REDUCE", "PAD", "TreeLSTMCell", "Tracker", "SPINN", "SPINNParse", "ThinStack"]
 
@@ -62,7 +62,8 @@ class TreeLSTMCell(nn.Module):
         lstm_in = self.left(left[:, :H]) + self.right(right[:, :H])
         if tracking is not None:
             lstm_in = lstm_in + self.track(tracking)
-        h, c, _ = _ops.ops.treelstm_cell(lstm_in, left[:, H:], right[:, H:])
+        # (Under autocast the Linear maps run in the autocast dtype; the cell states follow them.)
+        h, c, _ = _ops.ops.treelstm_cell(lstm_in, left[:, H:].to(lstm_in.dtype), right[:, H:].to(lstm_in.dtype))
         return torch.cat([h, c], 1)
 
 
@@ -131,7 +132,9 @@ class SPINN(nn.Module):
         return (f"hidden_size={self.hidden_size}, tracker_size={self.tracker_size}, "
                 f"predict_transitions={self.predict_transitions}, batch_first={self.batch_first}")
 
-    def _check_buffers(self, buffers: Tensor) -> Tensor:
+    def _check_buffers(self, buffers: Tensor, cast: Optional[torch.dtype] = None) -> Tensor:
+        """The buffers checked, in (N, B, 2H) layout, contiguous; in ``cast`` (an autocast region's dtype, any
+        floating dtype accepted) when given."""
         if not isinstance(buffers, Tensor):
             raise TypeError(f"SPINN: expected buffers to be a Tensor, got {type(buffers).__name__}")
         if buffers.dim() != 3:
@@ -141,14 +144,24 @@ class SPINN(nn.Module):
             raise ValueError(f"SPINN: expected buffer rows [h | c] of width 2 * hidden_size = "
                              f"{2 * self.hidden_size}, got {buffers.size(-1)}")
         ref = self.reduce.left.weight
-        if buffers.dtype != ref.dtype or buffers.device != ref.device:
+        if cast is not None and buffers.is_floating_point() and buffers.device == ref.device:
+            buffers = buffers.to(cast)
+        elif buffers.dtype != ref.dtype or buffers.device != ref.device:
             raise TypeError(f"SPINN: expected buffers of dtype {ref.dtype} on {ref.device} (the parameters'), got "
                             f"{buffers.dtype} on {buffers.device}")
         return (buffers.transpose(0, 1) if self.batch_first else buffers).contiguous()
 
     def forward(self, buffers: Tensor, transitions: Optional[Tensor] = None,
                 lengths: Optional[Union[Tensor, list]] = None):
-        buffers = self._check_buffers(buffers)
+        # Under torch.autocast a float32 SPINN with given transitions runs in the autocast dtype (its compositions
+        # and tracker are linear maps, which autocast lowers): buffers and weights are cast, the result is in
+        # that dtype, and the float32 parameters get float32 gradients. The parse loop (transitions=None) runs
+        # in the parameters' dtype.
+        cast = _autocast_dtype(True, buffers, self.reduce.left.weight.dtype)
+        if cast is not None and transitions is None:
+            with torch.autocast(buffers.device.type, enabled=False):
+                return self.forward(buffers.to(self.reduce.left.weight.dtype), None, lengths)
+        buffers = self._check_buffers(buffers, cast)
         N, B = buffers.shape[:2]
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.int64).cpu()
@@ -170,10 +183,14 @@ class SPINN(nn.Module):
         rnn = self.tracker.rnn if self.tracker is not None else None
         params = [buffers, self.reduce.left.weight, self.reduce.right.weight]
         train = torch.is_grad_enabled() and any(p.requires_grad for p in params + list(self.parameters()))
+
+        def w(p: Optional[Tensor]) -> Optional[Tensor]:
+            return p.to(cast) if p is not None and cast is not None else p
+
         top, tracker_h, *_ = _ops.ops.spinn_encode(
-            buffers, tr, lengths, self.reduce.composition_weight(), self.reduce.left.bias,
-            rnn.weight_ih if rnn is not None else None, rnn.weight_hh if rnn is not None else None,
-            rnn.bias_ih if rnn is not None else None, rnn.bias_hh if rnn is not None else None, train,
+            buffers, tr, lengths, w(self.reduce.composition_weight()), w(self.reduce.left.bias),
+            w(rnn.weight_ih) if rnn is not None else None, w(rnn.weight_hh) if rnn is not None else None,
+            w(rnn.bias_ih) if rnn is not None else None, w(rnn.bias_hh) if rnn is not None else None, train,
         )
         if not self.predict_transitions:
             return top
