@@ -394,6 +394,51 @@ def test_bf16_treelstm_cell_and_spinn_ops():
                            out[4], out[5]))
 
 
+@pytest.mark.parametrize("tracker", [None, 16])
+def test_bf16_spinn_at_size(tracker):
+    """SPINN in bfloat16 at a size where the GEMMs matter (H=40, 9 rows of up to 12 tokens; on AVX512-BF16 CPUs
+    the native path: bfloat16 GEMM operands, float32 accumulation and workspace): every output and gradient
+    against float64 on the same values within a relative RMS error of 2^-7 and a max error of 8 bfloat16 ulps
+    of the tensor's scale; the same bits for 1 and 2 threads."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from spinn_oracle import random_transitions
+
+    g = torch.Generator().manual_seed(1)
+    H, B = 40, 9
+    lengths = [12, 3, 7, 1, 12, 5, 9, 2, 11]
+    N = max(lengths)
+    m16 = rnnext.nn.SPINN(H, tracker_size=tracker).to(torch.bfloat16)
+    m64 = rnnext.nn.SPINN(H, tracker_size=tracker).double()
+    m64.load_state_dict(m16.state_dict())
+    transitions = random_transitions(lengths, g)
+    buf = _bf(N, B, 2 * H, g=g)
+    results = {}
+    for key, m, dt, threads in (("f64", m64, torch.float64, 2), ("bf16_2", m16, torch.bfloat16, 2),
+                                ("bf16_1", m16, torch.bfloat16, 1)):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            m.zero_grad()
+            b = buf.to(dt).clone().requires_grad_()  # (a new leaf: .to() returns buf itself for bfloat16)
+            out = m(b, transitions, lengths)
+            (out.double() * torch.linspace(-1, 1, H, dtype=torch.float64)).sum().backward()
+            results[key] = [out.detach(), b.grad] + [p.grad for p in m.parameters()]
+        finally:
+            torch.set_num_threads(old)
+    for i, (r, x) in enumerate(zip(results["f64"], results["bf16_2"])):
+        assert x.dtype == torch.bfloat16
+        r, x = r.double(), x.double()
+        scale = max(r.abs().max().item(), 1e-30)
+        rel_rms = ((x - r).square().mean().sqrt() / r.square().mean().sqrt().clamp_min(1e-30)).item()
+        assert rel_rms <= 2 ** -7, f"tensor {i}: relative RMS error {rel_rms:.3g}"
+        assert (x - r).abs().max().item() <= 8 * BF16_ULP * scale, f"tensor {i}"
+    for a, b in zip(results["bf16_1"], results["bf16_2"]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bf16_generation_matches_float32_greedy(cell):
     """A bfloat16 CharGenerator samples (greedy) the same characters as its float32 copy holding the same

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace rnnext::cpu {
 
@@ -47,6 +48,14 @@ void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint1
       o[2 * n + 1] = r1 != nullptr ? r1[n] : uint16_t(0);
     }
   }
+}
+
+void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
+                       int64_t ldc, bool accumulate) {
+  thread_local std::vector<uint16_t> a16;
+  a16.resize(static_cast<size_t>(M * K));
+  for (int64_t i = 0; i < M; ++i) round_to_bf16(K, A + i * lda, a16.data() + i * K);
+  gemm_bf16_packed(M, N, K, a16.data(), K, Bp, N, C, ldc, accumulate);
 }
 
 #pragma GCC push_options

@@ -1,7 +1,14 @@
 // bfloat16 GEMM with float32 accumulation for the CPU kernels' inner loops (csrc/cpu/gemm_bf16.cpp), on
 // AVX512-BF16's dot-product instruction. bfloat16 values are passed as their raw 16-bit patterns.
 #pragma once
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
+
 #include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/gemm.h"
 
 namespace rnnext::cpu {
 
@@ -23,5 +30,37 @@ void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 // AVX512-BF16's conversion makes them), i < n: vectorized where gemm_bf16_available(), else scalar (the same
 // results).
 void round_to_bf16(int64_t n, const float* src, uint16_t* dst);
+
+// C[M, N] = (accumulate ? C : 0) + round_bf16(A[M, K]) @ B: a float32 left operand (leading dimension lda)
+// rounded to bfloat16 row by row (a per-thread buffer), then gemm_bf16_packed with Bp, the pack_bf16_pairs of
+// B whose packed rows hold N columns. Only on CPUs where gemm_bf16_available().
+void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
+                       int64_t ldc, bool accumulate);
+
+// b (K, N), float32 holding bfloat16 values or bfloat16, in bfloat16 packed in k-pairs for gemm_bf16_packed.
+inline std::vector<uint16_t> pack_bf16(const at::Tensor& b) {
+  const at::Tensor c = b.to(at::kBFloat16).contiguous();
+  std::vector<uint16_t> out(static_cast<size_t>((c.size(0) + 1) / 2 * c.size(1) * 2));
+  pack_bf16_pairs(c.size(0), c.size(1), reinterpret_cast<const uint16_t*>(c.const_data_ptr<c10::BFloat16>()),
+                  c.size(1), out.data());
+  return out;
+}
+
+// C[M, N] = (accumulate ? C : 0) + A[M, K] @ B (B row-major, leading dimension N) by the float GEMM; or, given
+// Bp (B packed by pack_bf16: a native bfloat16 call, float only), on bfloat16 operands (gemm_bf16_rounded).
+template <typename T>
+void gemm_rows_maybe_bf16(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                          const std::vector<uint16_t>* Bp, T* C, int64_t ldc, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (Bp != nullptr) return gemm_bf16_rounded(M, N, K, A, lda, Bp->data(), C, ldc, accumulate);
+  }
+  gemm_rowmajor(M, N, K, A, lda, B, N, C, ldc, accumulate);
+}
+
+// A^T B for A (M, Ka) and B (M, N) float32: a bfloat16 GEMM (ATen's) of the operands rounded to bfloat16, as
+// float32 (Ka, N). For weight gradients of native bfloat16 kernels.
+inline at::Tensor mm_tn_bf16(const at::Tensor& A, const at::Tensor& B) {
+  return at::mm(A.to(at::kBFloat16).t(), B.to(at::kBFloat16)).to(at::kFloat);
+}
 
 }  // namespace rnnext::cpu

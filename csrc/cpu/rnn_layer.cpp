@@ -16,6 +16,7 @@
 #include "common/rnn_engine.h"
 #include "cpu/bf16.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/slot_split.h"
 #include "cpu/pointwise.h"
 #include "kernels/gru.h"
@@ -169,8 +170,10 @@ RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b
 
 // The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
 // of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
+// With whh_p (W_hh^T packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
 template <typename scalar_t>
-void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t) {
+void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t,
+                  const std::vector<uint16_t>* whh_p = nullptr) {
   const common::Steps& st = f.plan.st;
   const int64_t H = f.plan.s.H, G = common::num_gates(f.cell) * H, W = common::saved_width(f.cell, H);
   const scalar_t* gx = f.gx.const_data_ptr<scalar_t>();
@@ -191,7 +194,7 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
         scalar_t* ghr = gh + j0 * G;
         if (bias != nullptr)
           for (int64_t j = 0; j < m; ++j) std::copy(bias, bias + G, ghr + j * G);
-        gemm_rowmajor(m, G, H, h + j0 * H, H, w_hh_t, G, ghr, G, /*accumulate=*/bias != nullptr);
+        gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p, ghr, G, /*accumulate=*/bias != nullptr);
         if (f.cell == CellKind::kGRU)
           gru_forward_dispatch(m, H, gx + r * G, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
         else
@@ -201,8 +204,9 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
   });
 }
 
+// With whh_p (W_hh packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
 template <typename scalar_t>
-void slot_backward(const common::BackwardSteps& b, int64_t nt) {
+void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
@@ -229,10 +233,10 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt) {
           // The direct part of the gradient into the previous h goes straight into dh; the recurrent GEMM adds
           // the rest.
           gru_backward_dispatch(m, H, sv + r * W, hp + r * H, d, dgx + r * G, dgh + r * G, dh + j0 * H);
-          gemm_rowmajor(m, H, G, dgh + r * G, G, whh, H, dh + j0 * H, H, /*accumulate=*/true);
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgh + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/true);
         } else {
           rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
-          gemm_rowmajor(m, H, G, dgx + r * G, G, whh, H, dh + j0 * H, H, /*accumulate=*/false);
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/false);
         }
       }
     }
@@ -418,6 +422,82 @@ struct CpuPointwise {
   }
 };
 
+// Native bfloat16 GRU/RNN layers (a bfloat16 call on an AVX512-BF16 CPU, not masked mode): the engine runs on
+// float32 copies of the bfloat16 values with a float32 workspace and state, as for any bfloat16 call, and this
+// policy runs the large GEMMs on bfloat16 operands with float32 accumulation (cpu/gemm_bf16.h): the input
+// projection, the slot split's recurrent GEMMs forward and backward (h and the gate gradients rounded to
+// bfloat16 as operands; the state itself stays float32), the input gradient and the weight gradients (ATen's
+// bfloat16 GEMM); bias gradients are sums of the float32 gate gradients. Where the slot split does not run
+// (small batches, fewer than kMinSlotSteps steps) the step loop keeps float32 GEMMs: more precise, and a per-step
+// packing of W_hh would cost more than the GEMM saves.
+struct CpuPointwiseBf16 : CpuPointwise {
+  static constexpr int64_t kMinRows = 64;  // fewer rows: one step's GEMM, kept in float32
+
+  static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+    if (x.size(0) < kMinRows || x.scalar_type() != at::kFloat || !out.is_contiguous() || !x.is_contiguous())
+      return CpuPointwise::linear_out(out, x, w, b);
+    const std::vector<uint16_t> wp = pack_bf16(w.t());  // (K, G)
+    const int64_t n = x.size(0), G = w.size(0), K = w.size(1);
+    const Tensor bias = b.has_value() ? b->contiguous() : Tensor();
+    const float* xp = x.const_data_ptr<float>();
+    const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
+      if (bp != nullptr)
+        for (int64_t r = r0; r < r1; ++r) std::copy(bp, bp + G, op + r * G);
+      gemm_bf16_rounded(r1 - r0, G, K, xp + r0 * K, K, wp.data(), op + r0 * G, G, bp != nullptr);
+    });
+  }
+
+  static void linear_pair_out(const Tensor& out1, const Tensor& x1, const Tensor& w1, const std::optional<Tensor>& b1,
+                              const Tensor& out2, const Tensor& x2, const Tensor& w2,
+                              const std::optional<Tensor>& b2) {
+    linear_out(out1, x1, w1, b1);
+    linear_out(out2, x2, w2, b2);
+  }
+
+  static void forward_steps(const common::ForwardSteps& f) {
+    const int64_t nt = slot_split_threads(f.plan.s.B);
+    if (nt == 0 || f.plan.st.T < kMinSlotSteps || f.cell == CellKind::kLSTM)
+      return common::aten_forward_steps<CpuPointwise>(f);
+    const Tensor w_hh_t = f.w_hh.t().contiguous();
+    const std::vector<uint16_t> p = pack_bf16(w_hh_t);
+    slot_forward<float>(f, nt, w_hh_t.const_data_ptr<float>(), &p);
+  }
+
+  static void backward_steps(const common::BackwardSteps& b) {
+    const int64_t nt = slot_split_threads(b.plan.s.B);
+    if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
+    const std::vector<uint16_t> p = pack_bf16(b.w_hh);  // (G, H)
+    slot_backward<float>(b, nt, &p);
+  }
+
+  // aten_weight_grads' products on bfloat16 operands.
+  static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
+                                          bool has_bias) {
+    const auto opts = x_slots.options();
+    const int64_t n = b.dgx.size(0), G = w_ih.size(0), I = w_ih.size(1);
+    common::WeightGrads w;
+    w.dx_slots = at::empty({n, I}, opts);
+    const std::vector<uint16_t> p = pack_bf16(w_ih);  // (G, I)
+    const Tensor dgx = b.dgx.contiguous();
+    const float* dg = dgx.const_data_ptr<float>();
+    float* dx = w.dx_slots.data_ptr<float>();
+    at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
+      gemm_bf16_rounded(r1 - r0, I, G, dg + r0 * G, G, p.data(), dx + r0 * I, I, false);
+    });
+    w.w_ih = mm_tn_bf16(b.dgx, x_slots);
+    w.w_hh = mm_tn_bf16(b.dgh, b.h_prev);
+    w.b_ih = has_bias ? at::sum(b.dgx, {0}) : at::empty({0}, opts);
+    w.b_hh = !has_bias ? at::empty({0}, opts) : b.cell == CellKind::kGRU ? at::sum(b.dgh, {0}) : w.b_ih.clone();
+    w.w_hr = at::empty({0}, opts);
+    return w;
+  }
+};
+
+// Whether a bfloat16 GRU/RNN layer call runs natively (CpuPointwiseBf16).
+bool rnn_takes_bf16(const std::optional<Tensor>& lengths) { return gemm_bf16_available() && !lengths.has_value(); }
+
 Tensor upload_cpu(const std::vector<int64_t>& v) {
   Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kLong));
   std::copy(v.begin(), v.end(), t.data_ptr<int64_t>());
@@ -433,10 +513,17 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& lengths) {
   if (bf16::active(input)) {
     const char* op = "rnnext::rnn_layer";
-    auto [out, hy, saved] = rnn_layer_cpu(bf16::up(op, "input", input), bf16::up(op, "hx", hx),
-                                          bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh),
-                                          bf16::up(op, "b_ih", b_ih), bf16::up(op, "b_hh", b_hh), batch_sizes,
-                                          sorted_indices, batch_first, reverse, train, cell, lengths);
+    const Tensor x = bf16::up(op, "input", input), h = bf16::up(op, "hx", hx), wi = bf16::up(op, "w_ih", w_ih),
+                 wh = bf16::up(op, "w_hh", w_hh);
+    const std::optional<Tensor> bi = bf16::up(op, "b_ih", b_ih), bh = bf16::up(op, "b_hh", b_hh);
+    auto [out, hy, saved] =
+        rnn_takes_bf16(lengths)
+            ? common::rnn_layer_forward<CpuPointwiseBf16>(op, x, h, wi, wh, bi, bh, batch_sizes, sorted_indices,
+                                                          batch_first, reverse, train,
+                                                          std::string_view(cell.data(), cell.size()), lengths,
+                                                          common::Backend::kCPU, upload_cpu)
+            : rnn_layer_cpu(x, h, wi, wh, bi, bh, batch_sizes, sorted_indices, batch_first, reverse, train, cell,
+                            lengths);
     return {bf16::down(out), bf16::down(hy), saved};
   }
   return common::rnn_layer_forward<CpuPointwise>("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
@@ -452,11 +539,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
     bool has_bias, const std::optional<Tensor>& lengths) {
   if (bf16::active(input)) {
     const char* op = "rnnext::rnn_layer_backward";
-    auto [gi, ghx, gwi, gwh, gbi, gbh] = rnn_layer_backward_cpu(
-        bf16::up(op, "grad_output", grad_output), bf16::up(op, "grad_hy", grad_hy), bf16::up(op, "input", input),
-        bf16::up(op, "hx", hx), bf16::up(op, "w_ih", w_ih), bf16::up(op, "w_hh", w_hh), batch_sizes, sorted_indices,
-        batch_first, reverse, bf16::up(op, "output", output), bf16::workspace(op, "saved", saved), cell, has_bias,
-        lengths);
+    const Tensor go = bf16::up(op, "grad_output", grad_output), gh = bf16::up(op, "grad_hy", grad_hy),
+                 x = bf16::up(op, "input", input), h = bf16::up(op, "hx", hx), wi = bf16::up(op, "w_ih", w_ih),
+                 wh = bf16::up(op, "w_hh", w_hh), out = bf16::up(op, "output", output),
+                 sv = bf16::workspace(op, "saved", saved);
+    auto [gi, ghx, gwi, gwh, gbi, gbh] =
+        rnn_takes_bf16(lengths)
+            ? common::rnn_layer_backward<CpuPointwiseBf16>(op, go, gh, x, h, wi, wh, batch_sizes, sorted_indices,
+                                                           batch_first, reverse, out, sv,
+                                                           std::string_view(cell.data(), cell.size()), has_bias,
+                                                           lengths, common::Backend::kCPU, upload_cpu)
+            : rnn_layer_backward_cpu(go, gh, x, h, wi, wh, batch_sizes, sorted_indices, batch_first, reverse, out, sv,
+                                     cell, has_bias, lengths);
     return {bf16::down(gi), bf16::down(ghx), bf16::down(gwi), bf16::down(gwh), bf16::down(gbi), bf16::down(gbh)};
   }
   return common::rnn_layer_backward<CpuPointwise>("rnnext::rnn_layer_backward", grad_output, grad_hy, input, hx, w_ih,

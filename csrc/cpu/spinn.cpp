@@ -24,12 +24,14 @@
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/bias.h"
 #include "cpu/bf16.h"
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/pointwise.h"
 #include "cpu/spinn_plan.h"
 
@@ -45,6 +47,14 @@ struct SpinnShapes {
   int64_t N, B, S, H, Tt, K;  // K = composition input width: 2H (+ Tt with a tracker)
   bool tracker;
 };
+
+// Native bfloat16 (a bfloat16 call on an AVX512-BF16 CPU): the kernels below run in float32 on the bfloat16
+// values, with float32 workspace, but their GEMMs take bfloat16 operands on the micro-kernel of cpu/gemm_bf16.h:
+// the weights (exact in bfloat16) packed once per call, the float32 left operands (gathered children, tracker
+// inputs, gate gradients) rounded to bfloat16 row by row, float32 accumulation; the weight gradients are
+// bfloat16 GEMMs too, the bias gradients sums of the float32 gate gradients.
+//
+Tensor mm_tn(const Tensor& A, const Tensor& B, bool native) { return native ? mm_tn_bf16(A, B) : at::mm(A.t(), B); }
 
 SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor& transitions, const Tensor& w_comp,
                              const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
@@ -166,24 +176,19 @@ void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
+// The forward in float32/float64; `native`: the float32 values are bfloat16 ones and the GEMMs run in bfloat16.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
-    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
+    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train, bool native) {
   const char* op = "rnnext::spinn_encode";
-  if (bf16::active(buffers)) {
-    auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_cpu(
-        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
-        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
-        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), train);
-    return {bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c};
-  }
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
   const auto opts = buffers.options();
   const Tensor buf = buffers.contiguous();
   const Tensor wc_t = w_comp.t().contiguous();  // (K, 5H)
+  const std::vector<uint16_t> wc_p = native ? pack_bf16(wc_t) : std::vector<uint16_t>();
   const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
   Tensor top = at::empty({B, H}, opts);
   // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
@@ -216,8 +221,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
       at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
         composition_inputs<scalar_t>(plan, s, ref, trk, k0 + r0, k0 + r1, A.data() + r0 * K, CL.data() + r0 * H,
                                      CR.data() + r0 * H);
-        gemm_rowmajor(r1 - r0, G, K, A.data() + r0 * K, K, wc_t.const_data_ptr<scalar_t>(), G, pre + r0 * G, G,
-                      false);
+        gemm_rows_maybe_bf16<scalar_t>(r1 - r0, G, K, A.data() + r0 * K, K, wc_t.const_data_ptr<scalar_t>(),
+                                       native ? &wc_p : nullptr, pre + r0 * G, G, false);
         treelstm_forward_rows<scalar_t>(r1 - r0, H, pre + r0 * G, bias, CL.data() + r0 * H, CR.data() + r0 * H, H,
                                         pre + r0 * G, nd + (k0 + r0) * 2 * H, nd + (k0 + r0) * 2 * H + H, 2 * H);
       });
@@ -227,6 +232,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     } else {
       const int64_t KT = 3 * H + Tt;
       const Tensor wt_t = at::cat({*t_w_ih, *t_w_hh}, 1).t().contiguous();  // (3H + Tt, 4Tt)
+      const std::vector<uint16_t> wt_p = native ? pack_bf16(wt_t) : std::vector<uint16_t>();
       const std::optional<Tensor> tb = sum_biases(t_b_ih, t_b_hh);
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
       std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
@@ -239,8 +245,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
         // One tracker step: each task gathers its rows' inputs, runs their GEMM and the LSTM pointwise step.
         at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
           tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
-          gemm_rowmajor(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT, wt_t.const_data_ptr<scalar_t>(), 4 * Tt,
-                        g + b0 * 4 * Tt, 4 * Tt, false);
+          gemm_rows_maybe_bf16<scalar_t>(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT,
+                                         wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                         g + b0 * 4 * Tt, 4 * Tt, false);
           lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
                                       c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt, nullptr, 0);
         });
@@ -254,23 +261,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
   return {top, tracker_h, nodes, acts, tracker_acts, tracker_c};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
+    const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
+    const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
+    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
+  const char* op = "rnnext::spinn_encode";
+  if (bf16::active(buffers)) {
+    auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_impl(
+        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
+        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), train, gemm_bf16_available());
+    return {bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c};
+  }
+  return spinn_encode_impl(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, train,
+                           false);
+}
+
+// The backward in float32/float64; `native` as for spinn_encode_impl.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_impl(
     const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
     const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
     const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
     const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
-    const Tensor& tracker_acts, const Tensor& tracker_c) {
+    const Tensor& tracker_acts, const Tensor& tracker_c, bool native) {
   const char* op = "rnnext::spinn_encode_backward";
-  if (bf16::active(buffers)) {
-    auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_cpu(
-        bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
-        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
-        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
-        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
-        bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
-        bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c));
-    return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
-  }
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H, M = plan.M;
@@ -296,6 +310,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   const Tensor trk_acts = s.tracker ? tracker_acts.contiguous() : Tensor();
   const Tensor trk_c = s.tracker ? tracker_c.contiguous() : Tensor();
   const Tensor w = w_comp.contiguous();
+  const std::vector<uint16_t> w_p = native ? pack_bf16(w) : std::vector<uint16_t>();  // (5H, K)
   Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
   Tensor d_nodes = at::zeros({std::max<int64_t>(M, 1), 2 * H}, opts);
   Tensor D = at::empty({std::max<int64_t>(M, 1), G}, opts);  // composition pre-activation gradients
@@ -334,8 +349,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                          CL.data() + r0 * H, CR.data() + r0 * H, H, dn + (k0 + r0) * 2 * H,
                                          dn + (k0 + r0) * 2 * H + H, 2 * H, Dp + (k0 + r0) * G, dCL.data() + r0 * H,
                                          dCR.data() + r0 * H, H);
-        gemm_rowmajor(r1 - r0, K, G, Dp + (k0 + r0) * G, G, w.const_data_ptr<scalar_t>(), K, dA.data() + r0 * K, K,
-                      false);
+        gemm_rows_maybe_bf16<scalar_t>(r1 - r0, K, G, Dp + (k0 + r0) * G, G, w.const_data_ptr<scalar_t>(),
+                                       native ? &w_p : nullptr, dA.data() + r0 * K, K, false);
         for (int64_t k = k0 + r0; k < k0 + r1; ++k) {
           const int64_t r = k - k0;
           scalar_t* l = dref(plan.left[k]);
@@ -354,6 +369,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     } else {
       const int64_t KT = 3 * H + Tt, GT = 4 * Tt;
       const Tensor wt = at::cat({*t_w_ih, *t_w_hh}, 1).contiguous();  // (4Tt, 3H + Tt)
+      const std::vector<uint16_t> wt_p = native ? pack_bf16(wt) : std::vector<uint16_t>();
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       Tensor d_gates = at::empty({S * B, GT}, opts);
@@ -370,8 +386,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                        tc + (t * B + b0) * Tt, c_prev + b0 * Tt, b1 - b0, nullptr, dh.data() + b0 * Tt,
                                        nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
         });
-        gemm_batch_parallel<scalar_t>({{B, KT, GT, dg + t * B * GT, GT, wt.const_data_ptr<scalar_t>(), KT, dX.data(), KT,
-                                        false, true}});
+        if (native) {
+          at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+            gemm_rows_maybe_bf16<scalar_t>(b1 - b0, KT, GT, dg + (t * B + b0) * GT, GT,
+                                           wt.const_data_ptr<scalar_t>(), &wt_p, dX.data() + b0 * KT, KT, false);
+          });
+        } else {
+          gemm_batch_parallel<scalar_t>({{B, KT, GT, dg + t * B * GT, GT, wt.const_data_ptr<scalar_t>(), KT,
+                                          dX.data(), KT, false, true}});
+        }
         for (int64_t b = 0; b < B; ++b) {
           const scalar_t* dx = dX.data() + b * KT;
           add_row(dref(plan.trk_buf[t * B + b]), dx, H);
@@ -382,7 +405,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, 0, B,
                                  X_all.data_ptr<scalar_t>() + t * B * KT);
       }
-      const Tensor dW = at::mm(d_gates.t(), X_all);  // (4Tt, 3H + Tt)
+      const Tensor dW = mm_tn(d_gates, X_all, native);  // (4Tt, 3H + Tt)
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
       if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
@@ -407,16 +430,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
           a[K] = scalar_t(1);
         }
       });
-      Tensor grad_cat_t = at::empty({K + 1, G}, opts);
-      gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
-      grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
-      if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).clone();  // own storage: outputs must not alias
+      if (native) {
+        grad_w_comp = mm_tn(A_all.narrow(1, 0, K), D.narrow(0, 0, M), true).t().contiguous();
+        if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
+      } else {
+        Tensor grad_cat_t = at::empty({K + 1, G}, opts);
+        gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
+        grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
+        if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).clone();  // own storage: outputs must not alias
+      }
     } else {
       grad_w_comp = at::zeros({G, K}, opts);
       if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
     }
   });
   return {grad_buffers, grad_w_comp, grad_b_comp, grad_tw_ih, grad_tw_hh, grad_tb};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_cpu(
+    const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
+    const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
+    const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
+    const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
+    const Tensor& tracker_acts, const Tensor& tracker_c) {
+  const char* op = "rnnext::spinn_encode_backward";
+  if (bf16::active(buffers)) {
+    auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_impl(
+        bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
+        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
+        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
+        bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
+        bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c),
+        gemm_bf16_available());
+    return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
+  }
+  return spinn_encode_backward_impl(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp, t_w_ih,
+                                    t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h, tracker_acts, tracker_c,
+                                    false);
 }
 
 // The stack layout for Python-side compositions: per step and row, the references of the children a REDUCE
