@@ -102,6 +102,25 @@ def test_bf16_modules_within_stock_bf16_error(kind, layers, bidir, inp, give_hx)
     _check_errors(kind, ref, theirs, mine)
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("inp", ["dense", "packed", "lengths"])
+def test_bf16_gru_rnn_native_sizes(threads, kind, inp):
+    """The GRU/RNN layers at sizes where the native bfloat16 path runs on AVX512-BF16 CPUs (batch 40: the slot
+    split at 1 and 2 threads; 480 input rows: the input projection on the bfloat16 micro-kernel), two layers,
+    bidirectional, every output and gradient within 1.5x stock bfloat16's relative RMS error (or the floor)."""
+    I, H, T, B = 24, 32, 12, 40
+    stock, ours, oracle = _modules(kind, I, H, num_layers=2, bidirectional=True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(T, B, I, generator=g).to(torch.bfloat16).double()
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    ref = _run(oracle, inp, x, lengths, None, False)
+    theirs = _run(stock, inp, x, lengths, None, False)
+    mine = _run(ours, inp, x, lengths, None, False)
+    _check_errors(kind, ref, theirs, mine)
+
+
 def _check_errors(kind, ref, theirs, mine):
     rms_floor = 4e-2 if kind == "rnn_relu" else BF16_ULP
     for i, (r, t, m) in enumerate(zip(ref, theirs, mine)):
