@@ -17,6 +17,7 @@
 #include "cpu/bf16.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/scratch.h"
 #include "cpu/slot_split.h"
 #include "cpu/pointwise.h"
 #include "kernels/gru.h"
@@ -170,6 +171,20 @@ RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b
 
 // The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
 // of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
+// C[m, N] (+)= A[m, K] @ B for the backward's recurrent GEMM: with Bp (native bfloat16) A's rows rounded into
+// a16 (kept by the caller) and the bfloat16 micro-kernel; else the float GEMM.
+template <typename scalar_t>
+void recurrent_gemm(int64_t m, int64_t N, int64_t K, const scalar_t* A, const scalar_t* B,
+                    const std::vector<uint16_t>* Bp, uint16_t* a16, scalar_t* C, bool accumulate) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (Bp != nullptr && a16 != nullptr) {
+      for (int64_t i = 0; i < m; ++i) round_to_bf16(K, A + i * K, a16 + i * K);
+      return gemm_bf16_packed(m, N, K, a16, K, Bp->data(), N, C, N, accumulate);
+    }
+  }
+  gemm_rows_maybe_bf16<scalar_t>(m, N, K, A, K, B, Bp, C, N, accumulate);
+}
+
 // With whh_p (W_hh^T packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
 template <typename scalar_t>
 void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t,
@@ -204,9 +219,11 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
   });
 }
 
-// With whh_p (W_hh packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
+// With whh_p (W_hh packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands: every row's
+// gradient operand (GRU: dgh, RNN: dgx) rounded into d16 (used, G), kept for the weight gradients.
 template <typename scalar_t>
-void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr) {
+void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr,
+                   uint16_t* d16 = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
@@ -233,10 +250,12 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
           // The direct part of the gradient into the previous h goes straight into dh; the recurrent GEMM adds
           // the rest.
           gru_backward_dispatch(m, H, sv + r * W, hp + r * H, d, dgx + r * G, dgh + r * G, dh + j0 * H);
-          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgh + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/true);
+          recurrent_gemm<scalar_t>(m, H, G, dgh + r * G, whh, whh_p, d16 != nullptr ? d16 + r * G : nullptr,
+                                   dh + j0 * H, /*accumulate=*/true);
         } else {
           rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
-          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/false);
+          recurrent_gemm<scalar_t>(m, H, G, dgx + r * G, whh, whh_p, d16 != nullptr ? d16 + r * G : nullptr,
+                                   dh + j0 * H, /*accumulate=*/false);
         }
       }
     }
@@ -469,7 +488,8 @@ struct CpuPointwiseBf16 : CpuPointwise {
     const int64_t nt = slot_split_threads(b.plan.s.B);
     if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     const std::vector<uint16_t> p = pack_bf16(b.w_hh);  // (G, H)
-    slot_backward<float>(b, nt, &p);
+    b.scratch = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
+    slot_backward<float>(b, nt, &p, reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>()));
   }
 
   // aten_weight_grads' products on bfloat16 operands.
@@ -480,14 +500,24 @@ struct CpuPointwiseBf16 : CpuPointwise {
     common::WeightGrads w;
     w.dx_slots = at::empty({n, I}, opts);
     const std::vector<uint16_t> p = pack_bf16(w_ih);  // (G, I)
+    // The rounded gate gradients: the slot split's (b.scratch: dgh for GRU, dgx for RNN), and dgx rounded here
+    // for GRU (or when the step loop kept float32 GEMMs).
+    const bool gru = b.cell == CellKind::kGRU, kept = b.scratch.defined();
+    const Tensor dgx16 = kept && !gru ? b.scratch : scratch(ScratchSlot::kWeightGradOperand, {n, G}, at::kBFloat16);
+    const bool round_dgx = !(kept && !gru);
     const Tensor dgx = b.dgx.contiguous();
     const float* dg = dgx.const_data_ptr<float>();
+    uint16_t* dg16 = reinterpret_cast<uint16_t*>(dgx16.data_ptr<c10::BFloat16>());
     float* dx = w.dx_slots.data_ptr<float>();
     at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
-      gemm_bf16_rounded(r1 - r0, I, G, dg + r0 * G, G, p.data(), dx + r0 * I, I, false);
+      if (round_dgx)
+        for (int64_t r = r0; r < r1; ++r) round_to_bf16(G, dg + r * G, dg16 + r * G);
+      gemm_bf16_packed(r1 - r0, I, G, dg16 + r0 * G, G, p.data(), I, dx + r0 * I, I, false);
     });
-    w.w_ih = mm_tn_bf16(b.dgx, x_slots);
-    w.w_hh = mm_tn_bf16(b.dgh, b.h_prev);
+    const Tensor h16 = b.h_prev.to(at::kBFloat16);
+    w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(at::kFloat);
+    const Tensor dgh16 = !gru ? dgx16 : kept ? b.scratch : b.dgh.to(at::kBFloat16);
+    w.w_hh = at::mm(dgh16.narrow(0, 0, n).t(), h16).to(at::kFloat);
     w.b_ih = has_bias ? at::sum(b.dgx, {0}) : at::empty({0}, opts);
     w.b_hh = !has_bias ? at::empty({0}, opts) : b.cell == CellKind::kGRU ? at::sum(b.dgh, {0}) : w.b_ih.clone();
     w.w_hr = at::empty({0}, opts);
