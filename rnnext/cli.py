@@ -101,11 +101,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(path: Optional[str]) -> None:
+    """--out: its folder exists (checked before any long work, so that a typo does not cost the training)."""
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise OSError(f"--out {path}: folder {folder} does not exist")
+
+
 def _cmd_train_listops(args: argparse.Namespace) -> int:
     from .train import ListOpsConfig, train_listops
 
     if args.resume and not os.path.exists(args.resume):
         raise OSError(f"no checkpoint at {args.resume}")
+    if args.test and not os.path.isfile(args.test):
+        raise OSError(f"--test {args.test}: no such file (checked before training)")
+    _check_out(args.out)
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                         batch_size=args.batch_size, lr=args.lr, train_size=args.train_size, dev_size=args.dev_size,
                         max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,
@@ -127,6 +138,7 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
 
     if args.resume and not os.path.exists(args.resume):
         raise OSError(f"no checkpoint at {args.resume}")
+    _check_out(args.out)
     cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                       layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                       eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars,

@@ -131,6 +131,8 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     from tqdm import tqdm
 
     cfg.dtype = canonical_dtype(cfg.dtype)  # checked before any long work
+    if cfg.test_path and not os.path.exists(cfg.test_path):
+        raise FileNotFoundError(f"test split not found: {cfg.test_path}")
     ctx = D.init_from_env(cfg.device) if cfg.distributed else None
     device = ctx.device if ctx else torch.device(cfg.device)
     main = ctx is None or ctx.is_main

@@ -136,3 +136,31 @@ def test_benchmark_suites_run_on_an_explicit_cpu_device():
     from rnnext.benchmarks import packing
     res = packing.run(rounds=1, quick=True, device=torch.device("cpu"))
     assert res["config"]["device"] == "cpu" and len(res["rows"]) == 2
+
+
+def test_import_rnnext_exposes_subpackages():
+    """`import rnnext` alone gives rnnext.models, rnnext.data and rnnext.utils (a fresh interpreter)."""
+    code = "import rnnext; print(rnnext.models.SPINNClassifier.__name__, rnnext.data.listops.VOCAB_SIZE > 0, " \
+           "rnnext.utils.rnn.pack_padded_sequence.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["SPINNClassifier", "True", "pack_padded_sequence"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "listops", "--test", "no/such/test.tsv"], "--test no/such/test.tsv: no such file"),
+    (["train", "listops", "--out", "no/such/folder/ckpt.pt"], "folder"),
+    (["train", "chars", "--out", "no/such/folder/ckpt.pt"], "folder"),
+    (["train", "listops", "--dtype", "float32", "--max-steps", "1", "--resume", "missing.pt"], "no checkpoint"),
+])
+def test_paths_are_checked_before_training(argv, message, capsys, monkeypatch):
+    """A mistyped path fails at once with a one-line error, before data generation and training."""
+    import rnnext.train as T
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(T, "train_listops", never)
+    monkeypatch.setattr(T, "train_chars", never)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -152,7 +152,7 @@ def test_bad_arguments():
         rnnext.nn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="nonlinearity"):
         rnnext.nn.RNNCell(3, 4, nonlinearity="gelu")
-    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         rnnext.nn.GRU(3, 0)
     gru = rnnext.nn.GRU(3, 4)
     with pytest.raises(RuntimeError, match="expected h_0 of shape"):

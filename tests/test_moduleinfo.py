@@ -124,3 +124,44 @@ def test_gradgradcheck(cls, sample, training):
     _, ours = _build(cls, sample, training)
     fn, inputs = _as_function(ours, sample)
     assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+
+
+def _error_samples():
+    out = []
+    for info in common_modules.module_db:
+        if info.module_cls not in PAIRS or info.module_error_inputs_func is None:
+            continue
+        for dtype in (torch.float32, torch.float64):
+            errors = info.module_error_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False,
+                                                   training=True)
+            for i, err in enumerate(errors):
+                out.append(pytest.param(info.module_cls, dtype, err, id=f"{info.name}-{dtype}-{i}"))
+    return out
+
+
+ERROR_SAMPLES = _error_samples()
+
+
+def test_error_samples_were_found():
+    assert len(ERROR_SAMPLES) >= 40, len(ERROR_SAMPLES)
+
+
+@pytest.mark.parametrize("cls,dtype,err", ERROR_SAMPLES)
+def test_error_inputs_raise_stock_exception_types(cls, dtype, err):
+    """PyTorch's own error inputs for these modules (ModuleInfo ``module_error_inputs_func``, run as PyTorch's
+    test_modules runs them: the module converted to the sample's dtype for forward errors): rnnext raises an
+    exception of the type stock raises (its messages are its own), at construction or in forward as stock does."""
+    sample = err.module_error_input
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    construction = err.error_on == common_modules.ModuleErrorEnum.CONSTRUCTION_ERROR
+    with pytest.raises(err.error_type):  # the oracle raises as its own list says
+        stock = cls(*args, **kwargs).to(dtype)
+        if not construction:
+            stock(*sample.forward_input.args, **sample.forward_input.kwargs)
+    if construction:
+        with pytest.raises(err.error_type):
+            PAIRS[cls](*args, **kwargs)
+        return
+    ours = PAIRS[cls](*args, **kwargs).to(dtype)
+    with pytest.raises(err.error_type):
+        ours(*sample.forward_input.args, **sample.forward_input.kwargs)

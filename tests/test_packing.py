@@ -166,3 +166,13 @@ def test_op_errors_are_clear():
         gather(x, torch.tensor([2, 2]), None, False, 4)
     with pytest.raises(RuntimeError, match="total_length"):
         torch.ops.rnnext.packed_scatter(torch.randn(5, 2), torch.tensor([3, 2]), None, False, 0.0, 3, 1)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pack_empty_batch_raises_as_stock(batch_first):
+    x = torch.zeros(0, 5, 3) if batch_first else torch.zeros(5, 0, 3)
+    lengths = torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="Cannot pack empty tensors"):
+        torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=batch_first)
+    with pytest.raises(RuntimeError, match="cannot pack empty tensors"):
+        ours.pack_padded_sequence(x, lengths, batch_first=batch_first)

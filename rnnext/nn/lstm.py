@@ -44,13 +44,37 @@ def _autocast_dtype(lowers: bool, input, params_dtype: torch.dtype, hx=None) -> 
     return low
 
 
+class ArgumentError(TypeError, ValueError):
+    """An argument of the wrong type or dtype. Both a TypeError (what torch.nn raises for a wrong type, e.g.
+    ``bias=0`` or a float size) and a ValueError (what torch.nn raises for an input whose dtype is not the
+    weights'), so that code catching either exception type, as written for stock modules, catches it."""
+
+
+class RankError(RuntimeError, ValueError):
+    """A state (hx) of the wrong number of dimensions. torch.nn raises a RuntimeError for it in the layers and a
+    ValueError in the cells; this is both."""
+
+
+def _check_bool(kind: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{kind}: {name} should be of type bool, got: {type(value).__name__}")
+
+
+def _check_size(kind: str, name: str, value) -> None:
+    """A size argument as torch.nn checks it: an int (TypeError otherwise), greater than zero (ValueError)."""
+    if not isinstance(value, int):
+        raise ArgumentError(f"{kind}: {name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{kind}: {name} must be greater than zero, got {value}")
+
+
 def _check_float_input(module: str, input: Tensor, ref: Tensor, dtype: Optional[torch.dtype] = None) -> None:
     """input is floating point, of the parameters' dtype (any floating dtype when an autocast region runs the
     module in ``dtype``, to which it is cast) and on their device."""
     if not torch.is_floating_point(input):
         raise TypeError(f"{module}: expected a floating-point input, got dtype {input.dtype}")
     if dtype is None and input.dtype != ref.dtype:
-        raise TypeError(
+        raise ArgumentError(
             f"{module}: expected input of dtype {ref.dtype} (the parameters' dtype), got {input.dtype}; "
             f"convert one to the other with .to()"
         )
@@ -81,8 +105,8 @@ def _batched_states(module: str, labels, states, shapes, batched: bool, batch_di
             raise TypeError(f"{module}: expected {label} to be a Tensor, got {type(t).__name__}")
         if t.dim() != want:
             kind = f"batched {want}-D" if batched else f"unbatched {want}-D"
-            raise RuntimeError(f"{module}: for {kind} input, expected {label} to be {want}-D, "
-                               f"got {t.dim()}-D with shape {tuple(t.shape)}")
+            raise RankError(f"{module}: for {kind} input, expected {label} to be {want}-D, "
+                            f"got {t.dim()}-D with shape {tuple(t.shape)}")
         t = t if batched else t.unsqueeze(batch_dim)
         _check_state(module, label, t, shape, ref)
         out.append(t)
@@ -132,9 +156,12 @@ class _RNNBase(nn.Module):
         super().__init__()
         kind = self._kind
         factory = {"device": device, "dtype": dtype}
+        # (torch.nn's checks and exception types: TypeError for a wrong type, ValueError for a bad value.)
+        _check_bool(kind, "bias", bias)
+        _check_bool(kind, "batch_first", batch_first)
+        _check_bool(kind, "bidirectional", bidirectional)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{kind}: {name} must be a positive integer, got {value!r}")
+            _check_size(kind, name, value)
         if not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError(f"{kind}: proj_size must be a non-negative integer, got {proj_size!r}")
         if proj_size >= hidden_size:
@@ -457,8 +484,7 @@ class _CellBase(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{self._kind}: {name} must be a positive integer, got {value!r}")
+            _check_size(self._kind, name, value)  # (torch.nn's cells do not check bias's type; nor does rnnext)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias

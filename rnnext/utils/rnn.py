@@ -95,6 +95,9 @@ def pack_padded_sequence(
         raise ValueError(f"{fn}: expected input of at least 2 dimensions "
                          f"({'batch, time' if batch_first else 'time, batch'}, *), got shape {tuple(input.shape)}")
     batch, steps = (input.size(0), input.size(1)) if batch_first else (input.size(1), input.size(0))
+    if batch == 0:  # as stock: a PackedSequence of no sequences does not exist
+        raise RuntimeError(f"{fn}: cannot pack empty tensors (the batch has no sequences; input shape "
+                           f"{tuple(input.shape)})")
     lengths = check_lengths(fn, lengths, batch, steps)
     sorted_lengths, sorted_indices = _sort_lengths(fn, lengths, enforce_sorted)
     batch_sizes = batch_sizes_from_lengths(sorted_lengths)
