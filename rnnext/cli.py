@@ -152,6 +152,29 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_char_sizes(path: str, cfg, state, vocab_size: int) -> None:
+    """The sizes a character checkpoint's config claims agree with the tensors it holds, checked before the
+    model is built (a small file claiming a huge model must not allocate it)."""
+    import torch
+
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise ValueError(f"{path} is not a character-model checkpoint (no config or weights)")
+    sizes = {k: cfg.get(k) for k in ("embed", "hidden", "layers")}
+    for k, v in sizes.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{path}: config {k} must be a positive integer, got {v!r}")
+    emb, whh = state.get("embedding.weight"), state.get("rnn.weight_hh_l0")
+    layers = sum(1 for k in state if k.startswith("rnn.weight_hh_l") and not k.endswith("_reverse"))
+    if not isinstance(emb, torch.Tensor) or not isinstance(whh, torch.Tensor) or emb.dim() != 2 or whh.dim() != 2:
+        raise ValueError(f"{path} is not a character-model checkpoint (no embedding or recurrent weights)")
+    found = {"embed": emb.shape[1], "hidden": whh.shape[1], "layers": layers}
+    for k, v in sizes.items():
+        if found[k] != v:
+            raise ValueError(f"{path}: config says {k} {v} but the weights have {k} {found[k]}")
+    if emb.shape[0] != vocab_size:
+        raise ValueError(f"{path}: the vocabulary has {vocab_size} characters but the embedding {emb.shape[0]} rows")
+
+
 def _load_char_checkpoint(path: str):
     import torch
 
@@ -167,6 +190,7 @@ def _load_char_checkpoint(path: str):
         raise ValueError(f"{path} is not a character-model checkpoint (made by `rnnext train chars --out`)")
     vocab = CharVocab.from_state_dict(ckpt["vocab"])
     cfg = ckpt["config"]
+    _check_char_sizes(path, cfg, ckpt.get("model"), len(vocab))
     model = CharGenerator(len(vocab), cfg["embed"], cfg["hidden"], cfg["layers"], cell=cfg.get("cell", "lstm"))
     model.load_state_dict(ckpt["model"])
     return model.eval(), vocab
@@ -194,15 +218,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HELP_FORMAT(argparse.HelpFormatter):
+    """--help shows every option's default (see _show_defaults)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default is not argparse.SUPPRESS and "default" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Gives every option of parser and its subcommands a help text, so that _HELP_FORMAT prints its default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+        elif action.option_strings and action.help is None:
+            action.help = "(default: %(default)s)"
 _DTYPE_CHOICES = ["float32", "bfloat16", "bf16", "fp32"]
 _DTYPE_HELP = ("compute dtype (default float32); bfloat16 (or bf16): mixed precision, float32 parameters and "
                "optimizer, the steps under torch.autocast")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rnnext", description="Fused recurrent and tree-structured networks for PyTorch.")
+    p = argparse.ArgumentParser(prog="rnnext", description="Fused recurrent and tree-structured networks for PyTorch.",
+                                formatter_class=_HELP_FORMAT)
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine")
+    b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine", formatter_class=_HELP_FORMAT)
     b.add_argument("--quick", action="store_true", help="fewer rounds and shorter cases (under two minutes)")
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -216,11 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where both sides run (cuda: cuDNN nn.LSTM and stock code on the GPU against rnnext's kernels)")
     b.set_defaults(func=_cmd_bench)
 
-    t = sub.add_parser("train", help="train a model")
+    t = sub.add_parser("train", help="train a model", formatter_class=_HELP_FORMAT)
     tsub = t.add_subparsers(dest="task", required=True)
-    lo = tsub.add_parser("listops", help="ListOps (generated) with SPINN or an LSTM baseline")
+    lo = tsub.add_parser("listops", help="ListOps (generated) with SPINN or an LSTM baseline", formatter_class=_HELP_FORMAT)
     lo.add_argument("--model", choices=["spinn", "lstm"], default="spinn")
-    lo.add_argument("--minutes", type=float, default=20.0, help="training time budget (default 20)")
+    lo.add_argument("--minutes", type=float, default=20.0, help="training time budget")
     lo.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     lo.add_argument("--hidden", type=int, default=64)
     lo.add_argument("--batch-size", type=int, default=128)
@@ -241,14 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "
                          "e.g. torchrun --nproc-per-node 2 -m rnnext train ... --distributed")
     lo.set_defaults(func=_cmd_train_listops)
-    ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model")
+    ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model", formatter_class=_HELP_FORMAT)
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
     ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the default corpus to use")
-    ch.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
+    ch.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     ch.add_argument("--max-steps", type=int, default=None)
     ch.add_argument("--hidden", type=int, default=256)
     ch.add_argument("--layers", type=int, default=2)
-    ch.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="the recurrent cell (default lstm)")
+    ch.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="the recurrent cell")
     ch.add_argument("--seq-len", type=int, default=128)
     ch.add_argument("--batch-size", type=int, default=64)
     ch.add_argument("--lr", type=float, default=2e-3)
@@ -264,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "e.g. torchrun --nproc-per-node 2 -m rnnext train ... --distributed")
     ch.set_defaults(func=_cmd_train_chars)
 
-    gn = sub.add_parser("generate", help="sample text from a character-model checkpoint")
+    gn = sub.add_parser("generate", help="sample text from a character-model checkpoint", formatter_class=_HELP_FORMAT)
     gn.add_argument("checkpoint")
     gn.add_argument("--prime", default="def ", help="text to start from")
     gn.add_argument("--steps", type=int, default=500, help="characters to generate")
@@ -272,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--top-k", type=int, default=None)
     gn.add_argument("--seed", type=int, default=None)
     gn.set_defaults(func=_cmd_generate)
+    _show_defaults(p)
     return p
 
 

@@ -212,6 +212,8 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     if not main:
         D.shutdown(ctx)
         return {"rank": ctx.rank, "steps": state.step}
+    if out:  # the final checkpoint first: an evaluation that fails must not cost the training
+        _save(out, model, opt, cfg, state)
     results: Dict[str, object] = {
         "model": cfg.model, "dtype": cfg.dtype, "steps": state.step, "train_seconds": state.train_seconds,
         "examples_per_second": state.examples / max(state.train_seconds, 1e-9),
@@ -230,7 +232,6 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     elif cfg.test_path:
         raise FileNotFoundError(f"test split not found: {cfg.test_path}")
     if out:
-        _save(out, model, opt, cfg, state)
         with open(out + ".json", "w") as f:
             json.dump(results, f, indent=2)
     D.shutdown(ctx)

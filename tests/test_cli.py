@@ -164,3 +164,44 @@ def test_paths_are_checked_before_training(argv, message, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_help_shows_every_default():
+    """Every option of every subcommand says its default in --help."""
+    import argparse
+
+    from rnnext.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield from parsers(sub)
+
+    checked = 0
+    for p in parsers(build_parser()):
+        help_text = " ".join(p.format_help().split())
+        for a in p._actions:
+            if not a.option_strings or isinstance(a, argparse._HelpAction):
+                continue
+            text = " ".join(p._get_formatter()._expand_help(a).split()) if a.help else ""
+            assert "default" in text, f"{p.prog} {a.option_strings[0]}: no default in its help"
+            assert text in help_text
+            checked += 1
+    assert checked >= 40, checked
+
+
+@pytest.mark.parametrize("key,value,message", [("hidden", 40000, "config says hidden 40000 but the weights have hidden 16"),
+                                               ("layers", 7, "config says layers 7"),
+                                               ("hidden", -3, "hidden must be a positive integer")])
+def test_generate_checks_checkpoint_sizes_before_building(char_checkpoint, tmp_path, capsys, key, value, message):
+    """A checkpoint whose config claims sizes its weights do not have (a few KB claiming a 40000-wide model) is
+    a one-line error before anything is allocated."""
+    ckpt = torch.load(char_checkpoint, weights_only=True)
+    ckpt["config"][key] = value
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    assert main(["generate", str(bad), "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
