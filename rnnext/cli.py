@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.set_defaults(func=_cmd_train_listops)
     ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model", formatter_class=_HELP_FORMAT)
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
-    ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the default corpus to use")
+    ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the text (--text or the default corpus) to use")
     ch.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     ch.add_argument("--max-steps", type=int, default=None)
     ch.add_argument("--hidden", type=int, default=256)

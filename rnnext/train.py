@@ -316,7 +316,7 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
         if not os.path.isfile(cfg.text):
             raise OSError(f"no such text file: {cfg.text}")
         with open(cfg.text, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            text = f.read(cfg.max_chars)  # bounded: --max-chars characters at most, whatever the file's size
     else:
         text = default_corpus(cfg.max_chars)
     if len(text) < 4 * (cfg.seq_len + 1):

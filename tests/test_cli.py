@@ -205,3 +205,15 @@ def test_generate_checks_checkpoint_sizes_before_building(char_checkpoint, tmp_p
     assert main(["generate", str(bad), "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_train_chars_text_reads_at_most_max_chars(tmp_path):
+    """--max-chars bounds what is read of --text: a larger file is not read whole."""
+    from rnnext.train import CharsConfig, train_chars
+
+    text = tmp_path / "big.txt"
+    text.write_text("abcdefgh" * 5000 + "XYZ" * 1000)  # the tail's characters lie past max_chars
+    sizes = [train_chars(CharsConfig(text=str(text), max_chars=n, max_steps=1, hidden=8, embed=8, layers=1,
+                                     seq_len=16, batch_size=2), progress=False, log=lambda *a: None)["vocab_size"]
+             for n in (2000, 10 ** 6)]
+    assert sizes[1] == sizes[0] + 3  # X, Y and Z only when the tail is read
