@@ -217,3 +217,25 @@ def test_train_chars_text_reads_at_most_max_chars(tmp_path):
                                      seq_len=16, batch_size=2), progress=False, log=lambda *a: None)["vocab_size"]
              for n in (2000, 10 ** 6)]
     assert sizes[1] == sizes[0] + 3  # X, Y and Z only when the tail is read
+
+
+def test_bench_timer_warns_when_runs_disagree():
+    """time_interleaved warns when a callable's repeated runs spread by more than 20% (interquartile range over
+    the median), and not for a steady one."""
+    import time
+    import warnings
+
+    from rnnext.benchmarks.timing import relative_spread, time_interleaved
+
+    assert relative_spread([1.0, 1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert relative_spread([1.0, 2.0, 1.0, 2.0, 1.0, 2.0]) > 0.5
+    calls = iter(range(10 ** 6))
+
+    def uneven():
+        time.sleep(0.002 if next(calls) % 2 else 0.006)
+
+    with pytest.warns(RuntimeWarning, match="'uneven': its 8 timed runs disagree"):
+        time_interleaved({"uneven": uneven}, rounds=8, warmup=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        time_interleaved({"steady": lambda: None}, rounds=1, warmup=0)  # too few runs to judge: no warning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
@@ -50,7 +51,24 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, war
             fns[n]()
             sync()
             samples[n].append((time.perf_counter() - t0) * 1e3)
+    for n, v in samples.items():
+        spread = relative_spread(v)
+        if spread > NOISY_SPREAD:
+            warnings.warn(f"benchmark {n!r}: its {len(v)} timed runs disagree by {spread:.0%} (interquartile range "
+                          f"over the median, {statistics.median(v):.3g} ms); the machine is noisy, so read this "
+                          "median with care or rerun", RuntimeWarning, stacklevel=2)
     return {n: statistics.median(v) for n, v in samples.items()}
+
+
+NOISY_SPREAD = 0.20  # time_interleaved warns above this relative spread of a callable's runs
+
+
+def relative_spread(times: List[float]) -> float:
+    """(75th percentile - 25th percentile) / median of a list of times; 0 for fewer than 4."""
+    if len(times) < 4:
+        return 0.0
+    q1, med, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / med if med > 0 else 0.0
 
 
 @dataclass
