@@ -120,7 +120,8 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                         batch_size=args.batch_size, lr=args.lr, train_size=args.train_size, dev_size=args.dev_size,
                         max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,
-                        test_path=args.test, distributed=args.distributed, dtype=args.dtype)
+                        test_path=args.test, distributed=args.distributed, dtype=args.dtype,
+                        data_cache=not args.no_data_cache)
     res = train_listops(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     if "rank" in res:  # a distributed worker other than the first: the first reports
         return 0
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--device", default="cpu")
     lo.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES, help=_DTYPE_HELP)
+    lo.add_argument("--no-data-cache", action="store_true",
+                    help="generate the data afresh, neither reading nor writing the cache ($RNNEXT_CACHE_DIR, "
+                         "else ~/.cache/rnnext)")
     lo.add_argument("--no-progress", action="store_true", help="no progress bar")
     lo.add_argument("--distributed", action="store_true",
                     help="DistributedDataParallel over the processes torchrun starts (gloo on CPU, NCCL on CUDA); "

@@ -63,6 +63,7 @@ class ListOpsConfig:
     distributed: bool = False       # DistributedDataParallel over torchrun's processes (see rnnext.distributed)
     test_path: Optional[str] = None  # the released test split; default: ../shared/data/listops/test_d20s.tsv
     dtype: str = "float32"          # "float32" or "bfloat16" (mixed precision, see DTYPES)
+    data_cache: bool = True         # cache the generated data (see data_cache_dir) and reuse it
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -91,6 +92,40 @@ def build_listops_model(cfg: ListOpsConfig) -> torch.nn.Module:
     if cfg.model == "lstm":
         return RNNClassifier(L.VOCAB_SIZE, cfg.embed, cfg.hidden, L.NUM_CLASSES, cell="lstm")
     raise ValueError(f"unknown model {cfg.model!r}: expected 'spinn' or 'lstm'")
+
+
+def data_cache_dir() -> str:
+    """Where generated ListOps data is cached: $RNNEXT_CACHE_DIR, else $XDG_CACHE_HOME/rnnext or ~/.cache/rnnext."""
+    if os.environ.get("RNNEXT_CACHE_DIR"):
+        return os.environ["RNNEXT_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rnnext")
+
+
+def _listops_data(cfg: ListOpsConfig, progress: bool, log):
+    """(dev, train, from_cache): the generated data, from the cache when it holds the same (seed, sizes, max
+    length), else generated (with a progress bar) and cached. The cache holds int tensors (weights_only loads);
+    an unreadable cache file is regenerated."""
+    key = f"listops-v1-seed{cfg.seed}-train{cfg.train_size}-dev{cfg.dev_size}-len{cfg.max_length}.pt"
+    path = os.path.join(data_cache_dir(), key) if cfg.data_cache else None
+    if path and os.path.isfile(path):
+        try:
+            d = torch.load(path, weights_only=True)
+            return L.examples_from_tensors(d["dev"]), L.examples_from_tensors(d["train"]), True
+        except Exception as e:  # a truncated or foreign file: regenerate
+            log(f"ignoring the unreadable data cache {path} ({type(e).__name__}); regenerating")
+    dev = L.generate_listops(cfg.dev_size, seed=cfg.seed + 1, max_length=cfg.max_length)
+    train = L.generate_listops(cfg.train_size, seed=cfg.seed + 2, max_length=cfg.max_length,
+                               exclude={tuple(e.tokens) for e in dev}, progress=progress)
+    if path:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            torch.save({"dev": L.examples_to_tensors(dev), "train": L.examples_to_tensors(train)}, tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only home: train anyway
+            log(f"could not cache the generated data at {path}: {e}")
+    return dev, train, False
 
 
 def _logits(model, batch: L.Batch, kind: str, device: torch.device) -> torch.Tensor:
@@ -141,9 +176,7 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     torch.manual_seed(cfg.seed)  # the same initial parameters on every process (DDP also broadcasts rank 0's)
     rng = random.Random(cfg.seed)
     t0 = time.time()
-    dev = L.generate_listops(cfg.dev_size, seed=cfg.seed + 1, max_length=cfg.max_length)
-    train = L.generate_listops(cfg.train_size, seed=cfg.seed + 2, max_length=cfg.max_length,
-                               exclude={tuple(e.tokens) for e in dev})
+    dev, train, cached = _listops_data(cfg, progress and main, log)
     batches = list(L.bucketed_batches(train, cfg.batch_size, rng, shuffle=True))
     if ctx:  # every process generates the same data and trains on its own share of the batches
         batches = batches[ctx.rank::ctx.world_size]
@@ -151,8 +184,8 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     del train
     gc.collect()
     gc.freeze()  # the dataset's many small objects would otherwise be traversed by every collection
-    log(f"generated {cfg.train_size} training and {cfg.dev_size} dev expressions (<= {cfg.max_length} tokens) and "
-        f"{len(batches)} batches in {time.time() - t0:.0f} s")
+    log(f"{'loaded (cache)' if cached else 'generated'} {cfg.train_size} training and {cfg.dev_size} dev expressions "
+        f"(<= {cfg.max_length} tokens) and {len(batches)} batches in {time.time() - t0:.0f} s")
 
     model = build_listops_model(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cpu")

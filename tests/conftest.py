@@ -1,7 +1,17 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache_dir(tmp_path_factory):
+    """Generated-data caches of the tests go to a temporary folder, not the user's ~/.cache (subprocesses
+    inherit it)."""
+    os.environ["RNNEXT_CACHE_DIR"] = str(tmp_path_factory.mktemp("rnnext_cache"))
+    yield
 
 
 @pytest.fixture

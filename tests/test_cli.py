@@ -239,3 +239,26 @@ def test_bench_timer_warns_when_runs_disagree():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         time_interleaved({"steady": lambda: None}, rounds=1, warmup=0)  # too few runs to judge: no warning
+
+
+def test_listops_data_is_cached_between_runs(tmp_path, monkeypatch):
+    """The generated ListOps data is cached (int tensors, weights_only) and reused by the next run with the same
+    seed and sizes; the cached examples are the generated ones; --no-data-cache (data_cache=False) bypasses it."""
+    from rnnext.data import listops as L
+    from rnnext.train import ListOpsConfig, _listops_data
+
+    monkeypatch.setenv("RNNEXT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = ListOpsConfig(train_size=300, dev_size=40, max_length=30, seed=3)
+    logs = []
+    dev1, train1, cached1 = _listops_data(cfg, False, logs.append)
+    dev2, train2, cached2 = _listops_data(cfg, False, logs.append)
+    assert (cached1, cached2) == (False, True)
+    assert dev1 == dev2 and train1 == train2
+    assert train1 == L.generate_listops(300, seed=5, max_length=30, exclude={tuple(e.tokens) for e in dev1})
+    (cache_file,) = list((tmp_path / "cache").iterdir())
+    cache_file.write_bytes(b"not a checkpoint")  # an unreadable cache is regenerated, with a note
+    dev3, train3, cached3 = _listops_data(cfg, False, logs.append)
+    assert not cached3 and train3 == train1 and any("unreadable data cache" in m for m in logs)
+    _, _, cached4 = _listops_data(ListOpsConfig(train_size=300, dev_size=40, max_length=30, seed=3,
+                                                data_cache=False), False, logs.append)
+    assert not cached4

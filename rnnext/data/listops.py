@@ -81,14 +81,23 @@ def generate_listops(
     max_args: int = 5,
     value_p: float = 0.25,
     exclude: Optional[set] = None,
+    progress: bool = False,
 ) -> List[Example]:
     """``num`` distinct random expressions (deduplicated by token sequence), with at most ``max_length``
-    tokens when given. ``exclude`` holds token tuples to leave out (e.g. a dev set's)."""
+    tokens when given. ``exclude`` holds token tuples to leave out (e.g. a dev set's). ``progress``: a progress
+    bar (tqdm) over the expressions."""
     rng = random.Random(seed)
     seen = set() if exclude is None else set(exclude)
     out: List[Example] = []
     attempts = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num, desc="generating ListOps", unit="expr", mininterval=2.0)
     while len(out) < num:
+        if bar is not None and len(out) % 4096 == 0:
+            bar.update(len(out) - bar.n)
         attempts += 1
         if attempts > 100 * num + 10000:
             raise RuntimeError(f"generate_listops: could only find {len(out)} distinct expressions of "
@@ -101,6 +110,30 @@ def generate_listops(
             continue
         seen.add(key)
         out.append(Example(value, [TOKEN_ID[t] for t in tokens], trans))
+    if bar is not None:
+        bar.update(len(out) - bar.n)
+        bar.close()
+    return out
+
+
+def examples_to_tensors(examples: Sequence[Example]) -> dict:
+    """A list of examples as a few flat int tensors (for a cache file that loads with weights_only=True)."""
+    tok_len = torch.tensor([len(e.tokens) for e in examples], dtype=torch.int64)
+    tr_len = torch.tensor([len(e.transitions) for e in examples], dtype=torch.int64)
+    return {"labels": torch.tensor([e.label for e in examples], dtype=torch.int8),
+            "token_lengths": tok_len, "tokens": torch.tensor([t for e in examples for t in e.tokens], dtype=torch.int8),
+            "transition_lengths": tr_len,
+            "transitions": torch.tensor([t for e in examples for t in e.transitions], dtype=torch.int8)}
+
+
+def examples_from_tensors(d: dict) -> List[Example]:
+    """The inverse of examples_to_tensors."""
+    labels, toks, trs = d["labels"].tolist(), d["tokens"].tolist(), d["transitions"].tolist()
+    out: List[Example] = []
+    a = b = 0
+    for label, n, m in zip(labels, d["token_lengths"].tolist(), d["transition_lengths"].tolist()):
+        out.append(Example(label, toks[a:a + n], trs[b:b + m]))
+        a, b = a + n, b + m
     return out
 
 
