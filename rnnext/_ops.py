@@ -57,6 +57,14 @@ ops = torch.ops.rnnext
 from . import _composite  # noqa: E402  (after the library: it calls rnnext ops)
 
 
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, jacfwd, vmap) is running. The fused ops' autograd
+    (torch.library's, and the cells' C++ Function) does not support the transforms, so the LSTM/GRU/RNN modules
+    and cells then run the ops' plain-PyTorch twins (rnnext._composite: the same semantics, differentiable and
+    batchable by the transforms, at stock-Python speed). Never while compiling (torch.compile sees the ops)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checks shared by the fake kernels: what the C++ kernels check, with torch._check, so that a bad call fails
 # the same way under torch.compile / FakeTensorMode and a meta tensor among real ones is refused (the

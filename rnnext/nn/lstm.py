@@ -450,6 +450,10 @@ class LSTM(_RNNBase):
                        masked_lengths, cast):
         w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx, cast)
         time_dim = 1 if batch_first else 0
+        if _ops.functorch_active():
+            out, hy, cy = _ops._composite.lstm_layer(x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                     batch_sizes, sorted_indices, batch_first, reverse, masked_lengths)
+            return out, [hy, cy]
         if w_hr is None and batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
             # One step (a decoder or sampling loop calling the module per step): the cell op, which runs on the
             # weights as they are; the layer op would first lay them out for its recurrence, costing more than
@@ -526,7 +530,8 @@ class _CellBase(nn.Module):
     def _direct(self, input: Tensor) -> bool:
         """Whether a call may take the one-call path: not while compiling (the checked path traces better) nor
         under autocast (the checked path casts)."""
-        return not torch.compiler.is_compiling() and not torch.is_autocast_enabled(input.device.type)
+        return (not torch.compiler.is_compiling() and not torch.is_autocast_enabled(input.device.type)
+                and not _ops.functorch_active())
 
     def _cast_weights(self, cast: Optional[torch.dtype]):
         w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
@@ -586,7 +591,11 @@ class LSTMCell(_CellBase):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"rnnext.nn.LSTMCell: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
         x, (h, c), batched, cast = self._prepare(input, hx, ("h_0", "c_0"))
-        hy, cy, _ = _ops.ops.lstm_cell(x, h, c, *self._cast_weights(cast))
+        w = self._cast_weights(cast)
+        if _ops.functorch_active():  # (see _ops.functorch_active)
+            hy, cy = _ops._composite.lstm_step(x, h, c, w[0], w[1], _ops._composite._bias(w[2], w[3]))
+        else:
+            hy, cy, _ = _ops.ops.lstm_cell(x, h, c, *w)
         if not batched:
             return hy.squeeze(0), cy.squeeze(0)
         return hy, cy

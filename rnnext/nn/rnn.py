@@ -32,6 +32,10 @@ class _GRUOrRNN(_RNNBase):
                        masked_lengths, cast):
         w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx, cast)
         time_dim = 1 if batch_first else 0
+        if _ops.functorch_active():
+            out, hy = _ops._composite.rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
+                                                batch_first, reverse, self._cell, masked_lengths)
+            return out, [hy]
         if batch_sizes is None and masked_lengths is None and x.size(time_dim) == 1:
             # One step (a decoder or sampling loop calling the module per step): the cell op, as LSTM does.
             hy, _ = _ops.ops.rnn_cell(x.select(time_dim, 0), states[0], w_ih, w_hh, b_ih, b_hh, self._cell)
@@ -112,7 +116,8 @@ class _GRUOrRNNCell(_CellBase):
                 except (RuntimeError, TypeError, ValueError):
                     pass
         x, (h,), batched, cast = self._prepare(input, None if hx is None else (hx,), ("hx",))
-        hy, _ = _ops.ops.rnn_cell(x, h, *self._cast_weights(cast), self._cell_name())
+        cell = _ops._composite.rnn_cell if _ops.functorch_active() else _ops.ops.rnn_cell  # (see _ops)
+        hy = cell(x, h, *self._cast_weights(cast), self._cell_name())[0]
         return hy if batched else hy.squeeze(0)
 
 
