@@ -278,3 +278,36 @@ def test_safe_globals_cover_every_public_class():
             if isinstance(obj, type):
                 assert obj in allowed, name
     assert all(c in allowed for c in sg.TORCH_NN_PARTS)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_torchscript_trace_works_and_script_says_what_to_use(name):
+    """torch.jit.trace of a model holding an rnnext module works (the traced graph calls the rnnext op, gives the
+    module's numbers on a new input of another length and batch, and passes trace's own check); torch.jit.script
+    raises a message pointing to torch.compile / torch.export (stock's modules script; rnnext's cannot)."""
+    import warnings
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(rnnext.nn, name)(3, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.rnn(x)
+            return self.head(y[0] if isinstance(y, tuple) else y)
+
+    torch.manual_seed(0)
+    model = Model()
+    cell = "Cell" in name
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (x,))
+    x2 = torch.randn(4, 3) if cell else torch.randn(7, 3, 3)
+    torch.testing.assert_close(traced(x2), model(x2))
+    assert "rnnext::" in str(traced.inlined_graph)
+    with pytest.raises(RuntimeError, match="torch.compile or torch.export"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(model)

@@ -44,6 +44,13 @@ def _autocast_dtype(lowers: bool, input, params_dtype: torch.dtype, hx=None) -> 
     return low
 
 
+def _refuse_scripting(kind: str):
+    raise RuntimeError(
+        f"torch.jit.script: rnnext.nn.{kind} cannot be scripted (TorchScript cannot compile its forward: keyword-only "
+        "arguments, PackedSequence handling and custom ops); use torch.compile or torch.export (rnnext modules run "
+        "there without graph breaks), or torch.jit.trace for a fixed input layout")
+
+
 class ArgumentError(TypeError, ValueError):
     """An argument of the wrong type or dtype. Both a TypeError (what torch.nn raises for a wrong type, e.g.
     ``bias=0`` or a float size) and a ValueError (what torch.nn raises for an input whose dtype is not the
@@ -149,6 +156,9 @@ class _RNNBase(nn.Module):
     run one layer and direction (``_run_direction``)."""
 
     _kind = "RNN"  # the public class name, for messages
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls it on every submodule first
+        _refuse_scripting(self._kind)
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -353,7 +363,9 @@ class _RNNBase(nn.Module):
             if sorted_indices is not None:
                 states = [t.index_select(1, sorted_indices) for t in states]
 
-        train = torch.is_grad_enabled() and _needs_grad([x, *states, *self._flat_weights])
+        # (A traced graph keeps the workspace whatever the grad mode at trace time: torch.jit.trace checks the
+        # trace by re-running it under no_grad, and a traced module may later be trained.)
+        train = torch.jit.is_tracing() or (torch.is_grad_enabled() and _needs_grad([x, *states, *self._flat_weights]))
         layer_input = x
         finals: List[List[Tensor]] = [[] for _ in shapes]
         per_layer = [t.unbind(0) for t in states]  # one view per layer and direction (cheaper than t[idx] each)
@@ -482,6 +494,9 @@ class _CellBase(nn.Module):
     ``weight_hh`` (gates H, H), ``bias_ih``, ``bias_hh``), initialisation and argument checks."""
 
     _kind = "RNNCell"  # the public class name, for messages
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls it on every submodule first
+        _refuse_scripting(self._kind)
     _gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
