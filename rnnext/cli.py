@@ -114,7 +114,7 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
 
     if args.resume and not os.path.exists(args.resume):
         raise OSError(f"no checkpoint at {args.resume}")
-    if args.test and not os.path.isfile(args.test):
+    if args.test and not os.path.exists(args.test):
         raise OSError(f"--test {args.test}: no such file (checked before training)")
     _check_out(args.out)
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
