@@ -138,11 +138,13 @@ def test_benchmark_suites_run_on_an_explicit_cpu_device():
     assert res["config"]["device"] == "cpu" and len(res["rows"]) == 2
 
 
-def test_import_rnnext_exposes_subpackages():
-    """`import rnnext` alone gives rnnext.models, rnnext.data and rnnext.utils (a fresh interpreter)."""
+def test_import_rnnext_exposes_subpackages(tmp_path):
+    """`import rnnext` alone gives rnnext.models, rnnext.data and rnnext.utils (a fresh interpreter, run outside
+    the checkout so that the source tree does not shadow the installed package)."""
     code = "import rnnext; print(rnnext.models.SPINNClassifier.__name__, rnnext.data.listops.VOCAB_SIZE > 0, " \
            "rnnext.utils.rnn.pack_padded_sequence.__name__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout.split()
     assert out == ["SPINNClassifier", "True", "pack_padded_sequence"]
 
 
