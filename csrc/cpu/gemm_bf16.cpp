@@ -51,11 +51,14 @@ void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint1
 }
 
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
-                       int64_t ldc, bool accumulate) {
-  thread_local std::vector<uint16_t> a16;
-  a16.resize(static_cast<size_t>(M * K));
-  for (int64_t i = 0; i < M; ++i) round_to_bf16(K, A + i * lda, a16.data() + i * K);
-  gemm_bf16_packed(M, N, K, a16.data(), K, Bp, N, C, ldc, accumulate);
+                       int64_t ldc, bool accumulate, uint16_t* a16) {
+  thread_local std::vector<uint16_t> own;
+  if (a16 == nullptr) {
+    own.resize(static_cast<size_t>(M * K));
+    a16 = own.data();
+  }
+  for (int64_t i = 0; i < M; ++i) round_to_bf16(K, A + i * lda, a16 + i * K);
+  gemm_bf16_packed(M, N, K, a16, K, Bp, N, C, ldc, accumulate);
 }
 
 #pragma GCC push_options

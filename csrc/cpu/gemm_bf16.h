@@ -32,10 +32,11 @@ void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 void round_to_bf16(int64_t n, const float* src, uint16_t* dst);
 
 // C[M, N] = (accumulate ? C : 0) + round_bf16(A[M, K]) @ B: a float32 left operand (leading dimension lda)
-// rounded to bfloat16 row by row (a per-thread buffer), then gemm_bf16_packed with Bp, the pack_bf16_pairs of
-// B whose packed rows hold N columns. Only on CPUs where gemm_bf16_available().
+// rounded to bfloat16 row by row into a16 (M x K, for a caller that keeps the rounded rows; nullptr: a
+// per-thread buffer), then gemm_bf16_packed with Bp, the pack_bf16_pairs of B whose packed rows hold N columns.
+// Only on CPUs where gemm_bf16_available().
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
-                       int64_t ldc, bool accumulate);
+                       int64_t ldc, bool accumulate, uint16_t* a16 = nullptr);
 
 // b (K, N), float32 holding bfloat16 values or bfloat16, in bfloat16 packed in k-pairs for gemm_bf16_packed.
 inline std::vector<uint16_t> pack_bf16(const at::Tensor& b) {
@@ -47,12 +48,14 @@ inline std::vector<uint16_t> pack_bf16(const at::Tensor& b) {
 }
 
 // C[M, N] = (accumulate ? C : 0) + A[M, K] @ B (B row-major, leading dimension N) by the float GEMM; or, given
-// Bp (B packed by pack_bf16: a native bfloat16 call, float only), on bfloat16 operands (gemm_bf16_rounded).
+// Bp (B packed by pack_bf16: a native bfloat16 call, float only), on bfloat16 operands (gemm_bf16_rounded, A's
+// rounded rows left in a16 when given).
 template <typename T>
 void gemm_rows_maybe_bf16(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                          const std::vector<uint16_t>* Bp, T* C, int64_t ldc, bool accumulate) {
+                          const std::vector<uint16_t>* Bp, T* C, int64_t ldc, bool accumulate,
+                          uint16_t* a16 = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
-    if (Bp != nullptr) return gemm_bf16_rounded(M, N, K, A, lda, Bp->data(), C, ldc, accumulate);
+    if (Bp != nullptr) return gemm_bf16_rounded(M, N, K, A, lda, Bp->data(), C, ldc, accumulate, a16);
   }
   gemm_rowmajor(M, N, K, A, lda, B, N, C, ldc, accumulate);
 }

@@ -171,20 +171,6 @@ RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b
 
 // The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
 // of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
-// C[m, N] (+)= A[m, K] @ B for the backward's recurrent GEMM: with Bp (native bfloat16) A's rows rounded into
-// a16 (kept by the caller) and the bfloat16 micro-kernel; else the float GEMM.
-template <typename scalar_t>
-void recurrent_gemm(int64_t m, int64_t N, int64_t K, const scalar_t* A, const scalar_t* B,
-                    const std::vector<uint16_t>* Bp, uint16_t* a16, scalar_t* C, bool accumulate) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (Bp != nullptr && a16 != nullptr) {
-      for (int64_t i = 0; i < m; ++i) round_to_bf16(K, A + i * K, a16 + i * K);
-      return gemm_bf16_packed(m, N, K, a16, K, Bp->data(), N, C, N, accumulate);
-    }
-  }
-  gemm_rows_maybe_bf16<scalar_t>(m, N, K, A, K, B, Bp, C, N, accumulate);
-}
-
 // With whh_p (W_hh^T packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
 template <typename scalar_t>
 void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t,
@@ -250,12 +236,12 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
           // The direct part of the gradient into the previous h goes straight into dh; the recurrent GEMM adds
           // the rest.
           gru_backward_dispatch(m, H, sv + r * W, hp + r * H, d, dgx + r * G, dgh + r * G, dh + j0 * H);
-          recurrent_gemm<scalar_t>(m, H, G, dgh + r * G, whh, whh_p, d16 != nullptr ? d16 + r * G : nullptr,
-                                   dh + j0 * H, /*accumulate=*/true);
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgh + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/true,
+                                         d16 != nullptr ? d16 + r * G : nullptr);
         } else {
           rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
-          recurrent_gemm<scalar_t>(m, H, G, dgx + r * G, whh, whh_p, d16 != nullptr ? d16 + r * G : nullptr,
-                                   dh + j0 * H, /*accumulate=*/false);
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/false,
+                                         d16 != nullptr ? d16 + r * G : nullptr);
         }
       }
     }
@@ -511,8 +497,9 @@ struct CpuPointwiseBf16 : CpuPointwise {
     float* dx = w.dx_slots.data_ptr<float>();
     at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
       if (round_dgx)
-        for (int64_t r = r0; r < r1; ++r) round_to_bf16(G, dg + r * G, dg16 + r * G);
-      gemm_bf16_packed(r1 - r0, I, G, dg16 + r0 * G, G, p.data(), I, dx + r0 * I, I, false);
+        gemm_bf16_rounded(r1 - r0, I, G, dg + r0 * G, G, p.data(), dx + r0 * I, I, false, dg16 + r0 * G);
+      else
+        gemm_bf16_packed(r1 - r0, I, G, dg16 + r0 * G, G, p.data(), I, dx + r0 * I, I, false);
     });
     const Tensor h16 = b.h_prev.to(at::kBFloat16);
     w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(at::kFloat);
