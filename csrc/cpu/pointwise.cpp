@@ -33,6 +33,12 @@ bool has_avx512() {
   return has;
 }
 
+}  // namespace
+
+bool pointwise_has_avx512() { return has_avx512(); }
+
+namespace {
+
 struct Block {
   int64_t unit, col, width;  // first unit, first gate column, units (= gate stride)
 };

@@ -50,4 +50,14 @@ void treelstm_backward_rows(int64_t rows, int64_t H, const T* acts, const T* c, 
                             const T* c_right, int64_t ld_cc, const T* dh, const T* dc, int64_t ld_d, T* dpre,
                             T* dc_left, T* dc_right, int64_t ld_dcc);
 
+// Whether the AVX-512 versions run (the CPU has AVX-512F and RNNEXT_DISABLE_AVX512 is not 1).
+bool pointwise_has_avx512();
+
+// GRU forward/backward over rows [0, rows) of H units, on AVX-512 (only where pointwise_has_avx512()): the
+// per-element math of kernels/gru.h; the layouts of cpu/rnn_layer.cpp's gru_forward_rows/gru_backward_rows.
+void gru_forward_rows_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
+                             float* saved);
+void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
+                              float* dgx, float* dgh, float* dh_direct);
+
 }  // namespace rnnext::cpu

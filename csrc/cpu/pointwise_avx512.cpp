@@ -13,6 +13,7 @@
 
 namespace {
 #include "cpu/vec_avx512.h"
+#include "kernels/gru.h"
 #include "kernels/lstm.h"
 #include "kernels/lstm_layout.h"
 
@@ -87,9 +88,74 @@ inline void backward_vec(__mmask16 m, const float* a, int64_t gs, const float* c
   store(m, dc, dcp.v[0]);
 }
 
+// A 16-lane vector (lanes m) of VN<1> from p.
+inline VN<1> ld1(__mmask16 m, const float* p) {
+  VN<1> r;
+  r.v[0] = load(m, p);
+  return r;
+}
+
+void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
+                           float* saved) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* x = gx + j * 3 * H;
+    const float* g = gh + j * 3 * H;
+    for (int64_t u = 0; u < H; u += 16) {
+      const __mmask16 m = lanes(H - u);
+      const VN<1> ghn = ld1(m, g + 2 * H + u);
+      VN<1> r, z, n, hn;
+      rnnext::kernels::gru_forward_elem(ld1(m, x + u), ld1(m, x + H + u), ld1(m, x + 2 * H + u), ld1(m, g + u),
+                                        ld1(m, g + H + u), ghn, ld1(m, h + j * H + u), r, z, n, hn);
+      store(m, h + j * H + u, hn.v[0]);
+      store(m, h_out + j * H + u, hn.v[0]);
+      if (saved != nullptr) {
+        float* sv = saved + j * 4 * H + u;
+        store(m, sv, r.v[0]);
+        store(m, sv + H, z.v[0]);
+        store(m, sv + 2 * H, n.v[0]);
+        store(m, sv + 3 * H, ghn.v[0]);
+      }
+    }
+  }
+}
+
+void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
+                            float* dgx, float* dgh, float* dh_direct) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* sv = saved + j * 4 * H;
+    float* gx = dgx + j * 3 * H;
+    float* gh = dgh + j * 3 * H;
+    for (int64_t u = 0; u < H; u += 16) {
+      const __mmask16 m = lanes(H - u);
+      VN<1> d_r, d_z, d_n, d_hn, d_h;
+      rnnext::kernels::gru_backward_elem(ld1(m, sv + u), ld1(m, sv + H + u), ld1(m, sv + 2 * H + u),
+                                         ld1(m, sv + 3 * H + u), ld1(m, h_prev + j * H + u), ld1(m, dh + j * H + u),
+                                         d_r, d_z, d_n, d_hn, d_h);
+      store(m, gx + u, d_r.v[0]);
+      store(m, gx + H + u, d_z.v[0]);
+      store(m, gx + 2 * H + u, d_n.v[0]);
+      store(m, gh + u, d_r.v[0]);
+      store(m, gh + H + u, d_z.v[0]);
+      store(m, gh + 2 * H + u, d_hn.v[0]);
+      store(m, dh_direct + j * H + u, d_h.v[0]);
+    }
+  }
+}
+
 }  // namespace
 
 namespace rnnext::cpu {
+
+void gru_forward_rows_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
+                             float* saved) {
+  gru_forward_rows_impl(rows, H, gx, gh, h, h_out, saved);
+}
+
+void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
+                              float* dgx, float* dgh, float* dh_direct) {
+  gru_backward_rows_impl(rows, H, saved, h_prev, dh, dgx, dgh, dh_direct);
+}
+
 
 void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
                               const float* bias, const float* c_prev, float* c_out, float* c_save, float* h,

@@ -6,7 +6,10 @@
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -135,6 +138,7 @@ RNNEXT_CLONES void add_rows_f32(int64_t n, const float* a, const float* b, float
 
 // The cloned (vectorized) versions, float and double.
 void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* o, float* s) {
+  if (pointwise_has_avx512()) return gru_forward_rows_avx512(rows, H, gx, gh, h, o, s);
   gru_forward_rows_f32(rows, H, gx, gh, h, o, s);
 }
 RNNEXT_CLONES void gru_forward_dispatch(int64_t rows, int64_t H, const double* gx, const double* gh, double* h,
@@ -143,6 +147,7 @@ RNNEXT_CLONES void gru_forward_dispatch(int64_t rows, int64_t H, const double* g
 }
 void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const float* hp, const float* d, float* gx,
                            float* gh, float* dd) {
+  if (pointwise_has_avx512()) return gru_backward_rows_avx512(rows, H, s, hp, d, gx, gh, dd);
   gru_backward_rows_f32(rows, H, s, hp, d, gx, gh, dd);
 }
 RNNEXT_CLONES void gru_backward_dispatch(int64_t rows, int64_t H, const double* s, const double* hp, const double* d,
@@ -206,10 +211,12 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
 }
 
 // With whh_p (W_hh packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands: every row's
-// gradient operand (GRU: dgh, RNN: dgx) rounded into d16 (used, G), kept for the weight gradients.
+// gradient operand (GRU: dgh, RNN: dgx) rounded into d16 (used, G), kept for the weight gradients. With bsum
+// (nt, G + H, zeros), each thread adds up its rows of dgx (G) and, for GRU, of dgh's n part (H) while they are in
+// cache: the bias gradients' partial sums.
 template <typename scalar_t>
 void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr,
-                   uint16_t* d16 = nullptr) {
+                   uint16_t* d16 = nullptr, scalar_t* bsum = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
@@ -242,6 +249,19 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
           rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
           gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh_p, dh + j0 * H, H, /*accumulate=*/false,
                                          d16 != nullptr ? d16 + r * G : nullptr);
+        }
+        if (bsum != nullptr) {
+          scalar_t* acc = bsum + th * (G + H);
+          for (int64_t j = 0; j < m; ++j) {
+            const scalar_t* gxr = dgx + (r + j) * G;
+#pragma omp simd
+            for (int64_t c = 0; c < G; ++c) acc[c] += gxr[c];
+            if (gru) {
+              const scalar_t* ghn = dgh + (r + j) * G + 2 * H;
+#pragma omp simd
+              for (int64_t c = 0; c < H; ++c) acc[G + c] += ghn[c];
+            }
+          }
         }
       }
     }
@@ -475,7 +495,9 @@ struct CpuPointwiseBf16 : CpuPointwise {
     if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     const std::vector<uint16_t> p = pack_bf16(b.w_hh);  // (G, H)
     b.scratch = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
-    slot_backward<float>(b, nt, &p, reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>()));
+    b.bias_grad = at::zeros({nt, b.dgx.size(1) + b.plan.s.H}, b.dgx.options());
+    slot_backward<float>(b, nt, &p, reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>()),
+                         b.bias_grad.data_ptr<float>());
   }
 
   // aten_weight_grads' products on bfloat16 operands.
@@ -505,8 +527,16 @@ struct CpuPointwiseBf16 : CpuPointwise {
     w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(at::kFloat);
     const Tensor dgh16 = !gru ? dgx16 : kept ? b.scratch : b.dgh.to(at::kBFloat16);
     w.w_hh = at::mm(dgh16.narrow(0, 0, n).t(), h16).to(at::kFloat);
-    w.b_ih = has_bias ? at::sum(b.dgx, {0}) : at::empty({0}, opts);
-    w.b_hh = !has_bias ? at::empty({0}, opts) : b.cell == CellKind::kGRU ? at::sum(b.dgh, {0}) : w.b_ih.clone();
+    if (!has_bias) {
+      w.b_ih = w.b_hh = at::empty({0}, opts);
+    } else if (b.bias_grad.defined()) {  // the slot split's partial sums: [dgx | dgh's n part]
+      const Tensor s = at::sum(b.bias_grad, {0});
+      w.b_ih = s.narrow(0, 0, G).clone();
+      w.b_hh = gru ? at::cat({s.narrow(0, 0, 2 * G / 3), s.narrow(0, G, G / 3)}) : w.b_ih.clone();
+    } else {
+      w.b_ih = at::sum(b.dgx, {0});
+      w.b_hh = gru ? at::sum(b.dgh, {0}) : w.b_ih.clone();
+    }
     w.w_hr = at::empty({0}, opts);
     return w;
   }

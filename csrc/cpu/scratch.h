@@ -14,7 +14,20 @@
 
 namespace rnnext::cpu {
 
-enum class ScratchSlot : int { kGateGrads = 0, kGateGradsBf16, kOutputGrad, kWeightGradOperand, kCount };
+enum class ScratchSlot : int {
+  kGateGrads = 0,
+  kGateGradsBf16,
+  kOutputGrad,
+  kWeightGradOperand,
+  // SPINN's backward: node gradients, composition pre-activation gradients, the weight gradients' operand, the
+  // tracker's gate gradients and inputs.
+  kSpinnNodeGrads,
+  kSpinnPreGrads,
+  kSpinnOperand,
+  kSpinnTrackerGrads,
+  kSpinnTrackerInputs,
+  kCount
+};
 
 // A contiguous tensor of `sizes` and `dtype` on the CPU whose values are undefined, from `slot`'s cache when
 // that is free and large enough (otherwise freshly allocated and, when the cache is free, cached).

@@ -32,6 +32,7 @@
 #include "cpu/checks.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/scratch.h"
 #include "cpu/pointwise.h"
 #include "cpu/spinn_plan.h"
 
@@ -312,8 +313,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   const Tensor w = w_comp.contiguous();
   const std::vector<uint16_t> w_p = native ? pack_bf16(w) : std::vector<uint16_t>();  // (5H, K)
   Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
-  Tensor d_nodes = at::zeros({std::max<int64_t>(M, 1), 2 * H}, opts);
-  Tensor D = at::empty({std::max<int64_t>(M, 1), G}, opts);  // composition pre-activation gradients
+  // (The temporaries from cpu/scratch.h: memory kept mapped between calls.)
+  Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, buffers.scalar_type());
+  d_nodes.zero_();
+  // composition pre-activation gradients
+  Tensor D = scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, buffers.scalar_type());
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode_backward", [&] {
@@ -372,8 +376,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const std::vector<uint16_t> wt_p = native ? pack_bf16(wt) : std::vector<uint16_t>();
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
-      Tensor d_gates = at::empty({S * B, GT}, opts);
-      Tensor X_all = at::empty({S * B, KT}, opts);
+      Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, buffers.scalar_type());
+      Tensor X_all = scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
       scalar_t* dg = d_gates.data_ptr<scalar_t>();
       std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
           dh_rec(B * Tt, scalar_t(0));
@@ -414,7 +418,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     if (M > 0) {
       // [h_left | h_right | tracker h | 1] per node (the column of ones gives the bias gradient), then
       // [dW^T; db^T] = A^T D.
-      Tensor A_all = at::empty({M, K + 1}, opts);
+      Tensor A_all = scratch(ScratchSlot::kSpinnOperand, {M, K + 1}, buffers.scalar_type());
       scalar_t* ap = A_all.data_ptr<scalar_t>();
       at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
         for (int64_t k = k0; k < k1; ++k) {
