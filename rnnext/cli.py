@@ -48,7 +48,9 @@ def _bench_suites():
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .benchmarks.timing import format_table, machine_description
+    from tqdm import tqdm
+
+    from .benchmarks.timing import format_table, machine_description, round_callback
 
     from .benchmarks.timing import resolve_device
 
@@ -69,7 +71,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--only {args.only!r} matches no suite ({', '.join(t for t, _ in _bench_suites())})")
     all_rows = []
     for title, run in suites:
-        res = run(rounds=args.rounds, quick=args.quick, device=device)
+        # A bar per suite (on stderr, where it is a terminal; --no-progress: none) that counts the interleaved
+        # rounds as they finish, so a long suite is visibly alive.
+        with tqdm(desc=f"bench: {title}", unit=" rounds", disable=True if args.no_progress else None,
+                  leave=False, file=sys.stderr) as bar, round_callback(lambda: bar.update(1)):
+            res = run(rounds=args.rounds, quick=args.quick, device=device)
         all_rows += res["rows"]
         print(f"\n{title}: {res['config']}")
         if "gemm_peak_gflops" in res:
@@ -214,9 +220,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"the prime has characters the model's vocabulary lacks: {''.join(missing)!r}")
     g = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     prime = torch.tensor([vocab.encode(args.prime)])
-    out = model.generate(prime, args.steps, temperature=args.temperature, top_k=args.top_k, generator=g)
-    print(args.prime + vocab.decode(out[0].tolist()))
+    # Streamed in pieces: bounded memory and output as it comes, whatever --steps is.
+    sys.stdout.write(args.prime)
+    for piece in model.generate_chunks(prime, args.steps, temperature=args.temperature, top_k=args.top_k,
+                                       generator=g, chunk_size=_GENERATE_CHUNK):
+        sys.stdout.write(vocab.decode(piece[0].tolist()))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
+
+
+_GENERATE_CHUNK = 65536  # steps per piece of rnnext generate (a piece's uniforms and ids: 768 KiB)
 
 
 class _HELP_FORMAT(argparse.HelpFormatter):
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine", formatter_class=_HELP_FORMAT)
     b.add_argument("--quick", action="store_true", help="fewer rounds and shorter cases (under two minutes)")
     b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
     b.add_argument("--only", metavar="SUITE", help="run one suite: lstm, gru, cells, packed, spinn, generation, listops "

@@ -264,3 +264,48 @@ def test_listops_data_is_cached_between_runs(tmp_path, monkeypatch):
     _, _, cached4 = _listops_data(ListOpsConfig(train_size=300, dev_size=40, max_length=30, seed=3,
                                                 data_cache=False), False, logs.append)
     assert not cached4
+
+
+def test_generate_streams_in_pieces(char_checkpoint, capsys, monkeypatch):
+    """rnnext generate draws --steps in pieces of bounded size (here 5 steps) and prints them as they come: the
+    greedy output equals one whole generate call's."""
+    import rnnext.cli as cli
+    from rnnext.models import CharGenerator
+
+    sizes = []
+    sample = CharGenerator._sample
+
+    def spy(self, last, state, steps, *a):
+        sizes.append(steps)
+        return sample(self, last, state, steps, *a)
+
+    assert run_cli("generate", char_checkpoint, "--prime", "def ", "--steps", 23, "--temperature", 0) == 0
+    whole = capsys.readouterr().out
+    monkeypatch.setattr(cli, "_GENERATE_CHUNK", 5)
+    monkeypatch.setattr(CharGenerator, "_sample", spy)
+    assert run_cli("generate", char_checkpoint, "--prime", "def ", "--steps", 23, "--temperature", 0) == 0
+    assert sizes == [5, 5, 5, 5, 3]
+    assert capsys.readouterr().out == whole and len(whole) == len("def ") + 23 + 1
+
+
+def test_bench_progress_counts_rounds(monkeypatch):
+    """The progress hook of rnnext bench: time_interleaved reports every warm-up and timed round inside
+    round_callback, and nothing outside it; `bench --no-progress` runs a suite without a bar."""
+    from rnnext.benchmarks.timing import round_callback, time_interleaved
+
+    ticks = []
+    with round_callback(lambda: ticks.append(1)):
+        time_interleaved({"a": lambda: None, "b": lambda: None}, rounds=4, warmup=2)
+    assert len(ticks) == 6
+    time_interleaved({"a": lambda: None}, rounds=2, warmup=0)
+    assert len(ticks) == 6
+    assert run_cli("bench", "--only", "packed", "--rounds", 1, "--no-progress") == 0
+
+
+def test_bench_quick_cells_suite_is_a_quarter_of_the_grid():
+    """`rnnext bench --quick` stays short: the cells suite (the longest) runs float32 at two batch sizes."""
+    from rnnext.benchmarks import cells
+
+    res = cells.run(rounds=1, quick=True)
+    assert len(res["rows"]) == 3 * 2 * 2 * 2 and res["config"]["steps"] == 100
+    assert all("float32" in r.case for r in res["rows"])

@@ -182,3 +182,27 @@ def test_rnn_generation_op_opcheck_and_errors(cell, op_cell):
 @pytest.mark.parametrize("cell,cls", [("lstm", rnnext.nn.LSTM), ("gru", rnnext.nn.GRU), ("rnn", rnnext.nn.RNN)])
 def test_classifier_uses_the_fused_modules(cell, cls):
     assert type(RNNClassifier(20, 8, 6, 4, cell=cell).rnn) is cls
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_generate_chunks_continue_the_sample(cell):
+    """generate_chunks: one piece is generate's sample itself; greedy pieces of 7 continue it exactly (the state
+    carried through each piece by the model's forward), the pieces at most chunk_size long; the model's mode is
+    left as it was."""
+    from rnnext.models import CharGenerator
+
+    torch.manual_seed(0)
+    model = CharGenerator(13, embed_dim=6, hidden_size=10, num_layers=2, cell=cell).double().train()
+    prime = torch.tensor([[1, 4, 2], [3, 3, 5]])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    whole = model.generate(prime, 30, temperature=0.8, generator=g1)
+    (one,) = list(model.generate_chunks(prime, 30, temperature=0.8, generator=g2, chunk_size=30))
+    assert torch.equal(one, whole)
+    greedy = model.generate(prime, 30, temperature=0)
+    pieces = list(model.generate_chunks(prime, 30, temperature=0, chunk_size=7))
+    assert [p.shape[1] for p in pieces] == [7, 7, 7, 7, 2]
+    assert torch.equal(torch.cat(pieces, 1), greedy)
+    assert model.training
+    assert list(model.generate_chunks(prime, 0)) == []
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        next(model.generate_chunks(prime, 3, chunk_size=0))

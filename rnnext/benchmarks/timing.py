@@ -3,6 +3,7 @@ bytes an autograd graph keeps for its backward."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
@@ -27,6 +28,21 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return dev
 
 
+_on_round: Optional[Callable[[], None]] = None  # called after every timed (or warm-up) round: progress bars
+
+
+@contextlib.contextmanager
+def round_callback(fn: Optional[Callable[[], None]]):
+    """Within the block, `fn()` runs after every round of every time_interleaved call (rnnext bench's progress
+    bar)."""
+    global _on_round
+    old, _on_round = _on_round, fn
+    try:
+        yield
+    finally:
+        _on_round = old
+
+
 def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3,
                      device: Union[str, torch.device, None] = None) -> Dict[str, float]:
     """Median wall time (ms) of each callable, the callables alternating within every round so that the
@@ -42,6 +58,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, war
     for _ in range(warmup):
         for n in names:
             fns[n]()
+        if _on_round is not None:
+            _on_round()
     samples: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
@@ -51,6 +69,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 15, war
             fns[n]()
             sync()
             samples[n].append((time.perf_counter() - t0) * 1e3)
+        if _on_round is not None:
+            _on_round()
     for n, v in samples.items():
         spread = relative_spread(v)
         if spread > NOISY_SPREAD:

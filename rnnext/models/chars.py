@@ -3,7 +3,7 @@ linear head) with teacher-forced training and a fused sampling loop for generati
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,7 @@ class CharGenerator(nn.Module):
     then the whole sampling loop in one op (``rnnext::lstm_generate``, or ``rnnext::rnn_generate`` for GRU and
     RNN): ``prime`` (B, P) token ids, P >= 1; temperature 0 is greedy argmax; ``top_k`` keeps the k most likely;
     ``generator`` (a torch.Generator) fixes the draws. Returns the generated ids (B, steps).
+    ``generate_chunks(...)`` yields the same in pieces of ``chunk_size`` steps, in bounded memory.
     """
 
     _CELLS = {"lstm": (LSTM, None), "gru": (GRU, "gru"), "rnn": (RNN, "rnn_tanh")}
@@ -92,38 +93,78 @@ class CharGenerator(nn.Module):
         out, state = self.rnn(self.embedding(tokens), state)
         return self.head(out), state
 
+    def _check_generate_args(self, where: str, prime: Tensor, steps: int, temperature: float,
+                             top_k: Optional[int]) -> None:
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"CharGenerator.{where}: steps must be a non-negative integer, got {steps!r}")
+        if not (temperature >= 0 and temperature == temperature and temperature != float("inf")):
+            raise ValueError(f"CharGenerator.{where}: temperature must be finite and >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"CharGenerator.{where}: top_k must be a positive integer or None, got {top_k!r}")
+        if prime.dim() != 2 or prime.size(1) < 1:
+            raise ValueError(f"CharGenerator.{where}: expected prime (batch, P >= 1), got shape {tuple(prime.shape)}")
+
+    def _sample(self, last: Tensor, state, steps: int, temperature: float, top_k: Optional[int],
+                generator: Optional[torch.Generator]) -> Tensor:
+        """`steps` draws in one op from the logits `last` (B, V) and the state that produced them."""
+        B = last.size(0)
+        if temperature > 0:
+            uniforms = torch.rand(steps, B, generator=generator)
+        else:
+            uniforms = torch.zeros(steps, B)
+        rnn = self.rnn
+        names = rnn._all_weights
+        w_ih = [getattr(rnn, n[0]) for n in names]
+        w_hh = [getattr(rnn, n[1]) for n in names]
+        b_ih = [getattr(rnn, n[2]) if rnn.bias else None for n in names]
+        b_hh = [getattr(rnn, n[3]) if rnn.bias else None for n in names]
+        common = (w_ih, w_hh, b_ih, b_hh, self.head.weight, self.head.bias, uniforms.to(last.device),
+                  float(temperature), int(top_k or 0))
+        last = last.contiguous()
+        if self.cell == "lstm":
+            h, c = state
+            return _ops.ops.lstm_generate(last, h, c, self.embedding.weight, *common)
+        return _ops.ops.rnn_generate(last, state, self.embedding.weight, *common, self._CELLS[self.cell][1])
+
     @torch.no_grad()
     def generate(self, prime: Tensor, steps: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> Tensor:
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"CharGenerator.generate: steps must be a non-negative integer, got {steps!r}")
-        if not (temperature >= 0 and temperature == temperature and temperature != float("inf")):
-            raise ValueError(f"CharGenerator.generate: temperature must be finite and >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"CharGenerator.generate: top_k must be a positive integer or None, got {top_k!r}")
-        if prime.dim() != 2 or prime.size(1) < 1:
-            raise ValueError(f"CharGenerator.generate: expected prime (batch, P >= 1), got shape {tuple(prime.shape)}")
+        self._check_generate_args("generate", prime, steps, temperature, top_k)
         was_training = self.training
         self.eval()
         try:
             logits, state = self(prime)
-            B = prime.size(0)
-            if temperature > 0:
-                uniforms = torch.rand(steps, B, generator=generator)
-            else:
-                uniforms = torch.zeros(steps, B)
-            rnn = self.rnn
-            names = rnn._all_weights
-            w_ih = [getattr(rnn, n[0]) for n in names]
-            w_hh = [getattr(rnn, n[1]) for n in names]
-            b_ih = [getattr(rnn, n[2]) if rnn.bias else None for n in names]
-            b_hh = [getattr(rnn, n[3]) if rnn.bias else None for n in names]
-            common = (w_ih, w_hh, b_ih, b_hh, self.head.weight, self.head.bias, uniforms.to(logits.device),
-                      float(temperature), int(top_k or 0))
-            last = logits[:, -1].contiguous()
-            if self.cell == "lstm":
-                h, c = state
-                return _ops.ops.lstm_generate(last, h, c, self.embedding.weight, *common)
-            return _ops.ops.rnn_generate(last, state, self.embedding.weight, *common, self._CELLS[self.cell][1])
+            return self._sample(logits[:, -1], state, steps, temperature, top_k, generator)
         finally:
             self.train(was_training)
+
+    def generate_chunks(self, prime: Tensor, steps: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                        generator: Optional[torch.Generator] = None,
+                        chunk_size: int = 65536) -> Iterator[Tensor]:
+        """``generate`` in pieces: yields the draws (B, n) of ``chunk_size`` steps at a time (the last piece may
+        be shorter), so that memory stays bounded however many steps are asked for (``rnnext generate``
+        streams its output this way). Between pieces the model reads the piece to carry its state on; the
+        draws follow the same distribution as ``generate``'s but, beyond the first piece, are not bit-for-bit
+        the sample ``generate`` would draw from the same generator."""
+        self._check_generate_args("generate_chunks", prime, steps, temperature, top_k)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"CharGenerator.generate_chunks: chunk_size must be a positive integer, got {chunk_size!r}")
+        left = steps
+        last = state = None
+        while left > 0:
+            n = min(chunk_size, left)
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    if last is None:
+                        logits, state = self(prime)
+                        last = logits[:, -1]
+                    tokens = self._sample(last, state, n, temperature, top_k, generator)
+                    left -= n
+                    if left > 0:  # carry the state through the piece: the next piece starts after its last draw
+                        out, state = self.rnn(self.embedding(tokens), state)
+                        last = self.head(out[:, -1])
+            finally:
+                self.train(was_training)
+            yield tokens
