@@ -4,7 +4,8 @@ their ``torch.nn`` namesakes), ``replace_rnns``; ``TreeLSTMCell``, ``Tracker``, 
 from .lstm import LSTM, ArgumentError, LSTMCell, RankError
 from .rnn import GRU, RNN, GRUCell, RNNCell
 from .replace import replace_rnns
+from .snli_example import SNLIExampleSPINN
 from .tree import PAD, REDUCE, SHIFT, SPINN, SPINNParse, ThinStack, Tracker, TreeLSTMCell
 
-__all__ = ["LSTM", "LSTMCell", "GRU", "GRUCell", "RNN", "RNNCell", "replace_rnns", "TreeLSTMCell", "Tracker", "SPINN", "SPINNParse", "ThinStack",
+__all__ = ["LSTM", "LSTMCell", "GRU", "GRUCell", "RNN", "RNNCell", "replace_rnns", "SNLIExampleSPINN", "TreeLSTMCell", "Tracker", "SPINN", "SPINNParse", "ThinStack",
            "SHIFT", "REDUCE", "PAD", "ArgumentError", "RankError"]

@@ -132,6 +132,34 @@ class SPINN(nn.Module):
         return (f"hidden_size={self.hidden_size}, tracker_size={self.tracker_size}, "
                 f"predict_transitions={self.predict_transitions}, batch_first={self.batch_first}")
 
+    @staticmethod
+    def from_snli_example(source, device=None, dtype=None):
+        """A checkpoint of the 2017 PyTorch SNLI example's SPINN as an :class:`~rnnext.nn.SNLIExampleSPINN`,
+        which takes that example's inputs and gives its numbers (torchtext transition codes, reversed buffers,
+        the pad token's state as the stack's null, the 4-way transition layer with ``predict``).
+
+        ``source``: the example's ``SPINN`` module, its state dict, or a whole ``SNLIClassifier`` state dict (the
+        ``encoder.`` entries are taken). Sizes and ``predict`` are read from the weights. ``device``/``dtype``:
+        where and in what to build it (default: the weights')."""
+        from .snli_example import SNLIExampleSPINN
+
+        state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+        if any(k.startswith("encoder.") for k in state):
+            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        if "reduce.left.weight" not in state:
+            raise ValueError("SPINN.from_snli_example: expected the example's SPINN weights (reduce.left.weight, "
+                             f"...), got keys {sorted(state)[:6]}")
+        w = state["reduce.left.weight"]
+        hidden = w.shape[1]
+        if tuple(w.shape) != (5 * hidden, hidden):
+            raise ValueError(f"SPINN.from_snli_example: reduce.left.weight should be (5H, H), got {tuple(w.shape)}")
+        tracker = state["reduce.track.weight"].shape[1] if "reduce.track.weight" in state else None
+        predict = "tracker.transition.weight" in state
+        model = SNLIExampleSPINN(hidden, tracker, predict, device=device if device is not None else w.device,
+                                 dtype=dtype if dtype is not None else w.dtype)
+        model.load_state_dict(state)
+        return model
+
     def _check_buffers(self, buffers: Tensor, cast: Optional[torch.dtype] = None) -> Tensor:
         """The buffers checked, in (N, B, 2H) layout, contiguous; in ``cast`` (an autocast region's dtype, any
         floating dtype accepted) when given."""
