@@ -6,11 +6,11 @@ missing or was built for another torch. It also registers rnnext's module and mo
 """
 
 from . import _ops  # noqa: F401  (loads the library, registers fake kernels and autograd)
-from . import _safe_globals, data, models, nn, utils
+from . import _safe_globals, data, models, nn, onnx, utils
 from .nn import PAD, REDUCE, SHIFT, replace_rnns
 
 _safe_globals.register()
 
 __version__ = "0.2.0"
 
-__all__ = ["nn", "models", "data", "utils", "replace_rnns", "SHIFT", "REDUCE", "PAD", "__version__"]
+__all__ = ["nn", "models", "data", "utils", "onnx", "replace_rnns", "SHIFT", "REDUCE", "PAD", "__version__"]

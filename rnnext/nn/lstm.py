@@ -126,7 +126,9 @@ _MASKED_ON_CPU = False
 
 
 def _masked_lengths(lengths, x: Tensor) -> bool:
-    return isinstance(lengths, Tensor) and lengths.device == x.device and (x.device.type != "cpu" or _MASKED_ON_CPU)
+    # (torch.export, and the ONNX export on top of it, keeps lengths a graph input: the op reads them, not Python.)
+    return isinstance(lengths, Tensor) and lengths.device == x.device and (
+        x.device.type != "cpu" or _MASKED_ON_CPU or torch.compiler.is_exporting())
 
 
 def _check_device_lengths(module: str, lengths: Tensor, batch: int, x: Tensor) -> Tensor:
