@@ -129,6 +129,9 @@ class CharGenerator(nn.Module):
     @torch.no_grad()
     def generate(self, prime: Tensor, steps: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> Tensor:
+        """Runs ``prime`` (B, P) through the model, then draws ``steps`` tokens per row in one op (greedy when
+        ``temperature`` is 0; ``top_k`` keeps the k most likely; ``generator`` fixes the draws). Returns the
+        drawn ids (B, steps). The model's train/eval mode is restored afterwards."""
         self._check_generate_args("generate", prime, steps, temperature, top_k)
         was_training = self.training
         self.eval()

@@ -1,0 +1,19 @@
+"""Sphinx configuration of rnnext's documentation (built in CI with warnings as errors:
+``sphinx-build -W -b html docs build/docs``)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))  # (CI builds it where rnnext is installed; this serves a source tree)
+
+project = "rnnext"
+author = "the rnnext developers"
+copyright = "2026, the rnnext developers"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_typehints = "description"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
