@@ -54,6 +54,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .benchmarks.timing import resolve_device
 
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):  # before the benchmarks, not after
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise OSError(f"{flag} {path}: folder {os.path.dirname(os.path.abspath(path))} does not exist")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     machine = machine_description(device)
@@ -107,6 +110,61 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (checked when the command line is read, before any work)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _check_resume(path: Optional[str], task: str) -> None:
+    """--resume: a readable checkpoint of this task, checked before the data and the model are built."""
+    if not path:
+        return
+    import torch
+
+    if not os.path.isfile(path):
+        raise OSError(f"--resume {path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: one line, not an unpickling traceback
+        raise ValueError(f"--resume {path}: not a checkpoint (torch.load: {type(e).__name__})") \
+            from None
+    if not isinstance(ckpt, dict) or ckpt.get("task") != task:
+        made_by = ckpt.get("task") if isinstance(ckpt, dict) else None
+        raise ValueError(f"--resume {path}: not a {task} checkpoint (made by `rnnext train {task} --out`)"
+                         + (f"; it is a {made_by} checkpoint" if made_by else ""))
+
+
+# The shortest ListOps expression ("[MAX 2 ]") has 3 tokens.
+_LISTOPS_MIN_TOKENS = 3
+
+
 def _check_out(path: Optional[str]) -> None:
     """--out: its folder exists (checked before any long work, so that a typo does not cost the training)."""
     if path:
@@ -118,10 +176,12 @@ def _check_out(path: Optional[str]) -> None:
 def _cmd_train_listops(args: argparse.Namespace) -> int:
     from .train import ListOpsConfig, train_listops
 
-    if args.resume and not os.path.exists(args.resume):
-        raise OSError(f"no checkpoint at {args.resume}")
+    _check_resume(args.resume, "listops")
     if args.test and not os.path.exists(args.test):
         raise OSError(f"--test {args.test}: no such file (checked before training)")
+    if args.max_length < _LISTOPS_MIN_TOKENS:
+        raise ValueError(f"--max-length {args.max_length}: a ListOps expression has at least {_LISTOPS_MIN_TOKENS} "
+                         "tokens")
     _check_out(args.out)
     cfg = ListOpsConfig(model=args.model, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                         batch_size=args.batch_size, lr=args.lr, train_size=args.train_size, dev_size=args.dev_size,
@@ -143,8 +203,9 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
 def _cmd_train_chars(args: argparse.Namespace) -> int:
     from .train import CharsConfig, train_chars
 
-    if args.resume and not os.path.exists(args.resume):
-        raise OSError(f"no checkpoint at {args.resume}")
+    _check_resume(args.resume, "chars")
+    if args.text and not os.path.isfile(args.text):
+        raise OSError(f"no such text file: {args.text}")
     _check_out(args.out)
     cfg = CharsConfig(text=args.text, minutes=args.minutes, max_steps=args.max_steps, hidden=args.hidden,
                       layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
@@ -262,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine", formatter_class=_HELP_FORMAT)
     b.add_argument("--quick", action="store_true", help="fewer rounds and shorter cases (under two minutes)")
-    b.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds; medians are reported")
+    b.add_argument("--rounds", type=_positive_int, default=15, help="interleaved timing rounds; medians are reported")
     b.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
@@ -279,15 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="task", required=True)
     lo = tsub.add_parser("listops", help="ListOps (generated) with SPINN or an LSTM baseline", formatter_class=_HELP_FORMAT)
     lo.add_argument("--model", choices=["spinn", "lstm"], default="spinn")
-    lo.add_argument("--minutes", type=float, default=20.0, help="training time budget")
-    lo.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    lo.add_argument("--hidden", type=int, default=64)
-    lo.add_argument("--batch-size", type=int, default=128)
-    lo.add_argument("--lr", type=float, default=2e-3)
-    lo.add_argument("--train-size", type=int, default=1_000_000, help="distinct generated training expressions")
-    lo.add_argument("--dev-size", type=int, default=5_000)
-    lo.add_argument("--max-length", type=int, default=100, help="tokens per training expression")
-    lo.add_argument("--eval-every", type=float, default=120.0, help="seconds of training between dev evaluations")
+    lo.add_argument("--minutes", type=_positive_float, default=20.0, help="training time budget")
+    lo.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
+    lo.add_argument("--hidden", type=_positive_int, default=64)
+    lo.add_argument("--batch-size", type=_positive_int, default=128)
+    lo.add_argument("--lr", type=_positive_float, default=2e-3)
+    lo.add_argument("--train-size", type=_positive_int, default=1_000_000, help="distinct generated training expressions")
+    lo.add_argument("--dev-size", type=_positive_int, default=5_000)
+    lo.add_argument("--max-length", type=_positive_int, default=100, help="tokens per training expression")
+    lo.add_argument("--eval-every", type=_positive_float, default=120.0, help="seconds of training between dev evaluations")
     lo.add_argument("--test", metavar="TSV", default=None,
                     help="released test split (default: ../shared/data/listops/test_d20s.tsv when present)")
     lo.add_argument("--out", metavar="CKPT", help="write a checkpoint here (and CKPT.json with the results)")
@@ -305,16 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     lo.set_defaults(func=_cmd_train_listops)
     ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model", formatter_class=_HELP_FORMAT)
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
-    ch.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the text (--text or the default corpus) to use")
-    ch.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    ch.add_argument("--max-steps", type=int, default=None)
-    ch.add_argument("--hidden", type=int, default=256)
-    ch.add_argument("--layers", type=int, default=2)
+    ch.add_argument("--max-chars", type=_positive_int, default=5_000_000, help="characters of the text (--text or the default corpus) to use")
+    ch.add_argument("--minutes", type=_positive_float, default=5.0, help="training time budget")
+    ch.add_argument("--max-steps", type=_positive_int, default=None)
+    ch.add_argument("--hidden", type=_positive_int, default=256)
+    ch.add_argument("--layers", type=_positive_int, default=2)
     ch.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm", help="the recurrent cell")
-    ch.add_argument("--seq-len", type=int, default=128)
-    ch.add_argument("--batch-size", type=int, default=64)
-    ch.add_argument("--lr", type=float, default=2e-3)
-    ch.add_argument("--eval-every", type=float, default=60.0)
+    ch.add_argument("--seq-len", type=_positive_int, default=128)
+    ch.add_argument("--batch-size", type=_positive_int, default=64)
+    ch.add_argument("--lr", type=_positive_float, default=2e-3)
+    ch.add_argument("--eval-every", type=_positive_float, default=60.0)
     ch.add_argument("--out", metavar="CKPT", help="write a checkpoint here (and CKPT.json with the results)")
     ch.add_argument("--resume", metavar="CKPT")
     ch.add_argument("--seed", type=int, default=0)
@@ -329,9 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     gn = sub.add_parser("generate", help="sample text from a character-model checkpoint", formatter_class=_HELP_FORMAT)
     gn.add_argument("checkpoint")
     gn.add_argument("--prime", default="def ", help="text to start from")
-    gn.add_argument("--steps", type=int, default=500, help="characters to generate")
+    gn.add_argument("--steps", type=_nonneg_int, default=500, help="characters to generate")
     gn.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
-    gn.add_argument("--top-k", type=int, default=None)
+    gn.add_argument("--top-k", type=_positive_int, default=None)
     gn.add_argument("--seed", type=int, default=None)
     gn.set_defaults(func=_cmd_generate)
     _show_defaults(p)

@@ -70,7 +70,6 @@ def test_train_and_generate_gru_and_rnn_chars(tmp_path, capsys, cell):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--prime", "def ", "--steps", -1], "--steps must be >= 0"),
     (["--prime", "def ", "--temperature", -1], "--temperature must be >= 0"),
     (["--prime", "Ωdef"], "lacks: 'Ω'"),
 ])
@@ -152,7 +151,7 @@ def test_import_rnnext_exposes_subpackages(tmp_path):
     (["train", "listops", "--test", "no/such/test.tsv"], "--test no/such/test.tsv: no such file"),
     (["train", "listops", "--out", "no/such/folder/ckpt.pt"], "folder"),
     (["train", "chars", "--out", "no/such/folder/ckpt.pt"], "folder"),
-    (["train", "listops", "--dtype", "float32", "--max-steps", "1", "--resume", "missing.pt"], "no checkpoint"),
+    (["train", "listops", "--dtype", "float32", "--max-steps", "1", "--resume", "missing.pt"], "--resume missing.pt: no such checkpoint"),
 ])
 def test_paths_are_checked_before_training(argv, message, capsys, monkeypatch):
     """A mistyped path fails at once with a one-line error, before data generation and training."""
@@ -309,3 +308,50 @@ def test_bench_quick_cells_suite_is_a_quarter_of_the_grid():
     res = cells.run(rounds=1, quick=True)
     assert len(res["rows"]) == 3 * 2 * 2 * 2 and res["config"]["steps"] == 100
     assert all("float32" in r.case for r in res["rows"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "listops", "--hidden", "0"], "argument --hidden: expected a positive integer, got 0"),
+    (["train", "listops", "--batch-size", "-3"], "argument --batch-size: expected a positive integer, got -3"),
+    (["train", "listops", "--lr", "-1"], "argument --lr: expected a positive finite number"),
+    (["train", "listops", "--minutes", "0"], "argument --minutes: expected a positive finite number"),
+    (["train", "listops", "--train-size", "ten"], "argument --train-size: expected a positive integer, got 'ten'"),
+    (["train", "chars", "--seq-len", "0"], "argument --seq-len: expected a positive integer, got 0"),
+    (["train", "chars", "--layers", "0"], "argument --layers: expected a positive integer, got 0"),
+    (["bench", "--rounds", "0"], "argument --rounds: expected a positive integer, got 0"),
+    (["generate", "x.pt", "--steps", "-1"], "argument --steps: expected an integer >= 0, got -1"),
+    (["generate", "x.pt", "--top-k", "0"], "argument --top-k: expected a positive integer, got 0"),
+])
+def test_numbers_are_checked_when_the_command_line_is_read(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_paths_and_checkpoints_are_checked_before_long_work(tmp_path, capsys, monkeypatch):
+    """--resume (a file that is not a checkpoint of the task), --max-length below the shortest expression and
+    bench's --json/--plot folders fail in one line before any data, model or benchmark is made."""
+    import rnnext.train
+
+    def never(*a, **k):
+        raise AssertionError("the long work started")
+
+    monkeypatch.setattr(rnnext.train, "train_listops", never)
+    monkeypatch.setattr(rnnext.train, "train_chars", never)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    other = tmp_path / "other.pt"
+    torch.save({"task": "chars"}, other)
+    cases = [
+        (["train", "listops", "--resume", junk], "--resume", "not a checkpoint (torch.load"),
+        (["train", "listops", "--resume", other], "--resume", "not a listops checkpoint"),
+        (["train", "chars", "--resume", tmp_path / "missing.pt"], "--resume", "no such checkpoint"),
+        (["train", "chars", "--text", tmp_path / "missing.txt"], "no such text file", ""),
+        (["train", "listops", "--max-length", 2], "--max-length 2", "at least 3 tokens"),
+        (["bench", "--json", tmp_path / "no" / "x.json"], "--json", "does not exist"),
+        (["bench", "--plot", tmp_path / "no" / "x.png"], "--plot", "does not exist"),
+    ]
+    for argv, a, b in cases:
+        assert run_cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert a in err and b in err and err.count("\n") == 1, err

@@ -100,8 +100,9 @@ def generate_listops(
             bar.update(len(out) - bar.n)
         attempts += 1
         if attempts > 100 * num + 10000:
-            raise RuntimeError(f"generate_listops: could only find {len(out)} distinct expressions of "
-                               f"{min_length}..{max_length} tokens")
+            raise ValueError(f"generate_listops: could only find {len(out)} distinct expressions of "
+                             f"{min_length}..{max_length} tokens, {num} were asked for (allow longer expressions "
+                             "or ask for fewer)")
         value, tokens, trans = _linearize(_generate_list(rng, 1, max_depth, max_args, value_p))
         if len(tokens) < min_length or (max_length is not None and len(tokens) > max_length):
             continue
