@@ -1,10 +1,8 @@
 """Sphinx configuration of rnnext's documentation (built in CI with warnings as errors:
 ``sphinx-build -W -b html docs build/docs``)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.abspath(".."))  # (CI builds it where rnnext is installed; this serves a source tree)
+# rnnext is imported as installed (or built in place): run sphinx-build, not `python -m sphinx`, from the
+# repository root, where `-m` would put the uncompiled source tree first on sys.path.
 
 project = "rnnext"
 author = "the rnnext developers"

@@ -53,6 +53,27 @@ constexpr int64_t kParallelStepWork = 1 << 15;
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
 
 // ---------------------------------------------------------------------------------------------------------
+// [w_ih w_hh]^T (K = I + P rows, 4H blocked columns) of bfloat16 weights, packed in k-pairs as
+// pack_bf16_pairs lays B out (out[(p G + col) 2 + i] = row 2p + i of column col, a zero completing an odd K),
+// read once from PyTorch's gate-major rows: column col is row perm[col] of [w_ih | w_hh].
+void pack_blocked_bf16(const Tensor& w_ih, const Tensor& w_hh, const Tensor& perm, uint16_t* out) {
+  const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  const int64_t G = wi.size(0), I = wi.size(1), P = wh.size(1), K = I + P, pairs = (K + 1) / 2;
+  const uint16_t* a = reinterpret_cast<const uint16_t*>(wi.const_data_ptr<c10::BFloat16>());
+  const uint16_t* b = reinterpret_cast<const uint16_t*>(wh.const_data_ptr<c10::BFloat16>());
+  const int64_t* pr = perm.const_data_ptr<int64_t>();
+  at::parallel_for(0, pairs, 16, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t col = 0; col < G; ++col) {
+        const int64_t r = pr[col];
+        for (int64_t i = 0; i < 2; ++i) {
+          const int64_t k = 2 * p + i;
+          out[(p * G + col) * 2 + i] = k < I ? a[r * I + k] : k < K ? b[r * P + (k - I)] : uint16_t(0);
+        }
+      }
+  });
+}
+
 // Forward
 
 // S: the storage type of the input, output and states (float, double, or bfloat16); A: the type the gates, the
@@ -311,16 +332,17 @@ void lstm_fused_forward_steps(const common::ForwardSteps& f) {
   const auto acc_opts = f.c.options();  // the gates' and the cell state's dtype (float32 for bfloat16)
   // Training keeps every step's gate activations for the backward; inference needs one step's.
   const Tensor gates = train ? f.saved : at::empty({B, G}, acc_opts);
-  const BlockedWeights bw = bf16 ? block_weights(f.w_ih.to(at::kFloat), f.w_hh.to(at::kFloat),
-                                                 bf16_to_float(f.b_ih), bf16_to_float(f.b_hh))
-                                 : block_weights(f.w_ih, f.w_hh, f.b_ih, f.b_hh);
-  Tensor w_t = bw.w_t;
-  if (bf16) {  // the blocked weights in bfloat16 (exact: they were bfloat16), packed in k-pairs
-    const Tensor w16 = bw.w_t.to(at::kBFloat16);
-    w_t = at::empty({(K + 1) / 2 * 2, G}, opts);
-    pack_bf16_pairs(K, G, reinterpret_cast<const uint16_t*>(w16.const_data_ptr<c10::BFloat16>()), G,
-                    reinterpret_cast<uint16_t*>(w_t.data_ptr<c10::BFloat16>()));
+  BlockedWeights bw;
+  if (bf16) {  // [W_ih W_hh]^T blocked and packed in k-pairs straight from the bfloat16 weights, in one pass
+    bw.perm = blocked_gate_perm(H);
+    bw.w_t = scratch(ScratchSlot::kPackedWeights, {(K + 1) / 2 * 2, G}, at::kBFloat16);
+    pack_blocked_bf16(f.w_ih, f.w_hh, bw.perm, reinterpret_cast<uint16_t*>(bw.w_t.data_ptr<c10::BFloat16>()));
+    if (const auto bias = sum_biases(bf16_to_float(f.b_ih), bf16_to_float(f.b_hh)))
+      bw.bias = bias->index_select(0, bw.perm).contiguous();
+  } else {
+    bw = block_weights(f.w_ih, f.w_hh, f.b_ih, f.b_hh);
   }
+  const Tensor& w_t = bw.w_t;
   const Tensor w_hr_t = proj ? f.w_hr.t().contiguous() : Tensor();
   // [x_t | h_{t-1}] per slot in two buffers (both start with hx: late joiners read it).
   Tensor xh = at::empty({2, B, K}, opts);

@@ -19,6 +19,7 @@ enum class ScratchSlot : int {
   kGateGradsBf16,
   kOutputGrad,
   kWeightGradOperand,
+  kPackedWeights,  // a bfloat16 layer's [W_ih W_hh]^T, blocked and packed in k-pairs, for one call
   // SPINN's backward: node gradients, composition pre-activation gradients, the weight gradients' operand, the
   // tracker's gate gradients and inputs.
   kSpinnNodeGrads,
