@@ -43,6 +43,15 @@ using at::Tensor;
 
 constexpr int64_t kGrain = 8;         // rows per parallel task in gathers
 constexpr int64_t kRowsPerTask = 64;  // rows per parallel task in a batch of compositions (GEMM rows)
+constexpr int64_t kMinRowsPerThread = 16;  // the by-rows split below gives each thread at least this many rows
+
+// With a tracker, the steps run split by batch rows: a row's stack, tracker state and compositions depend on
+// that row alone, so each thread runs every step of its own rows (its tracker GEMM, then its compositions) with
+// no barrier between steps; row r of a thread's GEMMs gives the same bits whatever the other rows, so results do
+// not depend on the thread count. Threads of the split for B rows:
+int64_t row_split_threads(int64_t B) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kMinRowsPerThread));
+}
 
 struct SpinnShapes {
   int64_t N, B, S, H, Tt, K;  // K = composition input width: 2H (+ Tt with a tracker)
@@ -125,6 +134,12 @@ struct GradTable {
     return ref <= NB ? buffers + (ref - 1) * W : nodes + (ref - 1 - NB) * W;
   }
 };
+
+// The nodes of step t (a by-step plan lists them in row order) whose row lies in [b0, b1).
+std::pair<int64_t, int64_t> step_nodes(const SpinnPlan& plan, int64_t t, int64_t b0, int64_t b1) {
+  const auto first = plan.row.begin() + plan.batch_start[t], last = plan.row.begin() + plan.batch_start[t + 1];
+  return {std::lower_bound(first, last, b0) - plan.row.begin(), std::lower_bound(first, last, b1) - plan.row.begin()};
+}
 
 template <typename scalar_t>
 void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
@@ -212,6 +227,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     // Compositions of nodes [k0, k1): one GEMM for their gate pre-activations, then the fused pointwise step.
     // Compositions of nodes [k0, k1): each task gathers its rows' children, runs their GEMM (gate
     // pre-activations) and the fused pointwise step, so a batch costs one parallel region.
+    // Nodes [k0, k1) by the calling thread alone, into its buffers (rows r0.. of pre when not training).
+    auto compose_rows = [&](int64_t k0, int64_t k1, const scalar_t* trk, scalar_t* a, scalar_t* cl, scalar_t* cr,
+                            scalar_t* pre) {
+      composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, a, cl, cr);
+      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, G, K, a, K, wc_t.const_data_ptr<scalar_t>(), native ? &wc_p : nullptr,
+                                     pre, G, false);
+      treelstm_forward_rows<scalar_t>(k1 - k0, H, pre, bias, cl, cr, H, pre, nd + k0 * 2 * H, nd + k0 * 2 * H + H,
+                                      2 * H);
+    };
     auto compose = [&](int64_t k0, int64_t k1, const scalar_t* trk) {
       const int64_t m = k1 - k0;
       if (m == 0) return;
@@ -220,12 +244,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       CR.resize(m * H);
       scalar_t* pre = train ? ac + k0 * G : ac;
       at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-        composition_inputs<scalar_t>(plan, s, ref, trk, k0 + r0, k0 + r1, A.data() + r0 * K, CL.data() + r0 * H,
-                                     CR.data() + r0 * H);
-        gemm_rows_maybe_bf16<scalar_t>(r1 - r0, G, K, A.data() + r0 * K, K, wc_t.const_data_ptr<scalar_t>(),
-                                       native ? &wc_p : nullptr, pre + r0 * G, G, false);
-        treelstm_forward_rows<scalar_t>(r1 - r0, H, pre + r0 * G, bias, CL.data() + r0 * H, CR.data() + r0 * H, H,
-                                        pre + r0 * G, nd + (k0 + r0) * 2 * H, nd + (k0 + r0) * 2 * H + H, 2 * H);
+        compose_rows(k0 + r0, k0 + r1, trk, A.data() + r0 * K, CL.data() + r0 * H, CR.data() + r0 * H,
+                     pre + r0 * G);
       });
     };
     if (!s.tracker) {
@@ -238,22 +258,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
       std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
       scalar_t* th = tracker_h.data_ptr<scalar_t>();
-      for (int64_t t = 0; t < S; ++t) {
-        const scalar_t* h_prev = t == 0 ? h0.data() : th + (t - 1) * B * Tt;
-        scalar_t* g = train ? tracker_acts.data_ptr<scalar_t>() + t * B * 4 * Tt : gates.data();
-        scalar_t* c_out = train ? tracker_c.data_ptr<scalar_t>() + t * B * Tt : c_state.data();
-        const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
-        // One tracker step: each task gathers its rows' inputs, runs their GEMM and the LSTM pointwise step.
-        at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
-          tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
-          gemm_rows_maybe_bf16<scalar_t>(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT,
-                                         wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
-                                         g + b0 * 4 * Tt, 4 * Tt, false);
-          lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
-                                      c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt, nullptr, 0);
-        });
-        compose(plan.batch_start[t], plan.batch_start[t + 1], th);
-      }
+      const int64_t nt = row_split_threads(B);
+      at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t b0 = B * j / nt, b1 = B * (j + 1) / nt;
+          // This thread's buffers: at most one composition per row and step.
+          std::vector<scalar_t> a((b1 - b0) * K), cl((b1 - b0) * H), cr((b1 - b0) * H),
+              pre(train ? 0 : (b1 - b0) * G);
+          for (int64_t t = 0; t < S; ++t) {
+            const scalar_t* h_prev = t == 0 ? h0.data() : th + (t - 1) * B * Tt;
+            scalar_t* g = train ? tracker_acts.data_ptr<scalar_t>() + t * B * 4 * Tt : gates.data();
+            scalar_t* c_out = train ? tracker_c.data_ptr<scalar_t>() + t * B * Tt : c_state.data();
+            const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
+            // The tracker step of rows [b0, b1): their inputs, GEMM and LSTM pointwise step.
+            tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
+            gemm_rows_maybe_bf16<scalar_t>(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT,
+                                           wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                           g + b0 * 4 * Tt, 4 * Tt, false);
+            lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
+                                        c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt,
+                                        nullptr, 0);
+            // Then the compositions of these rows at step t.
+            const auto [k0, k1] = step_nodes(plan, t, b0, b1);
+            if (k1 > k0)
+              compose_rows(k0, k1, th, a.data(), cl.data(), cr.data(), train ? ac + k0 * G : pre.data());
+          }
+        }
+      });
     }
     scalar_t* tp = top.data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b) std::copy(ref(plan.top[b]), ref(plan.top[b]) + H, tp + b * H);
@@ -336,6 +367,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     // Backward of the compositions of nodes [k0, k1), whose gradients are complete: each task runs the pointwise
     // backward of its rows, their GEMM (children's input gradients) and adds them to the children. Each node is
     // the child of one composition only, so the tasks never write the same row.
+    // Nodes [k0, k1) by the calling thread alone, into its buffers (m = k1 - k0 rows each).
+    auto decompose_rows = [&](int64_t k0, int64_t k1, scalar_t* cl, scalar_t* cr, scalar_t* da, scalar_t* dcl,
+                              scalar_t* dcr) {
+      const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
+      composition_inputs<scalar_t>(plan, s, ref, th, k0, k1, nullptr, cl, cr);
+      treelstm_backward_rows<scalar_t>(k1 - k0, H, ac.const_data_ptr<scalar_t>() + k0 * G,
+                                       nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
+                                       dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, Dp + k0 * G, dcl, dcr, H);
+      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, Dp + k0 * G, G, w.const_data_ptr<scalar_t>(),
+                                     native ? &w_p : nullptr, da, K, false);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r = k - k0;
+        scalar_t* l = dref(plan.left[k]);
+        scalar_t* rr = dref(plan.right[k]);
+        add_row(l, da + r * K, H);
+        add_row(l != nullptr ? l + H : nullptr, dcl + r * H, H);
+        add_row(rr, da + r * K + H, H);
+        add_row(rr != nullptr ? rr + H : nullptr, dcr + r * H, H);
+        if (s.tracker) add_row(dt + (plan.step[k] * B + plan.row[k]) * Tt, da + r * K + 2 * H, Tt);
+      }
+    };
     auto decompose = [&](int64_t k0, int64_t k1) {
       const int64_t m = k1 - k0;
       if (m == 0) return;
@@ -344,27 +396,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       dA.resize(m * K);
       dCL.resize(m * H);
       dCR.resize(m * H);
-      const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
       at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-        composition_inputs<scalar_t>(plan, s, ref, th, k0 + r0, k0 + r1, nullptr, CL.data() + r0 * H,
-                                     CR.data() + r0 * H);
-        treelstm_backward_rows<scalar_t>(r1 - r0, H, ac.const_data_ptr<scalar_t>() + (k0 + r0) * G,
-                                         nd.const_data_ptr<scalar_t>() + (k0 + r0) * 2 * H + H, 2 * H,
-                                         CL.data() + r0 * H, CR.data() + r0 * H, H, dn + (k0 + r0) * 2 * H,
-                                         dn + (k0 + r0) * 2 * H + H, 2 * H, Dp + (k0 + r0) * G, dCL.data() + r0 * H,
-                                         dCR.data() + r0 * H, H);
-        gemm_rows_maybe_bf16<scalar_t>(r1 - r0, K, G, Dp + (k0 + r0) * G, G, w.const_data_ptr<scalar_t>(),
-                                       native ? &w_p : nullptr, dA.data() + r0 * K, K, false);
-        for (int64_t k = k0 + r0; k < k0 + r1; ++k) {
-          const int64_t r = k - k0;
-          scalar_t* l = dref(plan.left[k]);
-          scalar_t* rr = dref(plan.right[k]);
-          add_row(l, dA.data() + r * K, H);
-          add_row(l != nullptr ? l + H : nullptr, dCL.data() + r * H, H);
-          add_row(rr, dA.data() + r * K + H, H);
-          add_row(rr != nullptr ? rr + H : nullptr, dCR.data() + r * H, H);
-          if (s.tracker) add_row(dt + (plan.step[k] * B + plan.row[k]) * Tt, dA.data() + r * K + 2 * H, Tt);
-        }
+        decompose_rows(k0 + r0, k0 + r1, CL.data() + r0 * H, CR.data() + r0 * H, dA.data() + r0 * K,
+                       dCL.data() + r0 * H, dCR.data() + r0 * H);
       });
     };
     if (!s.tracker) {
@@ -381,34 +415,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       scalar_t* dg = d_gates.data_ptr<scalar_t>();
       std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
           dh_rec(B * Tt, scalar_t(0));
-      for (int64_t t = S - 1; t >= 0; --t) {
-        decompose(plan.batch_start[t], plan.batch_start[t + 1]);
-        for (int64_t i = 0; i < B * Tt; ++i) dh[i] = dt[t * B * Tt + i] + dh_rec[i];
-        const scalar_t* c_prev = t == 0 ? zero_state.data() : tc + (t - 1) * B * Tt;
-        at::parallel_for(0, B, kGrain, [&](int64_t b0, int64_t b1) {
-          lstm_backward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, ta + (t * B + b0) * GT, GT,
-                                       tc + (t * B + b0) * Tt, c_prev + b0 * Tt, b1 - b0, nullptr, dh.data() + b0 * Tt,
-                                       nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
-        });
-        if (native) {
-          at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
-            gemm_rows_maybe_bf16<scalar_t>(b1 - b0, KT, GT, dg + (t * B + b0) * GT, GT,
-                                           wt.const_data_ptr<scalar_t>(), &wt_p, dX.data() + b0 * KT, KT, false);
-          });
-        } else {
-          gemm_batch_parallel<scalar_t>({{B, KT, GT, dg + t * B * GT, GT, wt.const_data_ptr<scalar_t>(), KT,
-                                          dX.data(), KT, false, true}});
+      // By rows (see row_split_threads): each thread walks every step of its own rows backwards.
+      const int64_t nt = row_split_threads(B);
+      at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t b0 = B * j / nt, b1 = B * (j + 1) / nt, n = b1 - b0;
+          std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
+          for (int64_t t = S - 1; t >= 0; --t) {
+            const auto [k0, k1] = step_nodes(plan, t, b0, b1);
+            if (k1 > k0) decompose_rows(k0, k1, cl.data(), cr.data(), da.data(), dcl.data(), dcr.data());
+            for (int64_t i = b0 * Tt; i < b1 * Tt; ++i) dh[i] = dt[t * B * Tt + i] + dh_rec[i];
+            const scalar_t* c_prev = t == 0 ? zero_state.data() : tc + (t - 1) * B * Tt;
+            lstm_backward_tile<scalar_t>(GateLayout{Tt, false}, n, 0, 1, ta + (t * B + b0) * GT, GT,
+                                         tc + (t * B + b0) * Tt, c_prev + b0 * Tt, n, nullptr, dh.data() + b0 * Tt,
+                                         nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
+            gemm_rows_maybe_bf16<scalar_t>(n, KT, GT, dg + (t * B + b0) * GT, GT, wt.const_data_ptr<scalar_t>(),
+                                           native ? &wt_p : nullptr, dX.data() + b0 * KT, KT, false);
+            for (int64_t b = b0; b < b1; ++b) {
+              const scalar_t* dx = dX.data() + b * KT;
+              add_row(dref(plan.trk_buf[t * B + b]), dx, H);
+              add_row(dref(plan.trk_top[t * B + b]), dx + H, H);
+              add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
+              std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
+            }
+            tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, b0, b1,
+                                     X_all.data_ptr<scalar_t>() + t * B * KT);
+          }
         }
-        for (int64_t b = 0; b < B; ++b) {
-          const scalar_t* dx = dX.data() + b * KT;
-          add_row(dref(plan.trk_buf[t * B + b]), dx, H);
-          add_row(dref(plan.trk_top[t * B + b]), dx + H, H);
-          add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
-          std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
-        }
-        tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, 0, B,
-                                 X_all.data_ptr<scalar_t>() + t * B * KT);
-      }
+      });
       const Tensor dW = mm_tn(d_gates, X_all, native);  // (4Tt, 3H + Tt)
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
