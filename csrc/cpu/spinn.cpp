@@ -53,6 +53,28 @@ int64_t row_split_threads(int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kMinRowsPerThread));
 }
 
+// Rows [split_bound(B, j, nt), split_bound(B, j + 1, nt)) are thread j's: boundaries on multiples of kRowBlock.
+constexpr int64_t kRowBlock = 8;
+int64_t split_bound(int64_t B, int64_t j, int64_t nt) {
+  return j == nt ? B : std::min(B, B * j / nt / kRowBlock * kRowBlock);
+}
+
+// Calls f(r0, r1) over rows [b0, b1): once for float (its GEMMs give a row the same bits whatever the other
+// rows), per kRowBlock-aligned block for double (ATen's double GEMM does not), so that no result depends on
+// the thread count.
+template <typename scalar_t, typename F>
+void over_row_blocks(int64_t b0, int64_t b1, F&& f) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    f(b0, b1);
+  } else {
+    for (int64_t r0 = b0; r0 < b1;) {
+      const int64_t r1 = std::min(b1, (r0 / kRowBlock + 1) * kRowBlock);
+      f(r0, r1);
+      r0 = r1;
+    }
+  }
+}
+
 struct SpinnShapes {
   int64_t N, B, S, H, Tt, K;  // K = composition input width: 2H (+ Tt with a tracker)
   bool tracker;
@@ -261,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       const int64_t nt = row_split_threads(B);
       at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
-          const int64_t b0 = B * j / nt, b1 = B * (j + 1) / nt;
+          const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt);
           // This thread's buffers: at most one composition per row and step.
           std::vector<scalar_t> a((b1 - b0) * K), cl((b1 - b0) * H), cr((b1 - b0) * H),
               pre(train ? 0 : (b1 - b0) * G);
@@ -272,16 +294,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
             const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
             // The tracker step of rows [b0, b1): their inputs, GEMM and LSTM pointwise step.
             tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
-            gemm_rows_maybe_bf16<scalar_t>(b1 - b0, 4 * Tt, KT, X.data() + b0 * KT, KT,
-                                           wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
-                                           g + b0 * 4 * Tt, 4 * Tt, false);
+            over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
+              gemm_rows_maybe_bf16<scalar_t>(r1 - r0, 4 * Tt, KT, X.data() + r0 * KT, KT,
+                                             wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                             g + r0 * 4 * Tt, 4 * Tt, false);
+            });
             lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
                                         c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt,
                                         nullptr, 0);
             // Then the compositions of these rows at step t.
-            const auto [k0, k1] = step_nodes(plan, t, b0, b1);
-            if (k1 > k0)
-              compose_rows(k0, k1, th, a.data(), cl.data(), cr.data(), train ? ac + k0 * G : pre.data());
+            over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
+              const auto [k0, k1] = step_nodes(plan, t, r0, r1);
+              if (k1 > k0)
+                compose_rows(k0, k1, th, a.data(), cl.data(), cr.data(), train ? ac + k0 * G : pre.data());
+            });
           }
         }
       });
@@ -419,18 +445,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const int64_t nt = row_split_threads(B);
       at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
-          const int64_t b0 = B * j / nt, b1 = B * (j + 1) / nt, n = b1 - b0;
+          const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt), n = b1 - b0;
           std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
           for (int64_t t = S - 1; t >= 0; --t) {
-            const auto [k0, k1] = step_nodes(plan, t, b0, b1);
-            if (k1 > k0) decompose_rows(k0, k1, cl.data(), cr.data(), da.data(), dcl.data(), dcr.data());
+            over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
+              const auto [k0, k1] = step_nodes(plan, t, r0, r1);
+              if (k1 > k0) decompose_rows(k0, k1, cl.data(), cr.data(), da.data(), dcl.data(), dcr.data());
+            });
             for (int64_t i = b0 * Tt; i < b1 * Tt; ++i) dh[i] = dt[t * B * Tt + i] + dh_rec[i];
             const scalar_t* c_prev = t == 0 ? zero_state.data() : tc + (t - 1) * B * Tt;
             lstm_backward_tile<scalar_t>(GateLayout{Tt, false}, n, 0, 1, ta + (t * B + b0) * GT, GT,
                                          tc + (t * B + b0) * Tt, c_prev + b0 * Tt, n, nullptr, dh.data() + b0 * Tt,
                                          nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
-            gemm_rows_maybe_bf16<scalar_t>(n, KT, GT, dg + (t * B + b0) * GT, GT, wt.const_data_ptr<scalar_t>(),
-                                           native ? &wt_p : nullptr, dX.data() + b0 * KT, KT, false);
+            over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
+              gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg + (t * B + r0) * GT, GT,
+                                             wt.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                             dX.data() + r0 * KT, KT, false);
+            });
             for (int64_t b = b0; b < b1; ++b) {
               const scalar_t* dx = dX.data() + b * KT;
               add_row(dref(plan.trk_buf[t * B + b]), dx, H);
