@@ -141,5 +141,15 @@ def test_unsupported_exports_name_what_fails():
     transitions = torch.tensor([[0, 0], [0, 0], [1, 1]])
     with pytest.raises(Exception, match=r"rnnext::spinn_encode \(SPINN\) has no ONNX equivalent"):
         rnnext.onnx.export(Tree().eval(), (torch.randn(2, 2, 6), transitions))
+    class Sample(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gen = rnnext.models.CharGenerator(11, 4, 8, 1)
+
+        def forward(self, prime):
+            return self.gen.generate(prime, 3, temperature=0)
+
+    with pytest.raises(Exception, match=r"rnnext::lstm_generate \(CharGenerator.generate\) has no ONNX equivalent"):
+        rnnext.onnx.export(Sample().eval(), (torch.tensor([[1, 2]]),))
     table = rnnext.onnx.translation_table()
     assert torch.ops.rnnext.lstm_layer.default in table and torch.ops.rnnext.rnn_layer.default in table
