@@ -54,9 +54,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .benchmarks.timing import resolve_device
 
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):  # before the benchmarks, not after
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise OSError(f"{flag} {path}: folder {os.path.dirname(os.path.abspath(path))} does not exist")
+    _check_out(args.json, "--json")  # before the benchmarks, not after
+    _check_out(args.plot, "--plot")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     machine = machine_description(device)
@@ -163,12 +162,13 @@ def _check_resume(path: Optional[str], task: str) -> None:
 _LISTOPS_MIN_TOKENS = 3
 
 
-def _check_out(path: Optional[str]) -> None:
-    """--out: its folder exists (checked before any long work, so that a typo does not cost the training)."""
+def _check_out(path: Optional[str], flag: str = "--out") -> None:
+    """An output path's folder exists (--out, bench's --json and --plot; checked before any long work, so that a
+    typo does not cost the training or the benchmarks)."""
     if path:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
-            raise OSError(f"--out {path}: folder {folder} does not exist")
+            raise OSError(f"{flag} {path}: folder {folder} does not exist")
 
 
 def _cmd_train_listops(args: argparse.Namespace) -> int:
