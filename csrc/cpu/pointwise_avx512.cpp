@@ -156,7 +156,6 @@ void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const
   gru_backward_rows_impl(rows, H, saved, h_prev, dh, dgx, dgh, dh_direct);
 }
 
-
 void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
                               const float* bias, const float* c_prev, float* c_out, float* c_save, float* h,
                               int64_t ld_h, float* y, int64_t ld_y) {

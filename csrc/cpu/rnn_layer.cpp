@@ -532,7 +532,8 @@ struct CpuPointwiseBf16 : CpuPointwise {
     } else if (b.bias_grad.defined()) {  // the slot split's partial sums: [dgx | dgh's n part]
       const Tensor s = at::sum(b.bias_grad, {0});
       w.b_ih = s.narrow(0, 0, G).clone();
-      w.b_hh = gru ? at::cat({s.narrow(0, 0, 2 * G / 3), s.narrow(0, G, G / 3)}) : w.b_ih.clone();
+      const int64_t H = b.plan.s.H;  // GRU: b_hh's r, z parts are dgx's; its n part is dgh's
+      w.b_hh = gru ? at::cat({s.narrow(0, 0, 2 * H), s.narrow(0, G, H)}) : w.b_ih.clone();
     } else {
       w.b_ih = at::sum(b.dgx, {0});
       w.b_hh = gru ? at::sum(b.dgh, {0}) : w.b_ih.clone();
