@@ -353,6 +353,11 @@ def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
 
     back = backward(first)
     assert all(t.dtype == torch.bfloat16 for t in back)
+    # Inference (no activations kept) gives the training forward's bits.
+    infer = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
+                                        reverse, False)
+    for a, b in zip(first[:3], infer[:3]):
+        assert torch.equal(a, b)
     torch.set_num_threads(3 - threads)
     again = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
                                         reverse, True)
@@ -360,6 +365,23 @@ def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
     torch.set_num_threads(threads)
     for a, b in zip((*first, *back), (*again, *back_again)):
         assert torch.equal(a, b)
+
+
+def test_bf16_lstm_layer_without_avx512_pointwise():
+    """The same checks with RNNEXT_DISABLE_AVX512=1 (in a fresh process): the bfloat16 LSTM's pointwise step then
+    runs the AVX2/baseline float32 tiles and rounds h afterwards, instead of the AVX-512 tile that rounds h
+    inside the step."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNEXT_DISABLE_AVX512="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"{os.path.join(here, 'test_bf16.py')}::test_bf16_lstm_layer_native_path"],
+                         capture_output=True, text=True, env=env, cwd=here, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "10 passed" in out.stdout, out.stdout[-1000:]
 
 
 # ---- TreeLSTM, SPINN and generation in bfloat16 (the float32 kernels on the bfloat16 values) ------------------

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -63,14 +64,25 @@ void pack_blocked_bf16(const Tensor& w_ih, const Tensor& w_hh, const Tensor& per
   const uint16_t* b = reinterpret_cast<const uint16_t*>(wh.const_data_ptr<c10::BFloat16>());
   const int64_t* pr = perm.const_data_ptr<int64_t>();
   at::parallel_for(0, pairs, 16, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t k = 2 * p;
+      uint16_t* o = out + p * G * 2;
+      // A pair from one matrix moves as one 32-bit word; a pair that straddles w_ih and w_hh (odd I) or ends an
+      // odd K value by value.
+      const uint16_t* src = k + 1 < I ? a + k : k >= I && k + 1 < K ? b + (k - I) : nullptr;
+      const int64_t ld = k + 1 < I ? I : P;
+      if (src != nullptr) {
+        for (int64_t col = 0; col < G; ++col) std::memcpy(o + 2 * col, src + pr[col] * ld, 4);
+        continue;
+      }
       for (int64_t col = 0; col < G; ++col) {
         const int64_t r = pr[col];
         for (int64_t i = 0; i < 2; ++i) {
-          const int64_t k = 2 * p + i;
-          out[(p * G + col) * 2 + i] = k < I ? a[r * I + k] : k < K ? b[r * P + (k - I)] : uint16_t(0);
+          const int64_t kk = k + i;
+          o[2 * col + i] = kk < I ? a[r * I + kk] : kk < K ? b[r * P + (kk - I)] : uint16_t(0);
         }
       }
+    }
   });
 }
 
@@ -126,6 +138,11 @@ struct Forward {
       if constexpr (kBf16) {
         gemm_bf16_packed(m, d1 - d0, K, reinterpret_cast<const uint16_t*>(xr), K,
                          reinterpret_cast<const uint16_t*>(wt) + 2 * d0, G, gp + d0, G, /*accumulate=*/false);
+        if (pointwise_has_avx512()) {  // h rounded inside the step, straight into the operand and the output
+          lstm_forward_tile_bf16_avx512(layout, m, c0, c1, gp, G, !gates_per_step, bias, cr, cr, cs,
+                                        reinterpret_cast<uint16_t*>(hw), K, reinterpret_cast<uint16_t*>(yy), P);
+          continue;
+        }
         A* h32 = hf + j0 * H;
         lstm_forward_tile<A>(layout, m, c0, c1, gp, G, bias, cr, cr, cs, h32, H, nullptr, 0);
         const int64_t u0 = block_first_unit(c0), u1 = block_first_unit(c1 - 1) + block_width(c1 - 1, H);

@@ -50,6 +50,14 @@ void treelstm_backward_rows(int64_t rows, int64_t H, const T* acts, const T* c, 
                             const T* c_right, int64_t ld_cc, const T* dh, const T* dc, int64_t ld_d, T* dpre,
                             T* dc_left, T* dc_right, int64_t ld_dcc);
 
+// lstm_forward_tile for a bfloat16 layer on AVX-512 (only where pointwise_has_avx512() and the CPU has
+// AVX512-BF16): float32 gates and cell state, h rounded to bfloat16 (nearest, ties to even) into h and y
+// (raw 16-bit patterns; y may be null); the activations overwrite the gates only with keep_acts.
+void lstm_forward_tile_bf16_avx512(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, float* gates,
+                                   int64_t ld_g, bool keep_acts, const float* bias, const float* c_prev,
+                                   float* c_out, float* c_save, uint16_t* h, int64_t ld_h, uint16_t* y,
+                                   int64_t ld_y);
+
 // Whether the AVX-512 versions run (the CPU has AVX-512F and RNNEXT_DISABLE_AVX512 is not 1).
 bool pointwise_has_avx512();
 

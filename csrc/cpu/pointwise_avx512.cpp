@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
+#include <type_traits>
 
 #include "cpu/pointwise.h"
 
@@ -95,6 +96,36 @@ inline VN<1> ld1(__mmask16 m, const float* p) {
   return r;
 }
 
+// The gate half of forward_vec for a bfloat16 layer (lstm_forward_tile_bf16_avx512): the activations (all four
+// written back with keep_acts, else only o, which the second pass reads) and c.
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+inline void forward_gates_vec(__mmask16 m, float* g, int64_t gs, bool keep_acts, const float* bias, const float* cp,
+                              float* co, float* cs) {
+  VN<1> pi = ld1(m, g), pf = ld1(m, g + gs), pg = ld1(m, g + 2 * gs), po = ld1(m, g + 3 * gs);
+  if (bias != nullptr) {
+    pi = pi + ld1(m, bias);
+    pf = pf + ld1(m, bias + gs);
+    pg = pg + ld1(m, bias + 2 * gs);
+    po = po + ld1(m, bias + 3 * gs);
+  }
+  VN<1> i, f, gg, o;
+  lstm_gate_activations(pi, pf, pg, po, i, f, gg, o);
+  const VN<1> c = f * ld1(m, cp) + i * gg;  // (kernels/lstm.h's c)
+  if (keep_acts) {
+    store(m, g, i.v[0]);
+    store(m, g + gs, f.v[0]);
+    store(m, g + 2 * gs, gg.v[0]);
+  }
+  store(m, g + 3 * gs, o.v[0]);
+  store(m, co, c.v[0]);
+  if (cs != nullptr) store(m, cs, c.v[0]);
+}
+// float32 to bfloat16, nearest, ties to even (round_to_bf16's rounding).
+inline __m256bh to_bf16(__m512 x) { return _mm512_cvtneps_pbh(x); }
+#pragma GCC pop_options
+
+
 void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
                            float* saved) {
   for (int64_t j = 0; j < rows; ++j) {
@@ -171,6 +202,55 @@ void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1
       }
     }
 }
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+void lstm_forward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
+                                   bool keep_acts, const float* bias, const float* c_prev, float* c_out,
+                                   float* c_save, uint16_t* h, int64_t ld_h, uint16_t* y, int64_t ld_y) {
+  // Two passes per row: the gates and c of every vector (four sigmoid chains each), then h = o tanh(c) four
+  // vectors at a time (four tanh chains), which keeps the long tanh chain off the critical path of the gates.
+  struct Pending {
+    __mmask16 m;
+    const float* c;
+    const float* o;
+    int64_t hu;
+  };
+  for (int64_t b = 0; b < rows; ++b) {
+    Pending pend[4];
+    int n = 0;
+    auto flush = [&] {
+      VN<4> cc, oo;
+      for (int q = 0; q < 4; ++q) {
+        const Pending& e = pend[q < n ? q : 0];
+        cc.v[q] = load(e.m, e.c);
+        oo.v[q] = load(e.m, e.o);
+      }
+      const VN<4> hh = oo * tanh_act(cc);
+      for (int q = 0; q < n; ++q) {
+        const __m256i h16 = (__m256i)to_bf16(hh.v[q]);
+        _mm256_mask_storeu_epi16(h + b * ld_h + pend[q].hu, pend[q].m, h16);
+        if (y != nullptr) _mm256_mask_storeu_epi16(y + b * ld_y + pend[q].hu, pend[q].m, h16);
+      }
+      n = 0;
+    };
+    for (int64_t k = k0; k < k1; ++k) {
+      const Block bl = block_of(l, k);
+      for (int64_t u = 0; u < bl.width; u += 16) {
+        const __mmask16 m = lanes(bl.width - u);
+        const int64_t cu = b * l.H + bl.unit + u;
+        float* g = gates + b * ld_g + bl.col + u;
+        forward_gates_vec(m, g, bl.width, keep_acts, bias != nullptr ? bias + bl.col + u : nullptr, c_prev + cu,
+                          c_out + cu, c_save != nullptr ? c_save + cu : nullptr);
+        pend[n++] = Pending{m, c_out + cu, g + 3 * bl.width, bl.unit + u};
+        if (n == 4) flush();
+      }
+    }
+    if (n > 0) flush();
+  }
+}
+#pragma GCC pop_options
+
 
 void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
                                const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
