@@ -229,7 +229,8 @@ struct Backward {
   const scalar_t* whh;  // W_hh, blocked rows (G, P)
   const scalar_t* whr;  // W_hr (P, H), or null
   const scalar_t* dy;   // output gradient slot rows (P wide)
-  scalar_t* dg;         // gate pre-activation gradients (N, G), blocked
+  scalar_t* dg;         // gate pre-activation gradients (N, G), blocked (left unwritten by a bfloat16 layer
+                        // on AVX-512, whose pointwise step rounds them straight into dg16)
   scalar_t* dh;         // per slot (B, P): recurrent gradient into h, ends as grad of hx
   scalar_t* dc;         // per slot (B, H): gradient into c, ends as grad of cx
   scalar_t* dhp;        // with proj: dh of every step (N, P), for the gradient of W_hr
@@ -238,8 +239,9 @@ struct Backward {
   // (used, G) and W_hh's blocked rows packed in k-pairs; both null otherwise.
   uint16_t* dg16 = nullptr;
   const uint16_t* whh16 = nullptr;
-  // With bfloat16 also the bias gradient, summed from the float32 gate gradients while they are in cache: one
-  // row of G per thread of the slot split (the unit split's threads own disjoint columns of row 0).
+  // With bfloat16 also the bias gradient, summed from the float32 gate gradients while they are in registers
+  // (AVX-512) or in cache: one row of G per thread of the slot split (the unit split's threads own disjoint
+  // columns of row 0); rows in the same order either way.
   scalar_t* dsum = nullptr;
 
   // dh[slots j0..j1, columns q0..q1] = dgates(step p) W_hh: the gradient that flows into step p - 1 (into hx
@@ -279,6 +281,14 @@ struct Backward {
       ld_b = P;
       dh_a = dh + j0 * P;
       ld_a = P;
+    }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (dg16 != nullptr && pointwise_has_avx512()) {  // rounded and summed inside the step
+        lstm_backward_tile_bf16_avx512(GateLayout{H, true}, j1 - j0, k0, k1, a + (off + j0) * G, G,
+                                       cs + (off + j0) * H, cs + (off_prev + j0) * H, n_prev, c0 + j0 * H, dh_a,
+                                       dh_b, ld_a, ld_b, dc + j0 * H, dg16 + (off + j0) * G, acc);
+        return;
+      }
     }
     lstm_backward_tile<scalar_t>(GateLayout{H, true}, j1 - j0, k0, k1, a + (off + j0) * G, G, cs + (off + j0) * H,
                                  cs + (off_prev + j0) * H, n_prev, c0 + j0 * H, dh_a, dh_b, ld_a, ld_b,

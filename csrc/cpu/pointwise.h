@@ -58,6 +58,14 @@ void lstm_forward_tile_bf16_avx512(GateLayout layout, int64_t rows, int64_t k0, 
                                    float* c_out, float* c_save, uint16_t* h, int64_t ld_h, uint16_t* y,
                                    int64_t ld_y);
 
+// lstm_backward_tile for a bfloat16 layer on AVX-512 (where lstm_forward_tile_bf16_avx512 runs): the
+// pre-activation gradients rounded to bfloat16 into dg16 (raw 16-bit patterns, row stride ld_g) and added, in
+// float32 and row by row, to bias_acc (G, the gate columns).
+void lstm_backward_tile_bf16_avx512(GateLayout layout, int64_t rows, int64_t k0, int64_t k1, const float* acts,
+                                    int64_t ld_g, const float* c, const float* c_prev_a, int64_t n_prev_a,
+                                    const float* c_prev_b, const float* dh_a, const float* dh_b, int64_t ld_dh,
+                                    int64_t ld_dhb, float* dc, uint16_t* dg16, float* bias_acc);
+
 // Whether the AVX-512 versions run (the CPU has AVX-512F and RNNEXT_DISABLE_AVX512 is not 1).
 bool pointwise_has_avx512();
 

@@ -89,6 +89,32 @@ inline void backward_vec(__mmask16 m, const float* a, int64_t gs, const float* c
   store(m, dc, dcp.v[0]);
 }
 
+// backward_vec for a bfloat16 layer: the four pre-activation gradients rounded to bfloat16 into dg16 (gates gs
+// apart) and, in float32, added to bias_acc (same columns).
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc, const float* cp,
+                              const float* dha, const float* dhb, float* dc, uint16_t* dg16, float* bias_acc) {
+  VN<1> i, f, g, o, tcv, cpv, dh, dcin;
+  i.v[0] = load(m, a);
+  f.v[0] = load(m, a + gs);
+  g.v[0] = load(m, a + 2 * gs);
+  o.v[0] = load(m, a + 3 * gs);
+  tcv.v[0] = tc;
+  cpv.v[0] = load(m, cp);
+  dh.v[0] = load(m, dha);
+  if (dhb != nullptr) dh.v[0] = _mm512_add_ps(dh.v[0], load(m, dhb));
+  dcin.v[0] = load(m, dc);
+  VN<1> d[4], dcp;
+  rnnext::kernels::lstm_backward_elem_tc(i, f, g, o, tcv, cpv, dh, dcin, d[0], d[1], d[2], d[3], dcp);
+  for (int q = 0; q < 4; ++q) {
+    _mm256_mask_storeu_epi16(dg16 + q * gs, m, (__m256i)_mm512_cvtneps_pbh(d[q].v[0]));
+    store(m, bias_acc + q * gs, _mm512_add_ps(load(m, bias_acc + q * gs), d[q].v[0]));
+  }
+  store(m, dc, dcp.v[0]);
+}
+#pragma GCC pop_options
+
 // A 16-lane vector (lanes m) of VN<1> from p.
 inline VN<1> ld1(__mmask16 m, const float* p) {
   VN<1> r;
@@ -267,6 +293,45 @@ void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k
     }
   }
 }
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+void lstm_backward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts,
+                                    int64_t ld_g, const float* c, const float* c_prev_a, int64_t n_prev_a,
+                                    const float* c_prev_b, const float* dh_a, const float* dh_b, int64_t ld_dh,
+                                    int64_t ld_dhb, float* dc, uint16_t* dg16, float* bias_acc) {
+  // Per row, tanh(c) four vectors at a time (four chains in flight), then the gradients vector by vector.
+  struct Vec {
+    __mmask16 m;
+    int64_t unit, col, width;
+  } pend[4];
+  for (int64_t b = 0; b < rows; ++b) {
+    const float* cpr = b < n_prev_a ? c_prev_a : c_prev_b;
+    int n = 0;
+    auto flush = [&] {
+      VN<4> cc;
+      for (int q = 0; q < 4; ++q) cc.v[q] = load(pend[q < n ? q : 0].m, c + b * l.H + pend[q < n ? q : 0].unit);
+      const VN<4> tc = tanh_act(cc);
+      for (int q = 0; q < n; ++q) {
+        const Vec& e = pend[q];
+        const int64_t cu = b * l.H + e.unit, du = b * ld_dh + e.unit, gc = b * ld_g + e.col;
+        backward_vec_bf16(e.m, acts + gc, e.width, tc.v[q], cpr + cu, dh_a + du,
+                          dh_b != nullptr ? dh_b + b * ld_dhb + e.unit : nullptr, dc + cu, dg16 + gc,
+                          bias_acc + e.col);
+      }
+      n = 0;
+    };
+    for (int64_t k = k0; k < k1; ++k) {
+      const Block bl = block_of(l, k);
+      for (int64_t u = 0; u < bl.width; u += 16) {
+        pend[n++] = Vec{lanes(bl.width - u), bl.unit + u, bl.col + u, bl.width};
+        if (n == 4) flush();
+      }
+    }
+    if (n > 0) flush();
+  }
+}
+#pragma GCC pop_options
 
 }  // namespace rnnext::cpu
 
