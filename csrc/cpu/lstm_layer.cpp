@@ -63,23 +63,29 @@ void pack_blocked_bf16(const Tensor& w_ih, const Tensor& w_hh, const Tensor& per
   const uint16_t* a = reinterpret_cast<const uint16_t*>(wi.const_data_ptr<c10::BFloat16>());
   const uint16_t* b = reinterpret_cast<const uint16_t*>(wh.const_data_ptr<c10::BFloat16>());
   const int64_t* pr = perm.const_data_ptr<int64_t>();
-  at::parallel_for(0, pairs, 16, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t k = 2 * p;
-      uint16_t* o = out + p * G * 2;
-      // A pair from one matrix moves as one 32-bit word; a pair that straddles w_ih and w_hh (odd I) or ends an
-      // odd K value by value.
-      const uint16_t* src = k + 1 < I ? a + k : k >= I && k + 1 < K ? b + (k - I) : nullptr;
-      const int64_t ld = k + 1 < I ? I : P;
-      if (src != nullptr) {
-        for (int64_t col = 0; col < G; ++col) std::memcpy(o + 2 * col, src + pr[col] * ld, 4);
-        continue;
-      }
-      for (int64_t col = 0; col < G; ++col) {
-        const int64_t r = pr[col];
-        for (int64_t i = 0; i < 2; ++i) {
-          const int64_t kk = k + i;
-          o[2 * col + i] = kk < I ? a[r * I + kk] : kk < K ? b[r * P + (kk - I)] : uint16_t(0);
+  // Columns in groups of 64 (64 source rows, 4 KiB of each matrix's row starts, stay in L1 across the pairs),
+  // the pairs of a group in order.
+  constexpr int64_t kCols = 64;
+  at::parallel_for(0, (G + kCols - 1) / kCols, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t c0 = g0 * kCols; c0 < std::min(G, g1 * kCols); c0 += kCols) {
+      const int64_t c1 = std::min(G, c0 + kCols);
+      for (int64_t p = 0; p < pairs; ++p) {
+        const int64_t k = 2 * p;
+        uint16_t* o = out + p * G * 2;
+        // A pair from one matrix moves as one 32-bit word; a pair that straddles w_ih and w_hh (odd I) or ends
+        // an odd K value by value.
+        const uint16_t* src = k + 1 < I ? a + k : k >= I && k + 1 < K ? b + (k - I) : nullptr;
+        const int64_t ld = k + 1 < I ? I : P;
+        if (src != nullptr) {
+          for (int64_t col = c0; col < c1; ++col) std::memcpy(o + 2 * col, src + pr[col] * ld, 4);
+          continue;
+        }
+        for (int64_t col = c0; col < c1; ++col) {
+          const int64_t r = pr[col];
+          for (int64_t i = 0; i < 2; ++i) {
+            const int64_t kk = k + i;
+            o[2 * col + i] = kk < I ? a[r * I + kk] : kk < K ? b[r * P + (kk - I)] : uint16_t(0);
+          }
         }
       }
     }
