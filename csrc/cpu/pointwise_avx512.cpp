@@ -152,30 +152,54 @@ inline __m256bh to_bf16(__m512 x) { return _mm512_cvtneps_pbh(x); }
 #pragma GCC pop_options
 
 
+// N vectors of a row (units u, u + 16, ...; lanes m[k]) at once: 2N sigmoid chains, then N tanh chains
+// (measured per 16 units, L1-resident rows: 30 ns one vector at a time, 21 ns two, 25 ns four).
+template <int N>
+inline void gru_forward_vecs(const __mmask16* m, const float* x, const float* g, int64_t H, float* h, float* h_out,
+                             float* sv) {
+  VN<N> xr, xz, xn, hr, hz, hn_, hp;
+  for (int k = 0; k < N; ++k) {
+    const int64_t o = 16 * k;
+    xr.v[k] = load(m[k], x + o);
+    xz.v[k] = load(m[k], x + H + o);
+    xn.v[k] = load(m[k], x + 2 * H + o);
+    hr.v[k] = load(m[k], g + o);
+    hz.v[k] = load(m[k], g + H + o);
+    hn_.v[k] = load(m[k], g + 2 * H + o);
+    hp.v[k] = load(m[k], h + o);
+  }
+  VN<N> r, z, n, hn;
+  rnnext::kernels::gru_forward_elem(xr, xz, xn, hr, hz, hn_, hp, r, z, n, hn);
+  for (int k = 0; k < N; ++k) {
+    const int64_t o = 16 * k;
+    store(m[k], h + o, hn.v[k]);
+    store(m[k], h_out + o, hn.v[k]);
+    if (sv != nullptr) {
+      store(m[k], sv + o, r.v[k]);
+      store(m[k], sv + H + o, z.v[k]);
+      store(m[k], sv + 2 * H + o, n.v[k]);
+      store(m[k], sv + 3 * H + o, hn_.v[k]);
+    }
+  }
+}
+
 void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
                            float* saved) {
   for (int64_t j = 0; j < rows; ++j) {
     const float* x = gx + j * 3 * H;
     const float* g = gh + j * 3 * H;
-    for (int64_t u = 0; u < H; u += 16) {
-      const __mmask16 m = lanes(H - u);
-      const VN<1> ghn = ld1(m, g + 2 * H + u);
-      VN<1> r, z, n, hn;
-      rnnext::kernels::gru_forward_elem(ld1(m, x + u), ld1(m, x + H + u), ld1(m, x + 2 * H + u), ld1(m, g + u),
-                                        ld1(m, g + H + u), ghn, ld1(m, h + j * H + u), r, z, n, hn);
-      store(m, h + j * H + u, hn.v[0]);
-      store(m, h_out + j * H + u, hn.v[0]);
-      if (saved != nullptr) {
-        float* sv = saved + j * 4 * H + u;
-        store(m, sv, r.v[0]);
-        store(m, sv + H, z.v[0]);
-        store(m, sv + 2 * H, n.v[0]);
-        store(m, sv + 3 * H, ghn.v[0]);
-      }
+    float* sv = saved != nullptr ? saved + j * 4 * H : nullptr;
+    int64_t u = 0;
+    for (; u + 32 <= H; u += 32) {
+      const __mmask16 m[2] = {__mmask16(0xFFFF), __mmask16(0xFFFF)};
+      gru_forward_vecs<2>(m, x + u, g + u, H, h + j * H + u, h_out + j * H + u, sv != nullptr ? sv + u : nullptr);
+    }
+    for (; u < H; u += 16) {
+      const __mmask16 m[1] = {lanes(H - u)};
+      gru_forward_vecs<1>(m, x + u, g + u, H, h + j * H + u, h_out + j * H + u, sv != nullptr ? sv + u : nullptr);
     }
   }
 }
-
 void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
                             float* dgx, float* dgh, float* dh_direct) {
   for (int64_t j = 0; j < rows; ++j) {
