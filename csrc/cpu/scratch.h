@@ -27,6 +27,12 @@ enum class ScratchSlot : int {
   kSpinnOperand,
   kSpinnTrackerGrads,
   kSpinnTrackerInputs,
+  // Their bfloat16 versions (a native bfloat16 call): the pre-activation gradients, the tracker's gate gradients
+  // and inputs, the weight gradients' operand.
+  kSpinnPreGradsBf16,
+  kSpinnTrackerGradsBf16,
+  kSpinnTrackerInputsBf16,
+  kSpinnOperandBf16,
   kCount
 };
 

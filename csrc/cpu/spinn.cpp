@@ -214,6 +214,12 @@ void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<
   });
 }
 
+// round_to_bf16 for the native (float32) instantiation of the kernels; never reached from the float64 one.
+inline void round_native(int64_t n, const float* src, uint16_t* dst) { round_to_bf16(n, src, dst); }
+inline void round_native(int64_t, const double*, uint16_t*) {
+  TORCH_CHECK(false, "rnnext::spinn_encode_backward: a bfloat16 operand from float64 values (internal error)");
+}
+
 // The forward in float32/float64; `native`: the float32 values are bfloat16 ones and the GEMMs run in bfloat16.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
@@ -375,6 +381,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   d_nodes.zero_();
   // composition pre-activation gradients
   Tensor D = scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, buffers.scalar_type());
+  // Natively, the weight gradients' operands are made in bfloat16 where their rows are computed: D's rows as the
+  // input-gradient GEMM rounds them, the tracker's gate gradients likewise, its inputs and the composition inputs
+  // rounded row by row (was: float32 copies, converted whole before ATen's bfloat16 GEMM).
+  const bool direct = native;
+  auto u16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>()); };
+  const Tensor D16 = direct ? scratch(ScratchSlot::kSpinnPreGradsBf16, {std::max<int64_t>(M, 1), G}, at::kBFloat16)
+                            : Tensor();
+  uint16_t* d16 = direct ? u16(D16) : nullptr;
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode_backward", [&] {
@@ -402,7 +416,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                        nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
                                        dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, Dp + k0 * G, dcl, dcr, H);
       gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, Dp + k0 * G, G, w.const_data_ptr<scalar_t>(),
-                                     native ? &w_p : nullptr, da, K, false);
+                                     native ? &w_p : nullptr, da, K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t r = k - k0;
         scalar_t* l = dref(plan.left[k]);
@@ -437,7 +451,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, buffers.scalar_type());
-      Tensor X_all = scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
+      Tensor X_all = direct ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
+      const Tensor dg16 = direct ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
+      const Tensor X16 = direct ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
+      uint16_t* dg16p = direct ? u16(dg16) : nullptr;
+      uint16_t* x16p = direct ? u16(X16) : nullptr;
       scalar_t* dg = d_gates.data_ptr<scalar_t>();
       std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
           dh_rec(B * Tt, scalar_t(0));
@@ -447,6 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt), n = b1 - b0;
           std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
+          std::vector<scalar_t> xt(direct ? B * KT : 0);  // (direct: this thread's rows of a step's inputs)
           for (int64_t t = S - 1; t >= 0; --t) {
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
@@ -460,7 +479,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg + (t * B + r0) * GT, GT,
                                              wt.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
-                                             dX.data() + r0 * KT, KT, false);
+                                             dX.data() + r0 * KT, KT, false,
+                                             dg16p != nullptr ? dg16p + (t * B + r0) * GT : nullptr);
             });
             for (int64_t b = b0; b < b1; ++b) {
               const scalar_t* dx = dX.data() + b * KT;
@@ -469,12 +489,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
               add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
               std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
             }
-            tracker_inputs<scalar_t>(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, b0, b1,
-                                     X_all.data_ptr<scalar_t>() + t * B * KT);
+            const scalar_t* h_prev = t == 0 ? zero_state.data() : th + (t - 1) * B * Tt;
+            if (!direct) {
+              tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X_all.data_ptr<scalar_t>() + t * B * KT);
+            } else {
+              tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, xt.data());
+              round_native(n * KT, xt.data() + b0 * KT, x16p + (t * B + b0) * KT);
+            }
           }
         }
       });
-      const Tensor dW = mm_tn(d_gates, X_all, native);  // (4Tt, 3H + Tt)
+      const Tensor dW = direct ? at::mm(dg16.t(), X16).to(at::kFloat) : mm_tn(d_gates, X_all, native);  // (4Tt, 3H + Tt)
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
       if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
@@ -483,6 +508,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     if (M > 0) {
       // [h_left | h_right | tracker h | 1] per node (the column of ones gives the bias gradient), then
       // [dW^T; db^T] = A^T D.
+      if (direct) {  // [h_left | h_right | tracker h] rounded, then [dW^T] = A^T D on the rounded D
+        const Tensor A16 = scratch(ScratchSlot::kSpinnOperandBf16, {M, K}, at::kBFloat16);
+        uint16_t* a16 = u16(A16);
+        at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) {
+            uint16_t* a = a16 + k * K;
+            round_native(H, ref(plan.left[k]), a);
+            round_native(H, ref(plan.right[k]), a + H);
+            if (s.tracker) round_native(Tt, th + (plan.step[k] * B + plan.row[k]) * Tt, a + 2 * H);
+          }
+        });
+        grad_w_comp = at::mm(A16.t(), D16.narrow(0, 0, M)).to(at::kFloat).t().contiguous();
+        if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
+        return;
+      }
       Tensor A_all = scratch(ScratchSlot::kSpinnOperand, {M, K + 1}, buffers.scalar_type());
       scalar_t* ap = A_all.data_ptr<scalar_t>();
       at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
