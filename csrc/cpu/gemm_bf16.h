@@ -60,10 +60,4 @@ void gemm_rows_maybe_bf16(int64_t M, int64_t N, int64_t K, const T* A, int64_t l
   gemm_rowmajor(M, N, K, A, lda, B, N, C, ldc, accumulate);
 }
 
-// A^T B for A (M, Ka) and B (M, N) float32: a bfloat16 GEMM (ATen's) of the operands rounded to bfloat16, as
-// float32 (Ka, N). For weight gradients of native bfloat16 kernels.
-inline at::Tensor mm_tn_bf16(const at::Tensor& A, const at::Tensor& B) {
-  return at::mm(A.to(at::kBFloat16).t(), B.to(at::kBFloat16)).to(at::kFloat);
-}
-
 }  // namespace rnnext::cpu

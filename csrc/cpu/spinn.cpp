@@ -86,7 +86,6 @@ struct SpinnShapes {
 // inputs, gate gradients) rounded to bfloat16 row by row, float32 accumulation; the weight gradients are
 // bfloat16 GEMMs too, the bias gradients sums of the float32 gate gradients.
 //
-Tensor mm_tn(const Tensor& A, const Tensor& B, bool native) { return native ? mm_tn_bf16(A, B) : at::mm(A.t(), B); }
 
 SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor& transitions, const Tensor& w_comp,
                              const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
@@ -384,11 +383,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   // Natively, the weight gradients' operands are made in bfloat16 where their rows are computed: D's rows as the
   // input-gradient GEMM rounds them, the tracker's gate gradients likewise, its inputs and the composition inputs
   // rounded row by row (was: float32 copies, converted whole before ATen's bfloat16 GEMM).
-  const bool direct = native;
   auto u16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>()); };
-  const Tensor D16 = direct ? scratch(ScratchSlot::kSpinnPreGradsBf16, {std::max<int64_t>(M, 1), G}, at::kBFloat16)
+  const Tensor D16 = native ? scratch(ScratchSlot::kSpinnPreGradsBf16, {std::max<int64_t>(M, 1), G}, at::kBFloat16)
                             : Tensor();
-  uint16_t* d16 = direct ? u16(D16) : nullptr;
+  uint16_t* d16 = native ? u16(D16) : nullptr;
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode_backward", [&] {
@@ -451,11 +449,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, buffers.scalar_type());
-      Tensor X_all = direct ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
-      const Tensor dg16 = direct ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
-      const Tensor X16 = direct ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
-      uint16_t* dg16p = direct ? u16(dg16) : nullptr;
-      uint16_t* x16p = direct ? u16(X16) : nullptr;
+      Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
+      const Tensor dg16 = native ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
+      const Tensor X16 = native ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
+      uint16_t* dg16p = native ? u16(dg16) : nullptr;
+      uint16_t* x16p = native ? u16(X16) : nullptr;
       scalar_t* dg = d_gates.data_ptr<scalar_t>();
       std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
           dh_rec(B * Tt, scalar_t(0));
@@ -465,7 +463,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt), n = b1 - b0;
           std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
-          std::vector<scalar_t> xt(direct ? B * KT : 0);  // (direct: this thread's rows of a step's inputs)
+          std::vector<scalar_t> xt(native ? B * KT : 0);  // (native: this thread's rows of a step's inputs)
           for (int64_t t = S - 1; t >= 0; --t) {
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
@@ -490,7 +488,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
               std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
             }
             const scalar_t* h_prev = t == 0 ? zero_state.data() : th + (t - 1) * B * Tt;
-            if (!direct) {
+            if (!native) {
               tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X_all.data_ptr<scalar_t>() + t * B * KT);
             } else {
               tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, xt.data());
@@ -499,7 +497,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
           }
         }
       });
-      const Tensor dW = direct ? at::mm(dg16.t(), X16).to(at::kFloat) : mm_tn(d_gates, X_all, native);  // (4Tt, 3H + Tt)
+      const Tensor dW = native ? at::mm(dg16.t(), X16).to(at::kFloat) : at::mm(d_gates.t(), X_all);  // (4Tt, 3H + Tt)
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
       if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
@@ -508,7 +506,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     if (M > 0) {
       // [h_left | h_right | tracker h | 1] per node (the column of ones gives the bias gradient), then
       // [dW^T; db^T] = A^T D.
-      if (direct) {  // [h_left | h_right | tracker h] rounded, then [dW^T] = A^T D on the rounded D
+      if (native) {  // [h_left | h_right | tracker h] rounded, then [dW^T] = A^T D on the rounded D
         const Tensor A16 = scratch(ScratchSlot::kSpinnOperandBf16, {M, K}, at::kBFloat16);
         uint16_t* a16 = u16(A16);
         at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
@@ -539,15 +537,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
           a[K] = scalar_t(1);
         }
       });
-      if (native) {
-        grad_w_comp = mm_tn(A_all.narrow(1, 0, K), D.narrow(0, 0, M), true).t().contiguous();
-        if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
-      } else {
-        Tensor grad_cat_t = at::empty({K + 1, G}, opts);
-        gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
-        grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
-        if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).clone();  // own storage: outputs must not alias
-      }
+      Tensor grad_cat_t = at::empty({K + 1, G}, opts);
+      gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
+      grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
+      if (b_comp.has_value()) grad_b_comp = grad_cat_t.select(0, K).clone();  // own storage: outputs must not alias
     } else {
       grad_w_comp = at::zeros({G, K}, opts);
       if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
