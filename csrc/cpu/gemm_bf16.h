@@ -2,7 +2,6 @@
 // AVX512-BF16's dot-product instruction. bfloat16 values are passed as their raw 16-bit patterns.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/mm.h>
 
 #include <cstdint>
 #include <type_traits>
