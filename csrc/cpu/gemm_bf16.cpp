@@ -3,6 +3,8 @@
 // compiled for AVX-512 BF16 and is only entered on CPUs that have it (gemm_bf16_available).
 #include "cpu/gemm_bf16.h"
 
+#include <ATen/Parallel.h>
+
 #include <immintrin.h>
 
 #include <cstdint>
@@ -49,6 +51,40 @@ void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint1
     }
   }
 }
+
+namespace {
+// B in bfloat16 packed in k-pairs (pack_bf16_pairs's layout) from src, float32 (rounded as round_to_bf16 does:
+// exact for bfloat16 values) or bfloat16: B = src (Kb x N), or with `transposed` B = src^T (src N x Kb).
+std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
+  const at::Tensor c = src.scalar_type() == at::kBFloat16 ? src.contiguous() : src.contiguous().to(at::kFloat);
+  const int64_t rows = c.size(0), cols = c.size(1);
+  const int64_t Kb = transposed ? cols : rows, N = transposed ? rows : cols, pairs = (Kb + 1) / 2;
+  std::vector<uint16_t> out(static_cast<size_t>(pairs * N * 2));
+  const bool bf = c.scalar_type() == at::kBFloat16;
+  const uint16_t* s16 = bf ? reinterpret_cast<const uint16_t*>(c.const_data_ptr<c10::BFloat16>()) : nullptr;
+  const float* s32 = bf ? nullptr : c.const_data_ptr<float>();
+  auto value = [&](int64_t k, int64_t n) -> uint16_t {  // B[k][n]
+    if (k >= Kb) return 0;
+    const int64_t i = transposed ? n * cols + k : k * cols + n;
+    return bf ? s16[i] : round_one(s32[i]);
+  };
+  // Columns of B in groups of 64 (transposed: their source rows' current cache lines stay in L1 across the
+  // pairs), the pairs in order.
+  at::parallel_for(0, (N + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t n0 = g0 * 64; n0 < std::min(N, g1 * 64); n0 += 64)
+      for (int64_t p = 0; p < pairs; ++p)
+        for (int64_t n = n0; n < std::min(N, n0 + 64); ++n) {
+          uint16_t* o = out.data() + (p * N + n) * 2;
+          o[0] = value(2 * p, n);
+          o[1] = value(2 * p + 1, n);
+        }
+  });
+  return out;
+}
+}  // namespace
+
+std::vector<uint16_t> pack_bf16(const at::Tensor& b) { return pack_pairs_from(b, false); }
+std::vector<uint16_t> pack_bf16_t(const at::Tensor& w) { return pack_pairs_from(w, true); }
 
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
                        int64_t ldc, bool accumulate, uint16_t* a16) {

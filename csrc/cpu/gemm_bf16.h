@@ -37,14 +37,13 @@ void round_to_bf16(int64_t n, const float* src, uint16_t* dst);
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
                        int64_t ldc, bool accumulate, uint16_t* a16 = nullptr);
 
-// b (K, N), float32 holding bfloat16 values or bfloat16, in bfloat16 packed in k-pairs for gemm_bf16_packed.
-inline std::vector<uint16_t> pack_bf16(const at::Tensor& b) {
-  const at::Tensor c = b.to(at::kBFloat16).contiguous();
-  std::vector<uint16_t> out(static_cast<size_t>((c.size(0) + 1) / 2 * c.size(1) * 2));
-  pack_bf16_pairs(c.size(0), c.size(1), reinterpret_cast<const uint16_t*>(c.const_data_ptr<c10::BFloat16>()),
-                  c.size(1), out.data());
-  return out;
-}
+// b (K, N), float32 holding bfloat16 values or bfloat16, any strides, in bfloat16 packed in k-pairs for
+// gemm_bf16_packed (float32 values rounded as round_to_bf16 does; read in place, no converted copy).
+std::vector<uint16_t> pack_bf16(const at::Tensor& b);
+
+// w^T (w: (N, K), float32 holding bfloat16 values or bfloat16, any strides) in bfloat16 packed in k-pairs for
+// gemm_bf16_packed, read straight from w's rows (no transposed copy): pack_bf16(w.t()) without the copies.
+std::vector<uint16_t> pack_bf16_t(const at::Tensor& w);
 
 // C[M, N] = (accumulate ? C : 0) + A[M, K] @ B (B row-major, leading dimension N) by the float GEMM; or, given
 // Bp (B packed by pack_bf16: a native bfloat16 call, float only), on bfloat16 operands (gemm_bf16_rounded, A's

@@ -230,8 +230,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
   const auto opts = buffers.options();
   const Tensor buf = buffers.contiguous();
-  const Tensor wc_t = w_comp.t().contiguous();  // (K, 5H)
-  const std::vector<uint16_t> wc_p = native ? pack_bf16(wc_t) : std::vector<uint16_t>();
+  // (K, 5H): float32 for the float GEMMs; natively, packed from w_comp's rows.
+  const Tensor wc_t = native ? Tensor() : w_comp.t().contiguous();
+  const std::vector<uint16_t> wc_p = native ? pack_bf16_t(w_comp) : std::vector<uint16_t>();
   const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
   Tensor top = at::empty({B, H}, opts);
   // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
@@ -258,7 +259,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     auto compose_rows = [&](int64_t k0, int64_t k1, const scalar_t* trk, scalar_t* a, scalar_t* cl, scalar_t* cr,
                             scalar_t* pre) {
       composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, a, cl, cr);
-      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, G, K, a, K, wc_t.const_data_ptr<scalar_t>(), native ? &wc_p : nullptr,
+      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, G, K, a, K, native ? nullptr : wc_t.const_data_ptr<scalar_t>(),
+                                     native ? &wc_p : nullptr,
                                      pre, G, false);
       treelstm_forward_rows<scalar_t>(k1 - k0, H, pre, bias, cl, cr, H, pre, nd + k0 * 2 * H, nd + k0 * 2 * H + H,
                                       2 * H);
@@ -279,8 +281,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i) compose(plan.batch_start[i], plan.batch_start[i + 1], nullptr);
     } else {
       const int64_t KT = 3 * H + Tt;
-      const Tensor wt_t = at::cat({*t_w_ih, *t_w_hh}, 1).t().contiguous();  // (3H + Tt, 4Tt)
-      const std::vector<uint16_t> wt_p = native ? pack_bf16(wt_t) : std::vector<uint16_t>();
+      const Tensor wt_cat = at::cat({*t_w_ih, *t_w_hh}, 1);  // (4Tt, 3H + Tt)
+      const Tensor wt_t = native ? Tensor() : wt_cat.t().contiguous();
+      const std::vector<uint16_t> wt_p = native ? pack_bf16_t(wt_cat) : std::vector<uint16_t>();
       const std::optional<Tensor> tb = sum_biases(t_b_ih, t_b_hh);
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
       std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
@@ -301,7 +304,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
             tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               gemm_rows_maybe_bf16<scalar_t>(r1 - r0, 4 * Tt, KT, X.data() + r0 * KT, KT,
-                                             wt_t.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                             native ? nullptr : wt_t.const_data_ptr<scalar_t>(),
+                                             native ? &wt_p : nullptr,
                                              g + r0 * 4 * Tt, 4 * Tt, false);
             });
             lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
@@ -340,7 +344,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
                            false);
 }
 
-// The backward in float32/float64; `native` as for spinn_encode_impl.
+// The backward in float32/float64; `native` as for spinn_encode_impl (the weight gradients then come back in
+// bfloat16 already).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_impl(
     const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
     const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
@@ -497,7 +502,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
           }
         }
       });
-      const Tensor dW = native ? at::mm(dg16.t(), X16).to(at::kFloat) : at::mm(d_gates.t(), X_all);  // (4Tt, 3H + Tt)
+      // (4Tt, 3H + Tt); natively in bfloat16, the gradients' final dtype.
+      const Tensor dW = native ? at::mm(dg16.t(), X16) : at::mm(d_gates.t(), X_all);
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
       if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
@@ -517,7 +523,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
             if (s.tracker) round_native(Tt, th + (plan.step[k] * B + plan.row[k]) * Tt, a + 2 * H);
           }
         });
-        grad_w_comp = at::mm(A16.t(), D16.narrow(0, 0, M)).to(at::kFloat).t().contiguous();
+        // (bfloat16, the gradient's final dtype: the bfloat16 wrapper's conversion is then a no-op.)
+        grad_w_comp = at::mm(D16.narrow(0, 0, M).t(), A16);
         if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
         return;
       }
