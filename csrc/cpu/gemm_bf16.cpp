@@ -53,6 +53,9 @@ void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint1
 }
 
 namespace {
+void interleave_rows_avx512(int64_t n, const float* r0, const float* r1, uint16_t* out);
+void interleave_rows_avx512(int64_t n, const uint16_t* r0, const uint16_t* r1, uint16_t* out);
+
 // B in bfloat16 packed in k-pairs (pack_bf16_pairs's layout) from src, float32 (rounded as round_to_bf16 does:
 // exact for bfloat16 values) or bfloat16: B = src (Kb x N), or with `transposed` B = src^T (src N x Kb).
 std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
@@ -63,21 +66,45 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
   const bool bf = c.scalar_type() == at::kBFloat16;
   const uint16_t* s16 = bf ? reinterpret_cast<const uint16_t*>(c.const_data_ptr<c10::BFloat16>()) : nullptr;
   const float* s32 = bf ? nullptr : c.const_data_ptr<float>();
-  auto value = [&](int64_t k, int64_t n) -> uint16_t {  // B[k][n]
-    if (k >= Kb) return 0;
-    const int64_t i = transposed ? n * cols + k : k * cols + n;
-    return bf ? s16[i] : round_one(s32[i]);
-  };
-  // Columns of B in groups of 64 (transposed: their source rows' current cache lines stay in L1 across the
-  // pairs), the pairs in order.
-  at::parallel_for(0, (N + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t n0 = g0 * 64; n0 < std::min(N, g1 * 64); n0 += 64)
-      for (int64_t p = 0; p < pairs; ++p)
-        for (int64_t n = n0; n < std::min(N, n0 + 64); ++n) {
-          uint16_t* o = out.data() + (p * N + n) * 2;
-          o[0] = value(2 * p, n);
-          o[1] = value(2 * p + 1, n);
+  if (!transposed) {
+    // Rows 2p and 2p + 1 of B interleaved (a zero row completing an odd Kb).
+    const std::vector<float> zf(bf ? 0 : N, 0.0f);
+    const std::vector<uint16_t> z16(bf ? N : 0, 0);
+    at::parallel_for(0, pairs, 8, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        uint16_t* o = out.data() + p * N * 2;
+        const bool whole = 2 * p + 1 < Kb;
+        if (!gemm_bf16_available()) {
+          for (int64_t n = 0; n < N; ++n) {
+            o[2 * n] = bf ? s16[2 * p * N + n] : round_one(s32[2 * p * N + n]);
+            o[2 * n + 1] = !whole ? uint16_t(0) : bf ? s16[(2 * p + 1) * N + n] : round_one(s32[(2 * p + 1) * N + n]);
+          }
+        } else if (bf) {
+          interleave_rows_avx512(N, s16 + 2 * p * N, whole ? s16 + (2 * p + 1) * N : z16.data(), o);
+        } else {
+          interleave_rows_avx512(N, s32 + 2 * p * N, whole ? s32 + (2 * p + 1) * N : zf.data(), o);
         }
+      }
+    });
+    return out;
+  }
+  // B = src^T: pair p of column n is elements 2p, 2p + 1 of src's row n, one 32-bit word once the row is in
+  // bfloat16; rows in groups of 64 (rounded into a buffer), their words scattered pair by pair.
+  at::parallel_for(0, (N + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<uint16_t> buf(static_cast<size_t>(64 * pairs * 2));
+    for (int64_t n0 = g0 * 64; n0 < std::min(N, g1 * 64); n0 += 64) {
+      const int64_t nn = std::min<int64_t>(64, N - n0);
+      for (int64_t r = 0; r < nn; ++r) {
+        uint16_t* b = buf.data() + r * pairs * 2;
+        if (bf)
+          std::copy(s16 + (n0 + r) * Kb, s16 + (n0 + r + 1) * Kb, b);
+        else
+          round_to_bf16(Kb, s32 + (n0 + r) * Kb, b);
+        if (Kb % 2 != 0) b[Kb] = 0;
+      }
+      for (int64_t p = 0; p < pairs; ++p)
+        for (int64_t r = 0; r < nn; ++r) std::memcpy(out.data() + (p * N + n0 + r) * 2, buf.data() + (r * pairs + p) * 2, 4);
+    }
   });
   return out;
 }
@@ -176,6 +203,22 @@ void rows(int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* 
 }  // namespace
 
 namespace {
+void interleave_rows_avx512(int64_t n, const float* r0, const float* r1, uint16_t* out) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - c)) - 1u);
+    const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r0 + c)));
+    const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r1 + c)));
+    _mm512_mask_storeu_epi32(out + 2 * c, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+void interleave_rows_avx512(int64_t n, const uint16_t* r0, const uint16_t* r1, uint16_t* out) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - c)) - 1u);
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + c));
+    const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + c));
+    _mm512_mask_storeu_epi32(out + 2 * c, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
 void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
