@@ -461,7 +461,7 @@ struct CpuPointwiseBf16 : CpuPointwise {
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     if (x.size(0) < kMinRows || x.scalar_type() != at::kFloat || !out.is_contiguous() || !x.is_contiguous())
       return CpuPointwise::linear_out(out, x, w, b);
-    const std::vector<uint16_t> wp = pack_bf16(w.t());  // (K, G)
+    const std::vector<uint16_t> wp = pack_bf16_t(w);  // (K, G), from w's rows
     const int64_t n = x.size(0), G = w.size(0), K = w.size(1);
     const Tensor bias = b.has_value() ? b->contiguous() : Tensor();
     const float* xp = x.const_data_ptr<float>();
