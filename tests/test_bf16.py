@@ -108,11 +108,11 @@ def test_bf16_modules_within_stock_bf16_error(kind, layers, bidir, inp, give_hx)
 @pytest.mark.parametrize("B,I,H", [(40, 24, 32), (41, 24, 32), (40, 23, 33)])
 def test_bf16_native_sizes(threads, kind, inp, B, I, H):
     """The LSTM, GRU and RNN layers at sizes where the native bfloat16 path runs on AVX512-BF16 CPUs (batch 40
-    and 41: the slot split at 1 and 2 threads; 480 or 533 input rows, the latter odd: the LSTM packs its gate
-    gradients and [x h] in row pairs for the weight gradients' GEMM, the last row partnered with zeros; the
-    input projection on the bfloat16 micro-kernel; odd input and hidden sizes: odd GEMM depths, whose last
-    k-pair has a zero partner, and partial vectors), two layers, bidirectional, every output and gradient within
-    1.5x stock bfloat16's relative RMS error (or the floor) and, for LSTM, its largest error too."""
+    and 41: the slot split at 1 and 2 threads, even and uneven halves; 480 or 533 input rows: the input
+    projection on the bfloat16 micro-kernel; odd input and hidden sizes: odd GEMM depths, whose last k-pair has
+    a zero partner, and partial vectors in the pointwise steps), two layers, bidirectional, every output and
+    gradient within 1.5x stock bfloat16's relative RMS error (or the floor) and, for LSTM, its largest error
+    too."""
     T = 12 if B % 2 == 0 else 13
     stock, ours, oracle = _modules(kind, I, H, num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(5)

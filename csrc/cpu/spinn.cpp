@@ -85,7 +85,6 @@ struct SpinnShapes {
 // the weights (exact in bfloat16) packed once per call, the float32 left operands (gathered children, tracker
 // inputs, gate gradients) rounded to bfloat16 row by row, float32 accumulation; the weight gradients are
 // bfloat16 GEMMs too, the bias gradients sums of the float32 gate gradients.
-//
 
 SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor& transitions, const Tensor& w_comp,
                              const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
@@ -260,8 +259,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
                             scalar_t* pre) {
       composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, a, cl, cr);
       gemm_rows_maybe_bf16<scalar_t>(k1 - k0, G, K, a, K, native ? nullptr : wc_t.const_data_ptr<scalar_t>(),
-                                     native ? &wc_p : nullptr,
-                                     pre, G, false);
+                                     native ? &wc_p : nullptr, pre, G, false);
       treelstm_forward_rows<scalar_t>(k1 - k0, H, pre, bias, cl, cr, H, pre, nd + k0 * 2 * H, nd + k0 * 2 * H + H,
                                       2 * H);
     };
@@ -305,8 +303,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               gemm_rows_maybe_bf16<scalar_t>(r1 - r0, 4 * Tt, KT, X.data() + r0 * KT, KT,
                                              native ? nullptr : wt_t.const_data_ptr<scalar_t>(),
-                                             native ? &wt_p : nullptr,
-                                             g + r0 * 4 * Tt, 4 * Tt, false);
+                                             native ? &wt_p : nullptr, g + r0 * 4 * Tt, 4 * Tt, false);
             });
             lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
                                         c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt,
