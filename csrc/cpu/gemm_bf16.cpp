@@ -40,24 +40,11 @@ void round_to_bf16(int64_t n, const float* src, uint16_t* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = round_one(src[i]);
 }
 
-void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint16_t* out) {
-  const int64_t pairs = (K + 1) / 2;
-  for (int64_t p = 0; p < pairs; ++p) {
-    const uint16_t* r0 = B + 2 * p * ldb;
-    const uint16_t* r1 = 2 * p + 1 < K ? r0 + ldb : nullptr;
-    uint16_t* o = out + p * N * 2;
-    for (int64_t n = 0; n < N; ++n) {
-      o[2 * n] = r0[n];
-      o[2 * n + 1] = r1 != nullptr ? r1[n] : uint16_t(0);
-    }
-  }
-}
-
 namespace {
 void interleave_rows_avx512(int64_t n, const float* r0, const float* r1, uint16_t* out);
 void interleave_rows_avx512(int64_t n, const uint16_t* r0, const uint16_t* r1, uint16_t* out);
 
-// B in bfloat16 packed in k-pairs (pack_bf16_pairs's layout) from src, float32 (rounded as round_to_bf16 does:
+// B in bfloat16 packed in k-pairs (gemm_bf16.h's layout) from src, float32 (rounded as round_to_bf16 does:
 // exact for bfloat16 values) or bfloat16: B = src (Kb x N), or with `transposed` B = src^T (src N x Kb).
 std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
   const at::Tensor c = src.scalar_type() == at::kBFloat16 ? src.contiguous() : src.contiguous().to(at::kFloat);
@@ -131,7 +118,7 @@ void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t 
 namespace {
 
 // A pair of bfloat16 values of row r of A at k-pair p, broadcast to every lane (the last pair of an odd K gets
-// a zero partner, matching the zero row pack_bf16_pairs adds to B).
+// a zero partner, matching the zero row that completes a packed B).
 inline __m512bh a_pair(const uint16_t* a, int64_t p, int64_t K) {
   uint32_t v;
   if (2 * p + 1 < K)

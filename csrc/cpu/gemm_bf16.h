@@ -14,12 +14,11 @@ namespace rnnext::cpu {
 // Whether this CPU runs gemm_bf16_packed (AVX512-BF16 and AVX512-BW).
 bool gemm_bf16_available();
 
-// B (K x N, row-major, leading dimension ldb) packed in k-pairs: out[(p * N + n) * 2 + i] = B[2p + i][n], a zero
-// row completing an odd K. out holds ceil(K / 2) * N * 2 values.
-void pack_bf16_pairs(int64_t K, int64_t N, const uint16_t* B, int64_t ldb, uint16_t* out);
-
+// B (K x N) packed in k-pairs: Bp[(p * N + n) * 2 + i] = B[2p + i][n], a zero row completing an odd K;
+// ceil(K / 2) * N * 2 values (pack_bf16, pack_bf16_t below).
+//
 // C[M, N] (float, leading dimension ldc) = (accumulate ? C : 0) + A[M, K] @ B, A row-major bfloat16 (leading
-// dimension lda), Bp a pack_bf16_pairs of B whose packed rows hold ldb columns (the product uses the first N
+// dimension lda), Bp B packed in k-pairs, its packed rows holding ldb columns (the product uses the first N
 // of them: pass Bp + 2 * n0 for columns starting at n0). Products are exact in float32 and summed in float32,
 // in a fixed order for given sizes. Only on CPUs where gemm_bf16_available().
 void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
@@ -32,7 +31,7 @@ void round_to_bf16(int64_t n, const float* src, uint16_t* dst);
 
 // C[M, N] = (accumulate ? C : 0) + round_bf16(A[M, K]) @ B: a float32 left operand (leading dimension lda)
 // rounded to bfloat16 row by row into a16 (M x K, for a caller that keeps the rounded rows; nullptr: a
-// per-thread buffer), then gemm_bf16_packed with Bp, the pack_bf16_pairs of B whose packed rows hold N columns.
+// per-thread buffer), then gemm_bf16_packed with Bp, B packed in k-pairs with packed rows of N columns.
 // Only on CPUs where gemm_bf16_available().
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
                        int64_t ldc, bool accumulate, uint16_t* a16 = nullptr);

@@ -54,8 +54,8 @@ constexpr int64_t kParallelStepWork = 1 << 15;
 int64_t grain_for(int64_t items, int64_t work) { return work < kParallelStepWork ? items : 1; }
 
 // ---------------------------------------------------------------------------------------------------------
-// [w_ih w_hh]^T (K = I + P rows, 4H blocked columns) of bfloat16 weights, packed in k-pairs as
-// pack_bf16_pairs lays B out (out[(p G + col) 2 + i] = row 2p + i of column col, a zero completing an odd K),
+// [w_ih w_hh]^T (K = I + P rows, 4H blocked columns) of bfloat16 weights, packed in k-pairs as cpu/gemm_bf16.h
+// lays B out (out[(p G + col) 2 + i] = row 2p + i of column col, a zero completing an odd K),
 // read once from PyTorch's gate-major rows: column col is row perm[col] of [w_ih | w_hh].
 void pack_blocked_bf16(const Tensor& w_ih, const Tensor& w_hh, const Tensor& perm, uint16_t* out) {
   const Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
@@ -408,13 +408,12 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
   // (In the state gradients' dtype: float32 for a bfloat16 layer, whose recurrence runs in float32 but for the
   // recurrent GEMM: bfloat16 gate gradients and W_hh, float32 accumulation.)
   const bool bf16 = b.w_hh.scalar_type() == at::kBFloat16 && !proj;
-  const Tensor w_hh_blocked = b.w_hh.index_select(0, blocked_gate_perm(H)).to(b.dh.scalar_type()).contiguous();
-  Tensor whh16, dg16;
+  // W_hh's blocked rows (G, P): in the state gradients' dtype for the float GEMMs, or packed in k-pairs.
+  const Tensor w_hh_rows = b.w_hh.index_select(0, blocked_gate_perm(H));
+  const Tensor w_hh_blocked = bf16 ? Tensor() : w_hh_rows.to(b.dh.scalar_type()).contiguous();
+  const std::vector<uint16_t> whh16 = bf16 ? pack_bf16(w_hh_rows) : std::vector<uint16_t>();
+  Tensor dg16;
   if (bf16) {
-    const Tensor w = b.w_hh.index_select(0, blocked_gate_perm(H)).contiguous();  // (G, P) bfloat16
-    whh16 = at::empty({(G + 1) / 2 * 2, P}, w.options());
-    pack_bf16_pairs(G, P, reinterpret_cast<const uint16_t*>(w.const_data_ptr<c10::BFloat16>()), P,
-                    reinterpret_cast<uint16_t*>(whh16.data_ptr<c10::BFloat16>()));
     dg16 = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), G}, at::kBFloat16);
     b.scratch = dg16;  // complete after the loop: lstm_fused_weight_grads's operand
     b.bias_grad = at::zeros({std::max<int64_t>(1, slot_split_threads(B)), G}, b.dh.options());
@@ -423,15 +422,14 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
   AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "lstm_layer_backward", [&] {
     const Backward<scalar_t> bw{st, B, H, P, G, num_unit_blocks(H), proj, b.saved.const_data_ptr<scalar_t>(),
                                 b.cells.const_data_ptr<scalar_t>(), b.c0.const_data_ptr<scalar_t>(),
-                                w_hh_blocked.const_data_ptr<scalar_t>(),
+                                bf16 ? nullptr : w_hh_blocked.const_data_ptr<scalar_t>(),
                                 proj ? b.w_hr.const_data_ptr<scalar_t>() : nullptr,
                                 b.dy_slots.const_data_ptr<scalar_t>(), b.dgx.data_ptr<scalar_t>(),
                                 b.dh.data_ptr<scalar_t>(), b.dc.data_ptr<scalar_t>(),
                                 proj ? b.dh_proj.data_ptr<scalar_t>() : nullptr,
                                 proj ? dh_full.data_ptr<scalar_t>() : nullptr,
                                 bf16 ? reinterpret_cast<uint16_t*>(dg16.data_ptr<c10::BFloat16>()) : nullptr,
-                                bf16 ? reinterpret_cast<const uint16_t*>(whh16.const_data_ptr<c10::BFloat16>())
-                                     : nullptr,
+                                bf16 ? whh16.data() : nullptr,
                                 bf16 ? b.bias_grad.data_ptr<scalar_t>() : nullptr};
     if (const int64_t nt = slot_split_threads(B))
       bw.run_by_slots(nt);

@@ -40,23 +40,33 @@ inline void store(__mmask16 m, float* p, __m512 x) {
     _mm512_mask_storeu_ps(p, m, x);
 }
 
-// One 16-lane vector (lanes m) of the forward step: gates at g + j * gs, bias (may be null) at bias + j * gs.
+// A 16-lane vector (lanes m) of VN<1> from p.
+inline VN<1> ld1(__mmask16 m, const float* p) {
+  VN<1> r;
+  r.v[0] = load(m, p);
+  return r;
+}
+
+// One 16-lane vector (lanes m) of the forward step's gates: pre-activations at g + j * gs, bias (may be null) at
+// bias + j * gs, the previous c at cp; the activations and c out.
+inline void forward_gates(__mmask16 m, const float* g, int64_t gs, const float* bias, const float* cp, VN<1>& i,
+                          VN<1>& f, VN<1>& gg, VN<1>& o, VN<1>& c) {
+  VN<1> pi = ld1(m, g), pf = ld1(m, g + gs), pg = ld1(m, g + 2 * gs), po = ld1(m, g + 3 * gs);
+  if (bias != nullptr) {
+    pi = pi + ld1(m, bias);
+    pf = pf + ld1(m, bias + gs);
+    pg = pg + ld1(m, bias + 2 * gs);
+    po = po + ld1(m, bias + 3 * gs);
+  }
+  rnnext::kernels::lstm_forward_gates_elem(pi, pf, pg, po, ld1(m, cp), i, f, gg, o, c);
+}
+
+// One 16-lane vector of the forward step: the activations overwrite the gates, c and h stored.
 inline void forward_vec(__mmask16 m, float* g, int64_t gs, const float* bias, const float* cp, float* co,
                         float* cs, float* h, float* y) {
-  VN<1> pi, pf, pg, po, c_prev;
-  pi.v[0] = load(m, g);
-  pf.v[0] = load(m, g + gs);
-  pg.v[0] = load(m, g + 2 * gs);
-  po.v[0] = load(m, g + 3 * gs);
-  if (bias != nullptr) {
-    pi.v[0] = _mm512_add_ps(pi.v[0], load(m, bias));
-    pf.v[0] = _mm512_add_ps(pf.v[0], load(m, bias + gs));
-    pg.v[0] = _mm512_add_ps(pg.v[0], load(m, bias + 2 * gs));
-    po.v[0] = _mm512_add_ps(po.v[0], load(m, bias + 3 * gs));
-  }
-  c_prev.v[0] = load(m, cp);
-  VN<1> i, f, gg, o, c, hh;
-  rnnext::kernels::lstm_forward_elem(pi, pf, pg, po, c_prev, i, f, gg, o, c, hh);
+  VN<1> i, f, gg, o, c;
+  forward_gates(m, g, gs, bias, cp, i, f, gg, o, c);
+  const VN<1> hh = o * tanh_act(c);  // (kernels/lstm.h's h)
   store(m, g, i.v[0]);
   store(m, g + gs, f.v[0]);
   store(m, g + 2 * gs, gg.v[0]);
@@ -67,76 +77,12 @@ inline void forward_vec(__mmask16 m, float* g, int64_t gs, const float* bias, co
   if (y != nullptr) store(m, y, hh.v[0]);
 }
 
-inline void backward_vec(__mmask16 m, const float* a, int64_t gs, const float* c, const float* cp, const float* dha,
-                         const float* dhb, float* dc, float* dg) {
-  VN<1> i, f, g, o, cc, cpv, dh, dcin;
-  i.v[0] = load(m, a);
-  f.v[0] = load(m, a + gs);
-  g.v[0] = load(m, a + 2 * gs);
-  o.v[0] = load(m, a + 3 * gs);
-  cc.v[0] = load(m, c);
-  cpv.v[0] = load(m, cp);
-  dh.v[0] = load(m, dha);
-  if (dhb != nullptr) dh.v[0] = _mm512_add_ps(dh.v[0], load(m, dhb));
-  dcin.v[0] = load(m, dc);
-  VN<1> di, df, dgg, dout, dcp;
-  rnnext::kernels::lstm_backward_elem(i, f, g, o, cc, cpv, dh, dcin, di, df, dgg, dout, dcp);
-  store(m, dg, di.v[0]);
-  store(m, dg + gs, df.v[0]);
-  store(m, dg + 2 * gs, dgg.v[0]);
-  store(m, dg + 3 * gs, dout.v[0]);
-  store(m, dc, dcp.v[0]);
-}
-
-// backward_vec for a bfloat16 layer: the four pre-activation gradients rounded to bfloat16 into dg16 (gates gs
-// apart) and, in float32, added to bias_acc (same columns).
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
-inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc, const float* cp,
-                              const float* dha, const float* dhb, float* dc, uint16_t* dg16, float* bias_acc) {
-  VN<1> i, f, g, o, tcv, cpv, dh, dcin;
-  i.v[0] = load(m, a);
-  f.v[0] = load(m, a + gs);
-  g.v[0] = load(m, a + 2 * gs);
-  o.v[0] = load(m, a + 3 * gs);
-  tcv.v[0] = tc;
-  cpv.v[0] = load(m, cp);
-  dh.v[0] = load(m, dha);
-  if (dhb != nullptr) dh.v[0] = _mm512_add_ps(dh.v[0], load(m, dhb));
-  dcin.v[0] = load(m, dc);
-  VN<1> d[4], dcp;
-  rnnext::kernels::lstm_backward_elem_tc(i, f, g, o, tcv, cpv, dh, dcin, d[0], d[1], d[2], d[3], dcp);
-  for (int q = 0; q < 4; ++q) {
-    _mm256_mask_storeu_epi16(dg16 + q * gs, m, (__m256i)_mm512_cvtneps_pbh(d[q].v[0]));
-    store(m, bias_acc + q * gs, _mm512_add_ps(load(m, bias_acc + q * gs), d[q].v[0]));
-  }
-  store(m, dc, dcp.v[0]);
-}
-#pragma GCC pop_options
-
-// A 16-lane vector (lanes m) of VN<1> from p.
-inline VN<1> ld1(__mmask16 m, const float* p) {
-  VN<1> r;
-  r.v[0] = load(m, p);
-  return r;
-}
-
 // The gate half of forward_vec for a bfloat16 layer (lstm_forward_tile_bf16_avx512): the activations (all four
 // written back with keep_acts, else only o, which the second pass reads) and c.
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
 inline void forward_gates_vec(__mmask16 m, float* g, int64_t gs, bool keep_acts, const float* bias, const float* cp,
                               float* co, float* cs) {
-  VN<1> pi = ld1(m, g), pf = ld1(m, g + gs), pg = ld1(m, g + 2 * gs), po = ld1(m, g + 3 * gs);
-  if (bias != nullptr) {
-    pi = pi + ld1(m, bias);
-    pf = pf + ld1(m, bias + gs);
-    pg = pg + ld1(m, bias + 2 * gs);
-    po = po + ld1(m, bias + 3 * gs);
-  }
-  VN<1> i, f, gg, o;
-  lstm_gate_activations(pi, pf, pg, po, i, f, gg, o);
-  const VN<1> c = f * ld1(m, cp) + i * gg;  // (kernels/lstm.h's c)
+  VN<1> i, f, gg, o, c;
+  forward_gates(m, g, gs, bias, cp, i, f, gg, o, c);
   if (keep_acts) {
     store(m, g, i.v[0]);
     store(m, g + gs, f.v[0]);
@@ -145,6 +91,40 @@ inline void forward_gates_vec(__mmask16 m, float* g, int64_t gs, bool keep_acts,
   store(m, g + 3 * gs, o.v[0]);
   store(m, co, c.v[0]);
   if (cs != nullptr) store(m, cs, c.v[0]);
+}
+
+// One 16-lane vector of the backward step given tc = tanh(c): the activations at a + j * gs, c_prev at cp, dh =
+// dha (+ dhb); dc holds the incoming dc and gets dc_prev; the four pre-activation gradients out.
+inline void backward_grads(__mmask16 m, const float* a, int64_t gs, const VN<1>& tc, const float* cp,
+                           const float* dha, const float* dhb, float* dc, VN<1> (&d)[4]) {
+  VN<1> dh = ld1(m, dha);
+  if (dhb != nullptr) dh = dh + ld1(m, dhb);
+  VN<1> dcp;
+  rnnext::kernels::lstm_backward_elem_tc(ld1(m, a), ld1(m, a + gs), ld1(m, a + 2 * gs), ld1(m, a + 3 * gs), tc,
+                                         ld1(m, cp), dh, ld1(m, dc), d[0], d[1], d[2], d[3], dcp);
+  store(m, dc, dcp.v[0]);
+}
+
+inline void backward_vec(__mmask16 m, const float* a, int64_t gs, const float* c, const float* cp, const float* dha,
+                         const float* dhb, float* dc, float* dg) {
+  VN<1> d[4];
+  backward_grads(m, a, gs, tanh_act(ld1(m, c)), cp, dha, dhb, dc, d);  // (kernels/lstm.h's lstm_backward_elem)
+  for (int q = 0; q < 4; ++q) store(m, dg + q * gs, d[q].v[0]);
+}
+
+// backward_vec for a bfloat16 layer, given tc = tanh(c): the four pre-activation gradients rounded to bfloat16
+// into dg16 (gates gs apart) and, in float32, added to bias_acc (same columns).
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc, const float* cp,
+                              const float* dha, const float* dhb, float* dc, uint16_t* dg16, float* bias_acc) {
+  VN<1> tcv, d[4];
+  tcv.v[0] = tc;
+  backward_grads(m, a, gs, tcv, cp, dha, dhb, dc, d);
+  for (int q = 0; q < 4; ++q) {
+    _mm256_mask_storeu_epi16(dg16 + q * gs, m, (__m256i)_mm512_cvtneps_pbh(d[q].v[0]));
+    store(m, bias_acc + q * gs, _mm512_add_ps(load(m, bias_acc + q * gs), d[q].v[0]));
+  }
 }
 #pragma GCC pop_options
 

@@ -14,11 +14,17 @@ RNNEXT_HD void lstm_gate_activations(T pi, T pf, T pg, T po, T& i, T& f, T& g, T
   o = sigmoid(po);
 }
 
-// Pre-activations (pi, pf, pg, po) and the previous cell state in; activations, c and h out.
+// Pre-activations (pi, pf, pg, po) and the previous cell state in; activations and c out.
 template <typename T>
-RNNEXT_HD void lstm_forward_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c, T& h) {
+RNNEXT_HD void lstm_forward_gates_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c) {
   lstm_gate_activations(pi, pf, pg, po, i, f, g, o);
   c = f * c_prev + i * g;
+}
+
+// The same and h.
+template <typename T>
+RNNEXT_HD void lstm_forward_elem(T pi, T pf, T pg, T po, T c_prev, T& i, T& f, T& g, T& o, T& c, T& h) {
+  lstm_forward_gates_elem(pi, pf, pg, po, c_prev, i, f, g, o, c);
   h = o * tanh_act(c);
 }
 
