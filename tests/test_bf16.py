@@ -110,8 +110,8 @@ def test_bf16_native_sizes(threads, kind, inp, B, I, H):
     """The LSTM, GRU and RNN layers at sizes where the native bfloat16 path runs on AVX512-BF16 CPUs (batch 40
     and 41: the slot split at 1 and 2 threads, even and uneven halves; 480 or 533 input rows: the input
     projection on the bfloat16 micro-kernel; odd input and hidden sizes: odd GEMM depths, whose last k-pair has
-    a zero partner, and partial vectors in the pointwise steps), two layers, bidirectional, every output and
-    gradient within 1.5x stock bfloat16's relative RMS error (or the floor) and, for LSTM, its largest error
+    a zero partner, and partial vectors in the pointwise steps), two layers, bidirectional, initial states given,
+    every output and gradient (h_0 and c_0 included) within 1.5x stock bfloat16's relative RMS error (or the floor) and, for LSTM, its largest error
     too."""
     T = 12 if B % 2 == 0 else 13
     stock, ours, oracle = _modules(kind, I, H, num_layers=2, bidirectional=True)
@@ -119,9 +119,12 @@ def test_bf16_native_sizes(threads, kind, inp, B, I, H):
     x = torch.randn(T, B, I, generator=g).to(torch.bfloat16).double()
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
-    ref = _run(oracle, inp, x, lengths, None, False)
-    theirs = _run(stock, inp, x, lengths, None, False)
-    mine = _run(ours, inp, x, lengths, None, False)
+    # Initial states given: their gradients (h_0, and c_0 for LSTM) are compared too.
+    h0 = torch.randn(4, B, H, generator=g).to(torch.bfloat16).double()
+    hx = (h0, torch.randn(4, B, H, generator=g).to(torch.bfloat16).double()) if kind == "lstm" else h0
+    ref = _run(oracle, inp, x, lengths, hx, False)
+    theirs = _run(stock, inp, x, lengths, hx, False)
+    mine = _run(ours, inp, x, lengths, hx, False)
     _check_errors(kind, ref, theirs, mine)
 
 
