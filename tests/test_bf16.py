@@ -374,10 +374,62 @@ def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
         assert torch.equal(a, b)
 
 
-def test_bf16_lstm_layer_without_avx512_pointwise():
-    """The same checks with RNNEXT_DISABLE_AVX512=1 (in a fresh process): the bfloat16 LSTM's pointwise step then
-    runs the AVX2/baseline float32 tiles and rounds h afterwards, instead of the AVX-512 tile that rounds h
-    inside the step."""
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("layout", ["dense", "batch_first", "packed", "padded"])
+@pytest.mark.parametrize("B,reverse,bias", [(33, False, True), (33, True, False), (17, True, True),
+                                            (20, False, True)])
+def test_bf16_rnn_layer_native_equals_upcast(monkeypatch, threads, cell, layout, B, reverse, bias):
+    """The GRU/RNN layer ops' native bfloat16 path (AVX512-BF16 CPUs, the slot split: at least 16 batch entries
+    per thread and 4 steps; bfloat16 outputs written by the steps and read back as the next step's GEMM operand,
+    float32 state) gives the bits of the path on float32 copies (RNNEXT_BF16_UPCAST=1), forward and backward, h_0
+    and every weight and bias gradient included: time-major, batch-first, packed (sorted lengths: reversed,
+    the shorter entries join the slot split late) and padded with a permutation; batch 33 (odd: uneven halves at
+    2 threads), 17 (native at 1 thread only) and 20 (below the 2-thread threshold); odd sizes I=23, H=33
+    (partial vectors, odd GEMM depths); with and without biases."""
+    g = torch.Generator().manual_seed(B + 100 * int(reverse))
+    T, I, H = 9, 23, 33
+    G = (3 if cell == "gru" else 1) * H
+    x = torch.randn(T, B, I, generator=g).bfloat16()
+    h0 = torch.randn(B, H, generator=g).bfloat16()
+    w_ih, w_hh = (torch.randn(G, I, generator=g) * 0.3).bfloat16(), (torch.randn(G, H, generator=g) * 0.3).bfloat16()
+    b_ih, b_hh = ((torch.randn(G, generator=g) * 0.1).bfloat16(), (torch.randn(G, generator=g) * 0.1).bfloat16()) \
+        if bias else (None, None)
+    bs = si = None
+    inp = x
+    if layout == "packed":
+        lengths = torch.tensor(sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True))
+        lengths[0] = T
+        packed = pack_padded_sequence(x, lengths)
+        inp, bs = packed.data, packed.batch_sizes
+    elif layout == "batch_first":
+        inp = x.transpose(0, 1).contiguous()
+    elif layout == "padded":
+        bs, si = torch.full((T,), B), torch.randperm(B, generator=g)
+    bf = layout == "batch_first"
+
+    def run():
+        out, hy, saved = torch.ops.rnnext.rnn_layer(inp, h0, w_ih, w_hh, b_ih, b_hh, bs, si, bf, reverse, True, cell)
+        go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+        gh = torch.randn(hy.shape, generator=torch.Generator().manual_seed(2)).bfloat16()
+        back = torch.ops.rnnext.rnn_layer_backward(go, gh, inp, h0, w_ih, w_hh, bs, si, bf, reverse, out, saved, cell,
+                                                   bias, None)
+        return out, hy, *back
+
+    native = run()
+    monkeypatch.setenv("RNNEXT_BF16_UPCAST", "1")
+    upcast = run()
+    assert all(t.dtype == torch.bfloat16 for t in native)
+    names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
+    for name, a, b in zip(names, native, upcast):
+        assert torch.equal(a, b), f"{name}: native and upcast paths differ by {(a.float() - b.float()).abs().max()}"
+    assert native[0].abs().sum() > 0 and native[4].abs().sum() > 0
+
+
+def test_bf16_layers_without_avx512_pointwise():
+    """The native-path checks with RNNEXT_DISABLE_AVX512=1 (in a fresh process): the bfloat16 LSTM's pointwise
+    step then runs the AVX2/baseline float32 tiles and rounds h afterwards, instead of the AVX-512 tile that
+    rounds h inside the step; the native GRU/RNN step runs the AVX2/baseline loops with bfloat16 outputs."""
     import os
     import subprocess
     import sys
@@ -385,10 +437,11 @@ def test_bf16_lstm_layer_without_avx512_pointwise():
     env = dict(os.environ, RNNEXT_DISABLE_AVX512="1")
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          f"{os.path.join(here, 'test_bf16.py')}::test_bf16_lstm_layer_native_path"],
+                          f"{os.path.join(here, 'test_bf16.py')}::test_bf16_lstm_layer_native_path",
+                          f"{os.path.join(here, 'test_bf16.py')}::test_bf16_rnn_layer_native_equals_upcast"],
                          capture_output=True, text=True, env=env, cwd=here, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "10 passed" in out.stdout, out.stdout[-1000:]
+    assert "106 passed" in out.stdout, out.stdout[-1000:]
 
 
 # ---- TreeLSTM, SPINN and generation in bfloat16 (the float32 kernels on the bfloat16 values) ------------------

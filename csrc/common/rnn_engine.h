@@ -559,7 +559,10 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   }
   // Slot order; every slot keeps its states in place (copies: the steps update them).
   auto slots = [&](const Tensor& t) { return plan.identity_order ? t.contiguous().clone() : plan.state_to_slots(t); };
-  const Tensor h = slots(a.hx);
+  // The state a step updates in place: float32 for a bfloat16 GRU/RNN on the CPU (the native bfloat16 policy,
+  // whose outputs are the rounded states); the fused LSTM loop rounds its h itself.
+  const bool acc_state = !lstm && acc_opts.dtype() != opts.dtype();
+  const Tensor h = acc_state ? slots(a.hx).to(acc_opts.dtype()) : slots(a.hx);
   const Tensor c = lstm ? slots(*a.cx).to(acc_opts.dtype()) : Tensor();
   // (Contiguous weights: the same values give the same bits in any layout.)
   const Tensor w_ih = a.w_ih.contiguous();
@@ -567,7 +570,11 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   const Tensor x_rows = a.input.reshape({-1, I}).contiguous();
   Tensor gx;
   if (!fused) {
-    gx = at::empty({used, num_gates(cell) * H}, opts);
+    // (A temporary: on the CPU from cpu::scratch, memory kept mapped between calls.)
+    gx = backend == Backend::kCPU
+             ? cpu::scratch(cpu::ScratchSlot::kInputGates, {used, num_gates(cell) * H},
+                            acc_opts.dtype().toScalarType())
+             : at::empty({used, num_gates(cell) * H}, acc_opts);
     Pointwise::linear_out(gx, plan.to_slots(x_rows).contiguous(), w_ih, b_ih);
   }
   // Every slot row's new h: the output itself when the slot rows are its rows.
@@ -580,7 +587,7 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   else
     Pointwise::forward_steps(f);
   if (!plan.identity_rows) r.output.view({-1, P}).index_copy_(0, plan.out_rows, h_slots);
-  r.hy = plan.state_to_batch(h);
+  r.hy = plan.state_to_batch(h).to(opts.dtype());
   if (lstm) r.cy = plan.state_to_batch(c).to(opts.dtype());
   return r;
 }
@@ -622,8 +629,16 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     std::vector<int64_t> out_shape = input.sizes().vec();
     out_shape.back() = H;
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_output", &g.grad_output},
-                                  {"grad_hy", &g.grad_hy}, {"output", &g.output}, {"saved", &g.saved}})
+                                  {"grad_hy", &g.grad_hy}, {"output", &g.output}})
       cpu::check_same(op, "input", input, name, *t);
+    // (A bfloat16 layer's workspace on the CPU is float32.)
+    if (input.scalar_type() == at::kBFloat16 && backend == Backend::kCPU) {
+      TORCH_CHECK(g.saved.scalar_type() == at::kFloat && g.saved.device() == input.device(), op,
+                  ": expected saved to be float32 on the device of input (a bfloat16 layer's workspace), got ",
+                  g.saved.scalar_type(), " on ", g.saved.device());
+    } else {
+      cpu::check_same(op, "input", input, "saved", g.saved);
+    }
     cpu::check_shape(op, "grad_output", g.grad_output, out_shape);
     cpu::check_shape(op, "output", g.output, out_shape);
     cpu::check_shape(op, "grad_hy", g.grad_hy, {s.B, H});
@@ -684,7 +699,7 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   const Tensor h_prev = previous(h_slots, h0);
   const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
   Tensor dgx = temp(cpu::ScratchSlot::kGateGrads, {used, G}, acc_opts.dtype().toScalarType());
-  Tensor dgh = gru ? at::empty({used, G}, acc_opts) : dgx;
+  Tensor dgh = gru ? temp(cpu::ScratchSlot::kGateGradsH, {used, G}, acc_opts.dtype().toScalarType()) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
   b.h0 = h0;
   b.fused_input = fused;

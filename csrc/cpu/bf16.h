@@ -11,7 +11,11 @@
 
 #include <ATen/core/List.h>
 
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace rnnext::cpu::bf16 {
@@ -26,6 +30,14 @@ inline at::Tensor up(const char* op, const char* name, const at::Tensor& t) {
               t.scalar_type());
   return t.to(at::kFloat);
 }
+// The value arguments of a bfloat16 call that runs on them as they are (null entries: absent optionals): each
+// bfloat16 like the input, else the error up() gives.
+inline void check(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> args) {
+  for (const auto& [name, t] : args)
+    TORCH_CHECK(t == nullptr || t->scalar_type() == at::kBFloat16, op, ": expected ", name,
+                " to have the dtype of input (BFloat16), got ", t->scalar_type());
+}
+
 inline std::optional<at::Tensor> up(const char* op, const char* name, const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(up(op, name, *t)) : std::nullopt;
 }
@@ -50,5 +62,24 @@ inline const at::Tensor& workspace(const char* op, const char* name, const at::T
 }
 
 inline at::Tensor down(const at::Tensor& t) { return t.to(at::kBFloat16); }
+
+// One float32 value rounded to bfloat16 (raw 16-bit pattern): nearest, ties to even; NaN stays NaN (quiet);
+// denormals become zero, as AVX512-BF16's conversion makes them (branch-free enough to vectorize).
+inline uint16_t round_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN: keep it quiet
+  if ((u & 0x7F800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);          // denormal: to zero
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// A bfloat16 value (raw 16-bit pattern) as float32 (exact).
+inline float value(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 }  // namespace rnnext::cpu::bf16

@@ -1,6 +1,7 @@
 // bfloat16 GEMM with float32 accumulation on AVX512-BF16 (vdpbf16ps): C[M, N] (float) = (accumulate ? C : 0) +
 // A[M, K] (bfloat16, row-major) @ B (bfloat16, K x N, packed in k-pairs: see gemm_bf16.h). The whole file is
 // compiled for AVX-512 BF16 and is only entered on CPUs that have it (gemm_bf16_available).
+#include "cpu/bf16.h"
 #include "cpu/gemm_bf16.h"
 
 #include <ATen/Parallel.h>
@@ -23,21 +24,12 @@ bool gemm_bf16_available() {
 }
 
 namespace {
-uint16_t round_one(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN: keep it quiet
-  if ((u & 0x7F800000u) == 0) return static_cast<uint16_t>((u >> 16) & 0x8000u);  // denormal: to zero, as the
-                                                                                    // instruction does
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
 void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst);
 }  // namespace
 
 void round_to_bf16(int64_t n, const float* src, uint16_t* dst) {
   if (gemm_bf16_available()) return round_to_bf16_avx512(n, src, dst);
-  for (int64_t i = 0; i < n; ++i) dst[i] = round_one(src[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16::round_bits(src[i]);
 }
 
 namespace {
@@ -64,8 +56,8 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
         const bool whole = 2 * p + 1 < Kb;
         if (!gemm_bf16_available()) {
           for (int64_t n = 0; n < N; ++n) {
-            o[2 * n] = bf ? s16[2 * p * N + n] : round_one(s32[2 * p * N + n]);
-            o[2 * n + 1] = !whole ? uint16_t(0) : bf ? s16[(2 * p + 1) * N + n] : round_one(s32[(2 * p + 1) * N + n]);
+            o[2 * n] = bf ? s16[2 * p * N + n] : bf16::round_bits(s32[2 * p * N + n]);
+            o[2 * n + 1] = !whole ? uint16_t(0) : bf ? s16[(2 * p + 1) * N + n] : bf16::round_bits(s32[(2 * p + 1) * N + n]);
           }
         } else if (bf) {
           interleave_rows_avx512(N, s16 + 2 * p * N, whole ? s16 + (2 * p + 1) * N : z16.data(), o);

@@ -75,5 +75,11 @@ void gru_forward_rows_avx512(int64_t rows, int64_t H, const float* gx, const flo
                              float* saved);
 void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
                               float* dgx, float* dgh, float* dh_direct);
+// Their versions for a native bfloat16 layer: the outputs h_out and the states read h_prev in bfloat16 (raw
+// 16-bit patterns; h_out rounded as round_to_bf16 does), the state h float32 (AVX-512F instructions only).
+void gru_forward_rows_bf16_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
+                                  uint16_t* h_out, float* saved);
+void gru_backward_rows_bf16_avx512(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
+                                   const float* dh, float* dgx, float* dgh, float* dh_direct);
 
 }  // namespace rnnext::cpu

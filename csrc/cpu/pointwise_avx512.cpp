@@ -41,6 +41,35 @@ inline void store(__mmask16 m, float* p, __m512 x) {
 }
 
 // A 16-lane vector (lanes m) of VN<1> from p.
+// v rounded to bfloat16 (cpu/bf16.h's round_bits: nearest, ties to even, NaN quiet, denormals to zero), each
+// lane's 16-bit pattern in the low half of its 32-bit lane.
+inline __m512i round_bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(hi, _mm512_set1_epi32(1)))),
+      16);
+  const __mmask16 nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7F800000));
+  const __mmask16 tiny = _mm512_cmplt_epi32_mask(abs, _mm512_set1_epi32(0x00800000));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+  return _mm512_mask_mov_epi32(r, tiny, _mm512_and_si512(hi, _mm512_set1_epi32(0x8000)));
+}
+
+// The lanes m of 16 bfloat16 values at p (raw 16-bit patterns; n >= 16 of them readable, else only the n the
+// mask covers) as float32.
+inline __m512 load_bf16(__mmask16 m, const uint16_t* p, int64_t n) {
+  __m256i b;
+  if (n >= 16) {
+    b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {
+    alignas(32) uint16_t tail[16] = {};
+    std::memcpy(tail, p, static_cast<size_t>(n) * sizeof(uint16_t));
+    b = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+  }
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_maskz_cvtepu16_epi32(m, b), 16));
+}
+
 inline VN<1> ld1(__mmask16 m, const float* p) {
   VN<1> r;
   r.v[0] = load(m, p);
@@ -129,10 +158,10 @@ inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc
 #pragma GCC pop_options
 
 // N vectors of a row (units u, u + 16, ...; lanes m[k]) at once: 2N sigmoid chains, then N tanh chains
-// (measured per 16 units, L1-resident rows: 30 ns one vector at a time, 21 ns two, 25 ns four).
+// (measured per 16 units, L1-resident rows: 30 ns one vector at a time, 21 ns two, 25 ns four). Writes the new
+// state h and the saved activations (sv, when not null); returns the new h for the caller's outputs.
 template <int N>
-inline void gru_forward_vecs(const __mmask16* m, const float* x, const float* g, int64_t H, float* h, float* h_out,
-                             float* sv) {
+inline VN<N> gru_forward_vecs(const __mmask16* m, const float* x, const float* g, int64_t H, float* h, float* sv) {
   VN<N> xr, xz, xn, hr, hz, hn_, hp;
   for (int k = 0; k < N; ++k) {
     const int64_t o = 16 * k;
@@ -149,7 +178,6 @@ inline void gru_forward_vecs(const __mmask16* m, const float* x, const float* g,
   for (int k = 0; k < N; ++k) {
     const int64_t o = 16 * k;
     store(m[k], h + o, hn.v[k]);
-    store(m[k], h_out + o, hn.v[k]);
     if (sv != nullptr) {
       store(m[k], sv + o, r.v[k]);
       store(m[k], sv + H + o, z.v[k]);
@@ -157,10 +185,13 @@ inline void gru_forward_vecs(const __mmask16* m, const float* x, const float* g,
       store(m[k], sv + 3 * H + o, hn_.v[k]);
     }
   }
+  return hn;
 }
 
-void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
-                           float* saved) {
+// Rows [0, rows): store_out(mask, unit, row, vector) writes the outputs of each vector of new h.
+template <typename StoreOut>
+inline void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* saved,
+                                  StoreOut store_out) {
   for (int64_t j = 0; j < rows; ++j) {
     const float* x = gx + j * 3 * H;
     const float* g = gh + j * 3 * H;
@@ -168,27 +199,33 @@ void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, const float
     int64_t u = 0;
     for (; u + 32 <= H; u += 32) {
       const __mmask16 m[2] = {__mmask16(0xFFFF), __mmask16(0xFFFF)};
-      gru_forward_vecs<2>(m, x + u, g + u, H, h + j * H + u, h_out + j * H + u, sv != nullptr ? sv + u : nullptr);
+      const VN<2> hn = gru_forward_vecs<2>(m, x + u, g + u, H, h + j * H + u, sv != nullptr ? sv + u : nullptr);
+      store_out(m[0], u, j, hn.v[0]);
+      store_out(m[1], u + 16, j, hn.v[1]);
     }
     for (; u < H; u += 16) {
       const __mmask16 m[1] = {lanes(H - u)};
-      gru_forward_vecs<1>(m, x + u, g + u, H, h + j * H + u, h_out + j * H + u, sv != nullptr ? sv + u : nullptr);
+      const VN<1> hn = gru_forward_vecs<1>(m, x + u, g + u, H, h + j * H + u, sv != nullptr ? sv + u : nullptr);
+      store_out(m[0], u, j, hn.v[0]);
     }
   }
 }
 
-void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
-                            float* dgx, float* dgh, float* dh_direct) {
+// Rows [0, rows): load_prev(mask, unit, row) reads 16 units of the state each row read.
+template <typename LoadPrev>
+inline void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, LoadPrev load_prev, const float* dh,
+                                   float* dgx, float* dgh, float* dh_direct) {
   for (int64_t j = 0; j < rows; ++j) {
     const float* sv = saved + j * 4 * H;
     float* gx = dgx + j * 3 * H;
     float* gh = dgh + j * 3 * H;
     for (int64_t u = 0; u < H; u += 16) {
       const __mmask16 m = lanes(H - u);
-      VN<1> d_r, d_z, d_n, d_hn, d_h;
+      VN<1> hp, d_r, d_z, d_n, d_hn, d_h;
+      hp.v[0] = load_prev(m, u, j);
       rnnext::kernels::gru_backward_elem(ld1(m, sv + u), ld1(m, sv + H + u), ld1(m, sv + 2 * H + u),
-                                         ld1(m, sv + 3 * H + u), ld1(m, h_prev + j * H + u), ld1(m, dh + j * H + u),
-                                         d_r, d_z, d_n, d_hn, d_h);
+                                         ld1(m, sv + 3 * H + u), hp, ld1(m, dh + j * H + u), d_r, d_z, d_n, d_hn,
+                                         d_h);
       store(m, gx + u, d_r.v[0]);
       store(m, gx + H + u, d_z.v[0]);
       store(m, gx + 2 * H + u, d_n.v[0]);
@@ -206,12 +243,31 @@ namespace rnnext::cpu {
 
 void gru_forward_rows_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* h_out,
                              float* saved) {
-  gru_forward_rows_impl(rows, H, gx, gh, h, h_out, saved);
+  gru_forward_rows_impl(rows, H, gx, gh, h, saved, [&](__mmask16 m, int64_t u, int64_t j, __m512 v) {
+    store(m, h_out + j * H + u, v);
+  });
 }
 
 void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
                               float* dgx, float* dgh, float* dh_direct) {
-  gru_backward_rows_impl(rows, H, saved, h_prev, dh, dgx, dgh, dh_direct);
+  gru_backward_rows_impl(
+      rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load(m, h_prev + j * H + u); }, dh, dgx, dgh,
+      dh_direct);
+}
+
+// (AVX-512F only, so that the conversions inline into the rows loops: round_bits' rounding, vectorized.)
+void gru_forward_rows_bf16_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
+                                  uint16_t* h_out, float* saved) {
+  gru_forward_rows_impl(rows, H, gx, gh, h, saved, [&](__mmask16 m, int64_t u, int64_t j, __m512 v) {
+    _mm512_mask_cvtepi32_storeu_epi16(h_out + j * H + u, m, round_bf16_bits(v));
+  });
+}
+
+void gru_backward_rows_bf16_avx512(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
+                                   const float* dh, float* dgx, float* dgh, float* dh_direct) {
+  gru_backward_rows_impl(
+      rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load_bf16(m, h_prev + j * H + u, H - u); },
+      dh, dgx, dgh, dh_direct);
 }
 
 void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,

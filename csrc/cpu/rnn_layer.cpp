@@ -35,14 +35,28 @@ int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(
 
 // Rows [0, rows) of one step, each H units wide: loops over units without branches, so that the float versions
 // vectorize (compiled for AVX2 and baseline x86-64, the best picked at run time, as csrc/cpu/pointwise.cpp).
-template <typename T>
+// A result stored as O (T itself, or uint16_t: bfloat16's raw bits, a native bfloat16 layer's outputs) and a
+// stored S read as T.
+template <typename O, typename T>
+inline O to_store(T v) {
+  if constexpr (std::is_same_v<O, uint16_t>) return bf16::round_bits(v);
+  else return v;
+}
+template <typename T, typename S>
+inline T from_store(S v) {
+  if constexpr (std::is_same_v<S, uint16_t>) return bf16::value(v);
+  else return v;
+}
+
+// O, the outputs' type: T, or uint16_t for a native bfloat16 layer (its state h stays T = float).
+template <typename T, typename O>
 RNNEXT_HD void gru_forward_rows(int64_t rows, int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
-                             T* __restrict__ h, T* __restrict__ h_out, T* __restrict__ saved) {
+                             T* __restrict__ h, O* __restrict__ h_out, T* __restrict__ saved) {
   for (int64_t j = 0; j < rows; ++j) {
     const T* x = gx + j * 3 * H;
     const T* r = gh + j * 3 * H;
     T* hj = h + j * H;
-    T* oj = h_out + j * H;
+    O* oj = h_out + j * H;
     if (saved != nullptr) {
       T* sv = saved + j * 4 * H;
 #pragma omp simd
@@ -50,7 +64,7 @@ RNNEXT_HD void gru_forward_rows(int64_t rows, int64_t H, const T* __restrict__ g
         T rr, zz, nn, hn;
         kernels::gru_forward_elem(x[u], x[H + u], x[2 * H + u], r[u], r[H + u], r[2 * H + u], hj[u], rr, zz, nn, hn);
         hj[u] = hn;
-        oj[u] = hn;
+        oj[u] = to_store<O>(hn);
         sv[u] = rr;
         sv[H + u] = zz;
         sv[2 * H + u] = nn;
@@ -62,19 +76,20 @@ RNNEXT_HD void gru_forward_rows(int64_t rows, int64_t H, const T* __restrict__ g
         T rr, zz, nn, hn;
         kernels::gru_forward_elem(x[u], x[H + u], x[2 * H + u], r[u], r[H + u], r[2 * H + u], hj[u], rr, zz, nn, hn);
         hj[u] = hn;
-        oj[u] = hn;
+        oj[u] = to_store<O>(hn);
       }
     }
   }
 }
 
-template <typename T>
-RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ saved, const T* __restrict__ h_prev,
+// S, the stored states' type: T, or uint16_t for a native bfloat16 layer.
+template <typename T, typename S>
+RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ saved, const S* __restrict__ h_prev,
                               const T* __restrict__ dh, T* __restrict__ dgx, T* __restrict__ dgh,
                               T* __restrict__ dh_direct) {
   for (int64_t j = 0; j < rows; ++j) {
     const T* sv = saved + j * 4 * H;
-    const T* hp = h_prev + j * H;
+    const S* hp = h_prev + j * H;
     const T* d = dh + j * H;
     T* gx = dgx + j * 3 * H;
     T* gh = dgh + j * 3 * H;
@@ -82,7 +97,8 @@ RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ 
 #pragma omp simd
     for (int64_t u = 0; u < H; ++u) {
       T d_r, d_z, d_n, d_hn, d_h;
-      kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], hp[u], d[u], d_r, d_z, d_n, d_hn, d_h);
+      kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], from_store<T>(hp[u]), d[u], d_r, d_z, d_n, d_hn,
+                                 d_h);
       gx[u] = d_r;
       gx[H + u] = d_z;
       gx[2 * H + u] = d_n;
@@ -94,22 +110,22 @@ RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ 
   }
 }
 
-template <typename T>
+template <typename T, typename O>
 RNNEXT_HD void rnn_forward_rows(int64_t n, bool relu, const T* __restrict__ gx, const T* __restrict__ gh,
-                             T* __restrict__ h, T* __restrict__ h_out) {
+                             T* __restrict__ h, O* __restrict__ h_out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T hn = kernels::rnn_activation(gx[i] + gh[i], relu);
     h[i] = hn;
-    h_out[i] = hn;
+    h_out[i] = to_store<O>(hn);
   }
 }
 
-template <typename T>
-RNNEXT_HD void rnn_backward_rows(int64_t n, bool relu, const T* __restrict__ h_new, const T* __restrict__ dh,
+template <typename T, typename S>
+RNNEXT_HD void rnn_backward_rows(int64_t n, bool relu, const S* __restrict__ h_new, const T* __restrict__ dh,
                               T* __restrict__ dgx) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dgx[i] = kernels::rnn_activation_backward(h_new[i], dh[i], relu);
+  for (int64_t i = 0; i < n; ++i) dgx[i] = kernels::rnn_activation_backward(from_store<T>(h_new[i]), dh[i], relu);
 }
 
 template <typename T>
@@ -135,6 +151,21 @@ RNNEXT_CLONES void rnn_backward_rows_f32(int64_t n, bool relu, const float* h_ne
   rnn_backward_rows(n, relu, h_new, dh, dgx);
 }
 RNNEXT_CLONES void add_rows_f32(int64_t n, const float* a, const float* b, float* out) { add_rows(n, a, b, out); }
+RNNEXT_CLONES void gru_forward_rows_bf16(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
+                                         uint16_t* h_out, float* saved) {
+  gru_forward_rows(rows, H, gx, gh, h, h_out, saved);
+}
+RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
+                                          const float* dh, float* dgx, float* dgh, float* dh_direct) {
+  gru_backward_rows(rows, H, saved, h_prev, dh, dgx, dgh, dh_direct);
+}
+RNNEXT_CLONES void rnn_forward_rows_bf16(int64_t n, bool relu, const float* gx, const float* gh, float* h,
+                                         uint16_t* h_out) {
+  rnn_forward_rows(n, relu, gx, gh, h, h_out);
+}
+RNNEXT_CLONES void rnn_backward_rows_bf16(int64_t n, bool relu, const uint16_t* h_new, const float* dh, float* dgx) {
+  rnn_backward_rows(n, relu, h_new, dh, dgx);
+}
 
 // The cloned (vectorized) versions, float and double.
 void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, float* o, float* s) {
@@ -153,6 +184,24 @@ void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const float*
 RNNEXT_CLONES void gru_backward_dispatch(int64_t rows, int64_t H, const double* s, const double* hp, const double* d,
                                          double* gx, double* gh, double* dd) {
   gru_backward_rows(rows, H, s, hp, d, gx, gh, dd);
+}
+// A native bfloat16 layer's: bfloat16 outputs and stored states (raw bits), the state itself float32 (GRU on
+// AVX-512 where pointwise_has_avx512()).
+void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float* gh, float* h, uint16_t* o,
+                          float* s) {
+  if (pointwise_has_avx512()) return gru_forward_rows_bf16_avx512(rows, H, gx, gh, h, o, s);
+  gru_forward_rows_bf16(rows, H, gx, gh, h, o, s);
+}
+void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const uint16_t* hp, const float* d, float* gx,
+                           float* gh, float* dd) {
+  if (pointwise_has_avx512()) return gru_backward_rows_bf16_avx512(rows, H, s, hp, d, gx, gh, dd);
+  gru_backward_rows_bf16(rows, H, s, hp, d, gx, gh, dd);
+}
+void rnn_forward_dispatch(int64_t n, bool relu, const float* gx, const float* gh, float* h, uint16_t* o) {
+  rnn_forward_rows_bf16(n, relu, gx, gh, h, o);
+}
+void rnn_backward_dispatch(int64_t n, bool relu, const uint16_t* hn, const float* d, float* gx) {
+  rnn_backward_rows_bf16(n, relu, hn, d, gx);
 }
 void rnn_forward_dispatch(int64_t n, bool relu, const float* gx, const float* gh, float* h, float* o) {
   rnn_forward_rows_f32(n, relu, gx, gh, h, o);
@@ -175,17 +224,17 @@ RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b
 #undef RNNEXT_CLONES
 
 // The slot split (cpu/slot_split.h): each thread runs the whole recurrence of its own slots, the recurrent GEMM
-// of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major.
-// With whh_p (W_hh^T packed: a native bfloat16 call) the recurrent GEMMs run on bfloat16 operands.
-template <typename scalar_t>
-void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t,
+// of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major, bias
+// b_hh (or null). With whh_p (W_hh^T packed) the recurrent GEMMs run on bfloat16 operands: h rounded, or, with
+// bfloat16 outputs (out_t: a native bfloat16 layer), the previous step's outputs themselves.
+template <typename scalar_t, typename out_t = scalar_t>
+void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t, const scalar_t* bias,
                   const std::vector<uint16_t>* whh_p = nullptr) {
   const common::Steps& st = f.plan.st;
   const int64_t H = f.plan.s.H, G = common::num_gates(f.cell) * H, W = common::saved_width(f.cell, H);
   const scalar_t* gx = f.gx.const_data_ptr<scalar_t>();
-  const scalar_t* bias = f.b_hh.has_value() ? f.b_hh->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* h = f.h.data_ptr<scalar_t>();
-  scalar_t* hs = f.h_slots.data_ptr<scalar_t>();
+  out_t* hs = static_cast<out_t*>(f.h_slots.data_ptr());
   scalar_t* sv = f.saved.defined() ? f.saved.data_ptr<scalar_t>() : nullptr;
   Tensor gh_buf = at::empty({f.plan.s.B, G}, f.gx.options());
   scalar_t* gh = gh_buf.data_ptr<scalar_t>();
@@ -200,7 +249,19 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
         scalar_t* ghr = gh + j0 * G;
         if (bias != nullptr)
           for (int64_t j = 0; j < m; ++j) std::copy(bias, bias + G, ghr + j * G);
-        gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p, ghr, G, /*accumulate=*/bias != nullptr);
+        if constexpr (std::is_same_v<out_t, uint16_t>) {
+          // Slots that ran the previous step read its outputs (their h, rounded); the others (a reversed packed
+          // batch's shorter sequences) start here from their initial state, rounded now.
+          const int64_t ran = p > 0 ? std::clamp<int64_t>(st.rows_at(p - 1) - j0, 0, m) : 0;
+          if (ran > 0)
+            gemm_bf16_packed(ran, G, H, hs + (st.offset_at(p - 1) + j0) * H, H, whh_p->data(), G, ghr, G,
+                             /*accumulate=*/bias != nullptr);
+          if (ran < m)
+            gemm_bf16_rounded(m - ran, G, H, h + (j0 + ran) * H, H, whh_p->data(), ghr + ran * G, G,
+                              /*accumulate=*/bias != nullptr);
+        } else {
+          gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p, ghr, G, bias != nullptr);
+        }
         if (f.cell == CellKind::kGRU)
           gru_forward_dispatch(m, H, gx + r * G, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
         else
@@ -214,17 +275,18 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
 // gradient operand (GRU: dgh, RNN: dgx) rounded into d16 (used, G), kept for the weight gradients. With bsum
 // (nt, G + H, zeros), each thread adds up its rows of dgx (G) and, for GRU, of dgh's n part (H) while they are in
 // cache: the bias gradients' partial sums.
-template <typename scalar_t>
+// The states it reads (h_slots, h_prev) are state_t: scalar_t, or uint16_t (bfloat16: a native layer's outputs).
+template <typename scalar_t, typename state_t = scalar_t>
 void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr,
                    uint16_t* d16 = nullptr, scalar_t* bsum = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
   const scalar_t* sv = gru ? b.saved.const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* hs = b.h_slots.const_data_ptr<scalar_t>();
-  const scalar_t* hp = b.h_prev.const_data_ptr<scalar_t>();
+  const state_t* hs = static_cast<const state_t*>(b.h_slots.const_data_ptr());
+  const state_t* hp = static_cast<const state_t*>(b.h_prev.const_data_ptr());
   const scalar_t* dy = b.dy_slots.const_data_ptr<scalar_t>();
-  const scalar_t* whh = b.w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* whh = whh_p == nullptr ? b.w_hh.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dh = b.dh.data_ptr<scalar_t>();
   scalar_t* dgx = b.dgx.data_ptr<scalar_t>();
   scalar_t* dgh = b.dgh.data_ptr<scalar_t>();
@@ -359,7 +421,8 @@ struct CpuPointwise {
       return common::aten_forward_steps<CpuPointwise>(f);
     AT_DISPATCH_FLOATING_TYPES(f.gx.scalar_type(), "rnn_forward_steps", [&] {
       const Tensor w_hh_t = f.w_hh.t().contiguous();
-      slot_forward<scalar_t>(f, nt, w_hh_t.const_data_ptr<scalar_t>());
+      slot_forward<scalar_t>(f, nt, w_hh_t.const_data_ptr<scalar_t>(),
+                             f.b_hh.has_value() ? f.b_hh->const_data_ptr<scalar_t>() : nullptr);
     });
   }
 
@@ -458,19 +521,26 @@ struct CpuPointwise {
 struct CpuPointwiseBf16 : CpuPointwise {
   static constexpr int64_t kMinRows = 64;  // fewer rows: one step's GEMM, kept in float32
 
+  // A native layer's input projection reads bfloat16 x, W_ih and b_ih as they are (any number of rows); a float32
+  // x (rounded row by row) from kMinRows rows.
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
-    if (x.size(0) < kMinRows || x.scalar_type() != at::kFloat || !out.is_contiguous() || !x.is_contiguous())
+    const bool native = x.scalar_type() == at::kBFloat16;
+    if (!out.is_contiguous() || !x.is_contiguous() || (!native && (x.size(0) < kMinRows || x.scalar_type() != at::kFloat)))
       return CpuPointwise::linear_out(out, x, w, b);
     const std::vector<uint16_t> wp = pack_bf16_t(w);  // (K, G), from w's rows
     const int64_t n = x.size(0), G = w.size(0), K = w.size(1);
-    const Tensor bias = b.has_value() ? b->contiguous() : Tensor();
-    const float* xp = x.const_data_ptr<float>();
+    const Tensor bias = b.has_value() ? b->to(at::kFloat).contiguous() : Tensor();
+    const float* xp = native ? nullptr : x.const_data_ptr<float>();
+    const uint16_t* x16 = native ? reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>()) : nullptr;
     const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
     at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
       if (bp != nullptr)
         for (int64_t r = r0; r < r1; ++r) std::copy(bp, bp + G, op + r * G);
-      gemm_bf16_rounded(r1 - r0, G, K, xp + r0 * K, K, wp.data(), op + r0 * G, G, bp != nullptr);
+      if (native)
+        gemm_bf16_packed(r1 - r0, G, K, x16 + r0 * K, K, wp.data(), G, op + r0 * G, G, bp != nullptr);
+      else
+        gemm_bf16_rounded(r1 - r0, G, K, xp + r0 * K, K, wp.data(), op + r0 * G, G, bp != nullptr);
     });
   }
 
@@ -481,32 +551,48 @@ struct CpuPointwiseBf16 : CpuPointwise {
     linear_out(out2, x2, w2, b2);
   }
 
+  // A native layer (bfloat16 outputs: rnn_native_bf16 chose the slot split for it) or a float32 one.
   static void forward_steps(const common::ForwardSteps& f) {
     const int64_t nt = slot_split_threads(f.plan.s.B);
+    const bool native = f.h_slots.scalar_type() == at::kBFloat16;
+    TORCH_INTERNAL_ASSERT(!native || (nt > 0 && f.plan.st.T >= kMinSlotSteps && f.cell != CellKind::kLSTM));
     if (nt == 0 || f.plan.st.T < kMinSlotSteps || f.cell == CellKind::kLSTM)
       return common::aten_forward_steps<CpuPointwise>(f);
-    const Tensor w_hh_t = f.w_hh.t().contiguous();
-    const std::vector<uint16_t> p = pack_bf16(w_hh_t);
-    slot_forward<float>(f, nt, w_hh_t.const_data_ptr<float>(), &p);
+    const std::vector<uint16_t> p = pack_bf16(f.w_hh.t());
+    if (native) {
+      const Tensor bias = f.b_hh.has_value() ? f.b_hh->to(at::kFloat).contiguous() : Tensor();
+      return slot_forward<float, uint16_t>(f, nt, nullptr,
+                                                bias.defined() ? bias.const_data_ptr<float>() : nullptr, &p);
+    }
+    slot_forward<float>(f, nt, nullptr, f.b_hh.has_value() ? f.b_hh->const_data_ptr<float>() : nullptr, &p);
   }
 
   static void backward_steps(const common::BackwardSteps& b) {
     const int64_t nt = slot_split_threads(b.plan.s.B);
+    const bool native = b.h_slots.scalar_type() == at::kBFloat16;
+    TORCH_INTERNAL_ASSERT(!native || (nt > 0 && b.cell != CellKind::kLSTM));
     if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     const std::vector<uint16_t> p = pack_bf16(b.w_hh);  // (G, H)
     b.scratch = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
     b.bias_grad = at::zeros({nt, b.dgx.size(1) + b.plan.s.H}, b.dgx.options());
-    slot_backward<float>(b, nt, &p, reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>()),
-                         b.bias_grad.data_ptr<float>());
+    uint16_t* d16 = reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>());
+    if (native)
+      slot_backward<float, uint16_t>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
+    else
+      slot_backward<float>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
   }
 
-  // aten_weight_grads' products on bfloat16 operands.
+  // aten_weight_grads' products on bfloat16 operands; a native layer's gradients in bfloat16 (x_slots and h_prev
+  // are then bfloat16 already).
   static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
                                           bool has_bias) {
     const auto opts = x_slots.options();
+    const at::ScalarType dt = x_slots.scalar_type();
+    const bool native = dt == at::kBFloat16;
     const int64_t n = b.dgx.size(0), G = w_ih.size(0), I = w_ih.size(1);
     common::WeightGrads w;
     w.dx_slots = at::empty({n, I}, opts);
+    const Tensor dx_f = native ? scratch(ScratchSlot::kInputGrads, {n, I}, at::kFloat) : w.dx_slots;
     const std::vector<uint16_t> p = pack_bf16(w_ih);  // (G, I)
     // The rounded gate gradients: the slot split's (b.scratch: dgh for GRU, dgx for RNN), and dgx rounded here
     // for GRU (or when the step loop kept float32 GEMMs).
@@ -516,35 +602,60 @@ struct CpuPointwiseBf16 : CpuPointwise {
     const Tensor dgx = b.dgx.contiguous();
     const float* dg = dgx.const_data_ptr<float>();
     uint16_t* dg16 = reinterpret_cast<uint16_t*>(dgx16.data_ptr<c10::BFloat16>());
-    float* dx = w.dx_slots.data_ptr<float>();
+    float* dx = dx_f.data_ptr<float>();
+    uint16_t* dx16 = native ? reinterpret_cast<uint16_t*>(w.dx_slots.data_ptr<c10::BFloat16>()) : nullptr;
     at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
       if (round_dgx)
         gemm_bf16_rounded(r1 - r0, I, G, dg + r0 * G, G, p.data(), dx + r0 * I, I, false, dg16 + r0 * G);
       else
         gemm_bf16_packed(r1 - r0, I, G, dg16 + r0 * G, G, p.data(), I, dx + r0 * I, I, false);
+      if (native) round_to_bf16((r1 - r0) * I, dx + r0 * I, dx16 + r0 * I);
     });
     const Tensor h16 = b.h_prev.to(at::kBFloat16);
-    w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(at::kFloat);
+    w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(dt);
     const Tensor dgh16 = !gru ? dgx16 : kept ? b.scratch : b.dgh.to(at::kBFloat16);
-    w.w_hh = at::mm(dgh16.narrow(0, 0, n).t(), h16).to(at::kFloat);
+    w.w_hh = at::mm(dgh16.narrow(0, 0, n).t(), h16).to(dt);
+    auto own = [&](const Tensor& t) { return t.to(dt, /*non_blocking=*/false, /*copy=*/true); };
     if (!has_bias) {
       w.b_ih = w.b_hh = at::empty({0}, opts);
     } else if (b.bias_grad.defined()) {  // the slot split's partial sums: [dgx | dgh's n part]
       const Tensor s = at::sum(b.bias_grad, {0});
-      w.b_ih = s.narrow(0, 0, G).clone();
+      w.b_ih = own(s.narrow(0, 0, G));
       const int64_t H = b.plan.s.H;  // GRU: b_hh's r, z parts are dgx's; its n part is dgh's
-      w.b_hh = gru ? at::cat({s.narrow(0, 0, 2 * H), s.narrow(0, G, H)}) : w.b_ih.clone();
+      w.b_hh = gru ? at::cat({s.narrow(0, 0, 2 * H), s.narrow(0, G, H)}).to(dt) : own(w.b_ih);
     } else {
-      w.b_ih = at::sum(b.dgx, {0});
-      w.b_hh = gru ? at::sum(b.dgh, {0}) : w.b_ih.clone();
+      w.b_ih = own(at::sum(b.dgx, {0}));
+      w.b_hh = gru ? own(at::sum(b.dgh, {0})) : own(w.b_ih);
     }
     w.w_hr = at::empty({0}, opts);
     return w;
   }
 };
 
-// Whether a bfloat16 GRU/RNN layer call runs natively (CpuPointwiseBf16).
+// Whether a bfloat16 GRU/RNN layer call runs its GEMMs in bfloat16 (CpuPointwiseBf16).
 bool rnn_takes_bf16(const std::optional<Tensor>& lengths) { return gemm_bf16_available() && !lengths.has_value(); }
+
+// Whether it runs natively too: on the bfloat16 tensors as they are, bfloat16 outputs written by the steps (and
+// read back as the next step's GEMM operand), only the state, the workspace and the gradients inside float32
+// (CpuPointwiseBf16 with the slot split, which the forward takes for this batch and number of steps). Otherwise
+// the engine runs on float32 copies. Both give the same bits (the same bfloat16 operands and float32 sums), up
+// to denormal outputs: the native path flushes them to zero as AVX512-BF16's conversion does.
+bool rnn_native_bf16(const Tensor& input, const Tensor& hx, const std::optional<Tensor>& batch_sizes,
+                     bool batch_first, const std::optional<Tensor>& lengths) {
+  if (!rnn_takes_bf16(lengths) || hx.dim() != 2) return false;
+  // RNNEXT_BF16_UPCAST=1 keeps every call on the float32 copies (how the tests compare the two paths).
+  const char* upcast = std::getenv("RNNEXT_BF16_UPCAST");
+  if (upcast != nullptr && upcast[0] == '1') return false;
+  int64_t T = 0, B = 0;
+  if (input.dim() == 3) {
+    T = batch_sizes.has_value() ? batch_sizes->numel() : input.size(batch_first ? 1 : 0);
+    B = input.size(batch_first ? 0 : 1);
+  } else if (input.dim() == 2 && batch_sizes.has_value()) {
+    T = batch_sizes->numel();
+    B = hx.size(0);
+  }
+  return slot_split_threads(B) > 0 && T >= kMinSlotSteps;
+}
 
 Tensor upload_cpu(const std::vector<int64_t>& v) {
   Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kLong));
@@ -559,6 +670,15 @@ std::tuple<Tensor, Tensor, Tensor> rnn_layer_cpu(const Tensor& input, const Tens
                                                  const std::optional<Tensor>& sorted_indices, bool batch_first,
                                                  bool reverse, bool train, c10::string_view cell,
                                                  const std::optional<Tensor>& lengths) {
+  if (bf16::active(input) && rnn_native_bf16(input, hx, batch_sizes, batch_first, lengths)) {
+    const char* op = "rnnext::rnn_layer";
+    bf16::check(op, {{"hx", &hx}, {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"b_ih", b_ih ? &*b_ih : nullptr},
+                     {"b_hh", b_hh ? &*b_hh : nullptr}});
+    return common::rnn_layer_forward<CpuPointwiseBf16>(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                                                       sorted_indices, batch_first, reverse, train,
+                                                       std::string_view(cell.data(), cell.size()), lengths,
+                                                       common::Backend::kCPU, upload_cpu);
+  }
   if (bf16::active(input)) {
     const char* op = "rnnext::rnn_layer";
     const Tensor x = bf16::up(op, "input", input), h = bf16::up(op, "hx", hx), wi = bf16::up(op, "w_ih", w_ih),
@@ -585,6 +705,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_backward_cp
     const Tensor& w_hh, const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& sorted_indices,
     bool batch_first, bool reverse, const Tensor& output, const Tensor& saved, c10::string_view cell,
     bool has_bias, const std::optional<Tensor>& lengths) {
+  if (bf16::active(input) && rnn_native_bf16(input, hx, batch_sizes, batch_first, lengths)) {
+    const char* op = "rnnext::rnn_layer_backward";
+    bf16::check(op, {{"grad_output", &grad_output}, {"grad_hy", &grad_hy}, {"hx", &hx}, {"w_ih", &w_ih},
+                     {"w_hh", &w_hh}, {"output", &output}});
+    return common::rnn_layer_backward<CpuPointwiseBf16>(op, grad_output, grad_hy, input, hx, w_ih, w_hh, batch_sizes,
+                                                        sorted_indices, batch_first, reverse, output,
+                                                        bf16::workspace(op, "saved", saved),
+                                                        std::string_view(cell.data(), cell.size()), has_bias,
+                                                        lengths, common::Backend::kCPU, upload_cpu);
+  }
   if (bf16::active(input)) {
     const char* op = "rnnext::rnn_layer_backward";
     const Tensor go = bf16::up(op, "grad_output", grad_output), gh = bf16::up(op, "grad_hy", grad_hy),

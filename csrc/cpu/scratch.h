@@ -16,6 +16,9 @@ namespace rnnext::cpu {
 
 enum class ScratchSlot : int {
   kGateGrads = 0,
+  kGateGradsH,   // GRU's recurrent gate gradients (dgh)
+  kInputGates,   // a GRU/RNN layer's input projection (gx)
+  kInputGrads,   // a native bfloat16 GRU/RNN layer's input gradient before rounding
   kGateGradsBf16,
   kOutputGrad,
   kWeightGradOperand,
