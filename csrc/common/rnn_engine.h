@@ -179,6 +179,8 @@ struct BackwardSteps {
   // Scratch a policy's backward_steps may leave for its weight_grads (the CPU's bfloat16 LSTM: its gate
   // gradients rounded to bfloat16).
   mutable Tensor scratch = Tensor();
+  // (A native bfloat16 GRU on the CPU: its input gate gradients rounded too; scratch holds the recurrent ones.)
+  mutable Tensor scratch_x = Tensor();
   // The gate gradients' column sums (the bias gradient) where backward_steps adds them up on the way (the CPU's
   // bfloat16 LSTM: (threads, G) partial sums, blocked columns), for its weight_grads.
   mutable Tensor bias_grad = Tensor();

@@ -211,28 +211,21 @@ inline void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, cons
   }
 }
 
-// Rows [0, rows): load_prev(mask, unit, row) reads 16 units of the state each row read.
-template <typename LoadPrev>
-inline void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, LoadPrev load_prev, const float* dh,
-                                   float* dgx, float* dgh, float* dh_direct) {
+// Rows [0, rows): load_prev(mask, unit, row) and load_d(mask, unit, row) read 16 units of the state each row read
+// and of the gradient reaching its new state; put(mask, unit, row, d_r, d_z, d_n, d_hn, d_h) writes the results.
+template <typename LoadPrev, typename LoadD, typename Put>
+inline void gru_backward_rows_impl(int64_t rows, int64_t H, const float* saved, LoadPrev load_prev, LoadD load_d,
+                                   Put put) {
   for (int64_t j = 0; j < rows; ++j) {
     const float* sv = saved + j * 4 * H;
-    float* gx = dgx + j * 3 * H;
-    float* gh = dgh + j * 3 * H;
     for (int64_t u = 0; u < H; u += 16) {
       const __mmask16 m = lanes(H - u);
-      VN<1> hp, d_r, d_z, d_n, d_hn, d_h;
+      VN<1> hp, d, d_r, d_z, d_n, d_hn, d_h;
       hp.v[0] = load_prev(m, u, j);
+      d.v[0] = load_d(m, u, j);
       rnnext::kernels::gru_backward_elem(ld1(m, sv + u), ld1(m, sv + H + u), ld1(m, sv + 2 * H + u),
-                                         ld1(m, sv + 3 * H + u), hp, ld1(m, dh + j * H + u), d_r, d_z, d_n, d_hn,
-                                         d_h);
-      store(m, gx + u, d_r.v[0]);
-      store(m, gx + H + u, d_z.v[0]);
-      store(m, gx + 2 * H + u, d_n.v[0]);
-      store(m, gh + u, d_r.v[0]);
-      store(m, gh + H + u, d_z.v[0]);
-      store(m, gh + 2 * H + u, d_hn.v[0]);
-      store(m, dh_direct + j * H + u, d_h.v[0]);
+                                         ld1(m, sv + 3 * H + u), hp, d, d_r, d_z, d_n, d_hn, d_h);
+      put(m, u, j, d_r.v[0], d_z.v[0], d_n.v[0], d_hn.v[0], d_h.v[0]);
     }
   }
 }
@@ -251,8 +244,19 @@ void gru_forward_rows_avx512(int64_t rows, int64_t H, const float* gx, const flo
 void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const float* h_prev, const float* dh,
                               float* dgx, float* dgh, float* dh_direct) {
   gru_backward_rows_impl(
-      rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load(m, h_prev + j * H + u); }, dh, dgx, dgh,
-      dh_direct);
+      rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load(m, h_prev + j * H + u); },
+      [&](__mmask16 m, int64_t u, int64_t j) { return load(m, dh + j * H + u); },
+      [&](__mmask16 m, int64_t u, int64_t j, __m512 d_r, __m512 d_z, __m512 d_n, __m512 d_hn, __m512 d_h) {
+        float* gx = dgx + j * 3 * H + u;
+        float* gh = dgh + j * 3 * H + u;
+        store(m, gx, d_r);
+        store(m, gx + H, d_z);
+        store(m, gx + 2 * H, d_n);
+        store(m, gh, d_r);
+        store(m, gh + H, d_z);
+        store(m, gh + 2 * H, d_hn);
+        store(m, dh_direct + j * H + u, d_h);
+      });
 }
 
 // (AVX-512F only, so that the conversions inline into the rows loops: round_bits' rounding, vectorized.)
@@ -264,10 +268,29 @@ void gru_forward_rows_bf16_avx512(int64_t rows, int64_t H, const float* gx, cons
 }
 
 void gru_backward_rows_bf16_avx512(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
-                                   const float* dh, float* dgx, float* dgh, float* dh_direct) {
+                                   const float* dy, float* dh, uint16_t* dgx16, uint16_t* dgh16, float* bias_acc) {
+  auto put16 = [](__mmask16 m, uint16_t* p, __m512 v) { _mm512_mask_cvtepi32_storeu_epi16(p, m, round_bf16_bits(v)); };
+  auto add = [](__mmask16 m, float* p, __m512 v) { store(m, p, _mm512_add_ps(load(m, p), v)); };
   gru_backward_rows_impl(
       rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load_bf16(m, h_prev + j * H + u, H - u); },
-      dh, dgx, dgh, dh_direct);
+      [&](__mmask16 m, int64_t u, int64_t j) {
+        return _mm512_add_ps(load(m, dh + j * H + u), load(m, dy + j * H + u));
+      },
+      [&](__mmask16 m, int64_t u, int64_t j, __m512 d_r, __m512 d_z, __m512 d_n, __m512 d_hn, __m512 d_h) {
+        uint16_t* gx = dgx16 + j * 3 * H + u;
+        uint16_t* gh = dgh16 + j * 3 * H + u;
+        put16(m, gx, d_r);
+        put16(m, gx + H, d_z);
+        put16(m, gx + 2 * H, d_n);
+        put16(m, gh, d_r);
+        put16(m, gh + H, d_z);
+        put16(m, gh + 2 * H, d_hn);
+        store(m, dh + j * H + u, d_h);
+        add(m, bias_acc + u, d_r);
+        add(m, bias_acc + H + u, d_z);
+        add(m, bias_acc + 2 * H + u, d_n);
+        add(m, bias_acc + 3 * H + u, d_hn);
+      });
 }
 
 void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,

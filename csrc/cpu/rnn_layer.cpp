@@ -35,16 +35,10 @@ int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(
 
 // Rows [0, rows) of one step, each H units wide: loops over units without branches, so that the float versions
 // vectorize (compiled for AVX2 and baseline x86-64, the best picked at run time, as csrc/cpu/pointwise.cpp).
-// A result stored as O (T itself, or uint16_t: bfloat16's raw bits, a native bfloat16 layer's outputs) and a
-// stored S read as T.
+// A result stored as O: T itself, or uint16_t (bfloat16's raw bits: a native bfloat16 layer's outputs).
 template <typename O, typename T>
 inline O to_store(T v) {
   if constexpr (std::is_same_v<O, uint16_t>) return bf16::round_bits(v);
-  else return v;
-}
-template <typename T, typename S>
-inline T from_store(S v) {
-  if constexpr (std::is_same_v<S, uint16_t>) return bf16::value(v);
   else return v;
 }
 
@@ -82,14 +76,13 @@ RNNEXT_HD void gru_forward_rows(int64_t rows, int64_t H, const T* __restrict__ g
   }
 }
 
-// S, the stored states' type: T, or uint16_t for a native bfloat16 layer.
-template <typename T, typename S>
-RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ saved, const S* __restrict__ h_prev,
+template <typename T>
+RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ saved, const T* __restrict__ h_prev,
                               const T* __restrict__ dh, T* __restrict__ dgx, T* __restrict__ dgh,
                               T* __restrict__ dh_direct) {
   for (int64_t j = 0; j < rows; ++j) {
     const T* sv = saved + j * 4 * H;
-    const S* hp = h_prev + j * H;
+    const T* hp = h_prev + j * H;
     const T* d = dh + j * H;
     T* gx = dgx + j * 3 * H;
     T* gh = dgh + j * 3 * H;
@@ -97,7 +90,7 @@ RNNEXT_HD void gru_backward_rows(int64_t rows, int64_t H, const T* __restrict__ 
 #pragma omp simd
     for (int64_t u = 0; u < H; ++u) {
       T d_r, d_z, d_n, d_hn, d_h;
-      kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], from_store<T>(hp[u]), d[u], d_r, d_z, d_n, d_hn,
+      kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], hp[u], d[u], d_r, d_z, d_n, d_hn,
                                  d_h);
       gx[u] = d_r;
       gx[H + u] = d_z;
@@ -121,11 +114,11 @@ RNNEXT_HD void rnn_forward_rows(int64_t n, bool relu, const T* __restrict__ gx, 
   }
 }
 
-template <typename T, typename S>
-RNNEXT_HD void rnn_backward_rows(int64_t n, bool relu, const S* __restrict__ h_new, const T* __restrict__ dh,
+template <typename T>
+RNNEXT_HD void rnn_backward_rows(int64_t n, bool relu, const T* __restrict__ h_new, const T* __restrict__ dh,
                               T* __restrict__ dgx) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dgx[i] = kernels::rnn_activation_backward(from_store<T>(h_new[i]), dh[i], relu);
+  for (int64_t i = 0; i < n; ++i) dgx[i] = kernels::rnn_activation_backward(h_new[i], dh[i], relu);
 }
 
 template <typename T>
@@ -155,16 +148,50 @@ RNNEXT_CLONES void gru_forward_rows_bf16(int64_t rows, int64_t H, const float* g
                                          uint16_t* h_out, float* saved) {
   gru_forward_rows(rows, H, gx, gh, h, h_out, saved);
 }
-RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
-                                          const float* dh, float* dgx, float* dgh, float* dh_direct) {
-  gru_backward_rows(rows, H, saved, h_prev, dh, dgx, dgh, dh_direct);
-}
 RNNEXT_CLONES void rnn_forward_rows_bf16(int64_t n, bool relu, const float* gx, const float* gh, float* h,
                                          uint16_t* h_out) {
   rnn_forward_rows(n, relu, gx, gh, h, h_out);
 }
-RNNEXT_CLONES void rnn_backward_rows_bf16(int64_t n, bool relu, const uint16_t* h_new, const float* dh, float* dgx) {
-  rnn_backward_rows(n, relu, h_new, dh, dgx);
+// A native bfloat16 layer's backward step, gru_backward_rows_bf16_avx512's contract (cpu/pointwise.h): d = dh + dy,
+// the gate gradients rounded to bfloat16 and added to bias_acc row by row, GRU's direct gradient into dh.
+RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* __restrict__ saved,
+                                          const uint16_t* __restrict__ h_prev, const float* __restrict__ dy,
+                                          float* __restrict__ dh, uint16_t* __restrict__ dgx16,
+                                          uint16_t* __restrict__ dgh16, float* __restrict__ acc) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* sv = saved + j * 4 * H;
+    uint16_t* gx = dgx16 + j * 3 * H;
+    uint16_t* gh = dgh16 + j * 3 * H;
+#pragma omp simd
+    for (int64_t u = 0; u < H; ++u) {
+      float d_r, d_z, d_n, d_hn, d_h;
+      kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], bf16::value(h_prev[j * H + u]),
+                                 dh[j * H + u] + dy[j * H + u], d_r, d_z, d_n, d_hn, d_h);
+      gx[u] = gh[u] = bf16::round_bits(d_r);
+      gx[H + u] = gh[H + u] = bf16::round_bits(d_z);
+      gx[2 * H + u] = bf16::round_bits(d_n);
+      gh[2 * H + u] = bf16::round_bits(d_hn);
+      dh[j * H + u] = d_h;
+      acc[u] += d_r;
+      acc[H + u] += d_z;
+      acc[2 * H + u] += d_n;
+      acc[3 * H + u] += d_hn;
+    }
+  }
+}
+// The RNN's: d = dh + dy, its pre-activation gradient rounded into dg16 and added to acc.
+RNNEXT_CLONES void rnn_backward_rows_bf16(int64_t rows, int64_t H, bool relu, const uint16_t* __restrict__ h_new,
+                                          const float* __restrict__ dy, const float* __restrict__ dh,
+                                          uint16_t* __restrict__ dg16, float* __restrict__ acc) {
+  for (int64_t j = 0; j < rows; ++j) {
+#pragma omp simd
+    for (int64_t u = 0; u < H; ++u) {
+      const int64_t i = j * H + u;
+      const float g = kernels::rnn_activation_backward(bf16::value(h_new[i]), dh[i] + dy[i], relu);
+      dg16[i] = bf16::round_bits(g);
+      acc[u] += g;
+    }
+  }
 }
 
 // The cloned (vectorized) versions, float and double.
@@ -192,16 +219,13 @@ void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float*
   if (pointwise_has_avx512()) return gru_forward_rows_bf16_avx512(rows, H, gx, gh, h, o, s);
   gru_forward_rows_bf16(rows, H, gx, gh, h, o, s);
 }
-void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const uint16_t* hp, const float* d, float* gx,
-                           float* gh, float* dd) {
-  if (pointwise_has_avx512()) return gru_backward_rows_bf16_avx512(rows, H, s, hp, d, gx, gh, dd);
-  gru_backward_rows_bf16(rows, H, s, hp, d, gx, gh, dd);
+void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const uint16_t* hp, const float* dy, float* dh,
+                           uint16_t* gx16, uint16_t* gh16, float* acc) {
+  if (pointwise_has_avx512()) return gru_backward_rows_bf16_avx512(rows, H, s, hp, dy, dh, gx16, gh16, acc);
+  gru_backward_rows_bf16(rows, H, s, hp, dy, dh, gx16, gh16, acc);
 }
 void rnn_forward_dispatch(int64_t n, bool relu, const float* gx, const float* gh, float* h, uint16_t* o) {
   rnn_forward_rows_bf16(n, relu, gx, gh, h, o);
-}
-void rnn_backward_dispatch(int64_t n, bool relu, const uint16_t* hn, const float* d, float* gx) {
-  rnn_backward_rows_bf16(n, relu, hn, d, gx);
 }
 void rnn_forward_dispatch(int64_t n, bool relu, const float* gx, const float* gh, float* h, float* o) {
   rnn_forward_rows_f32(n, relu, gx, gh, h, o);
@@ -275,24 +299,48 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
 // gradient operand (GRU: dgh, RNN: dgx) rounded into d16 (used, G), kept for the weight gradients. With bsum
 // (nt, G + H, zeros), each thread adds up its rows of dgx (G) and, for GRU, of dgh's n part (H) while they are in
 // cache: the bias gradients' partial sums.
-// The states it reads (h_slots, h_prev) are state_t: scalar_t, or uint16_t (bfloat16: a native layer's outputs).
-template <typename scalar_t, typename state_t = scalar_t>
+// kNative (a native bfloat16 layer: h_slots and h_prev bfloat16, bsum given): each step's pointwise kernel reads
+// dh + dy itself, writes the gate gradients rounded (d16: dgh for GRU, dgx for RNN; GRU's dgx into dgx16) and adds
+// them to bsum; no float32 gate gradients at all.
+template <typename scalar_t, bool kNative = false>
 void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr,
-                   uint16_t* d16 = nullptr, scalar_t* bsum = nullptr) {
+                   uint16_t* d16 = nullptr, scalar_t* bsum = nullptr, uint16_t* dgx16 = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
   const scalar_t* sv = gru ? b.saved.const_data_ptr<scalar_t>() : nullptr;
-  const state_t* hs = static_cast<const state_t*>(b.h_slots.const_data_ptr());
-  const state_t* hp = static_cast<const state_t*>(b.h_prev.const_data_ptr());
   const scalar_t* dy = b.dy_slots.const_data_ptr<scalar_t>();
   const scalar_t* whh = whh_p == nullptr ? b.w_hh.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dh = b.dh.data_ptr<scalar_t>();
+  const std::vector<int64_t> bounds = balanced_slot_split(st, b.plan.s.B, nt);
+  if constexpr (kNative) {
+    const auto* hs = reinterpret_cast<const uint16_t*>(b.h_slots.const_data_ptr<c10::BFloat16>());
+    const auto* hp = reinterpret_cast<const uint16_t*>(b.h_prev.const_data_ptr<c10::BFloat16>());
+    at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t th = t0; th < t1; ++th) {
+        const int64_t j0 = bounds[th], j1 = bounds[th + 1];
+        scalar_t* acc = bsum + th * (G + H);
+        for (int64_t p = st.T - 1; p >= 0 && j0 < j1; --p) {
+          const int64_t e = std::min(j1, st.rows_at(p)), m = e - j0, r = st.offset_at(p) + j0;
+          if (m <= 0) continue;
+          if (gru)
+            gru_backward_dispatch(m, H, sv + r * W, hp + r * H, dy + r * H, dh + j0 * H, dgx16 + r * G, d16 + r * G,
+                                  acc);
+          else
+            rnn_backward_rows_bf16(m, H, relu, hs + r * H, dy + r * H, dh + j0 * H, d16 + r * G, acc);
+          // GRU: dh holds the direct part of the gradient into the previous h; the recurrent GEMM adds the rest.
+          gemm_bf16_packed(m, H, G, d16 + r * G, G, whh_p->data(), H, dh + j0 * H, H, /*accumulate=*/gru);
+        }
+      }
+    });
+    return;
+  }
+  const scalar_t* hs = b.h_slots.const_data_ptr<scalar_t>();
+  const scalar_t* hp = b.h_prev.const_data_ptr<scalar_t>();
   scalar_t* dgx = b.dgx.data_ptr<scalar_t>();
   scalar_t* dgh = b.dgh.data_ptr<scalar_t>();
   Tensor dtot_buf = at::empty({b.plan.s.B, H}, b.dh.options());
   scalar_t* dtot = dtot_buf.data_ptr<scalar_t>();
-  const std::vector<int64_t> bounds = balanced_slot_split(st, b.plan.s.B, nt);
   at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t th = t0; th < t1; ++th) {
       const int64_t j0 = bounds[th], j1 = bounds[th + 1];
@@ -576,10 +624,12 @@ struct CpuPointwiseBf16 : CpuPointwise {
     b.scratch = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
     b.bias_grad = at::zeros({nt, b.dgx.size(1) + b.plan.s.H}, b.dgx.options());
     uint16_t* d16 = reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>());
-    if (native)
-      slot_backward<float, uint16_t>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
-    else
-      slot_backward<float>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
+    if (!native) return slot_backward<float>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
+    if (b.cell == CellKind::kGRU)
+      b.scratch_x = scratch(ScratchSlot::kWeightGradOperand, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
+    slot_backward<float, /*kNative=*/true>(
+        b, nt, &p, d16, b.bias_grad.data_ptr<float>(),
+        b.scratch_x.defined() ? reinterpret_cast<uint16_t*>(b.scratch_x.data_ptr<c10::BFloat16>()) : nullptr);
   }
 
   // aten_weight_grads' products on bfloat16 operands; a native layer's gradients in bfloat16 (x_slots and h_prev
@@ -594,13 +644,14 @@ struct CpuPointwiseBf16 : CpuPointwise {
     w.dx_slots = at::empty({n, I}, opts);
     const Tensor dx_f = native ? scratch(ScratchSlot::kInputGrads, {n, I}, at::kFloat) : w.dx_slots;
     const std::vector<uint16_t> p = pack_bf16(w_ih);  // (G, I)
-    // The rounded gate gradients: the slot split's (b.scratch: dgh for GRU, dgx for RNN), and dgx rounded here
-    // for GRU (or when the step loop kept float32 GEMMs).
+    // The rounded gate gradients: the slot split's (b.scratch: dgh for GRU, dgx for RNN; b.scratch_x: a native
+    // GRU's dgx), and dgx rounded here for GRU otherwise (or when the step loop kept float32 GEMMs).
     const bool gru = b.cell == CellKind::kGRU, kept = b.scratch.defined();
-    const Tensor dgx16 = kept && !gru ? b.scratch : scratch(ScratchSlot::kWeightGradOperand, {n, G}, at::kBFloat16);
-    const bool round_dgx = !(kept && !gru);
-    const Tensor dgx = b.dgx.contiguous();
-    const float* dg = dgx.const_data_ptr<float>();
+    const Tensor kept_dgx16 = !kept ? Tensor() : gru ? b.scratch_x : b.scratch;
+    const bool round_dgx = !kept_dgx16.defined();
+    const Tensor dgx16 = round_dgx ? scratch(ScratchSlot::kWeightGradOperand, {n, G}, at::kBFloat16) : kept_dgx16;
+    const Tensor dgx = round_dgx ? b.dgx.contiguous() : Tensor();
+    const float* dg = round_dgx ? dgx.const_data_ptr<float>() : nullptr;
     uint16_t* dg16 = reinterpret_cast<uint16_t*>(dgx16.data_ptr<c10::BFloat16>());
     float* dx = dx_f.data_ptr<float>();
     uint16_t* dx16 = native ? reinterpret_cast<uint16_t*>(w.dx_slots.data_ptr<c10::BFloat16>()) : nullptr;
