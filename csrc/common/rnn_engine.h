@@ -222,7 +222,9 @@ inline void aten_matmul_out(const Tensor& out, const Tensor& a, const Tensor& w,
 // and per layer: linear_out, matmul_out (GEMMs), forward_steps / backward_steps (the step loops: the aten_*
 // loops below or the device's own), weight_grads (aten_weight_grads or its own) and fuses_input(cell): whether
 // its forward_steps projects the input itself (then gx is not computed, and its own backward_steps and
-// weight_grads read the workspace it wrote: the CPU's fused LSTM schedule, with its own gate column order).
+// weight_grads read the workspace it wrote: the CPU's fused LSTM schedule, with its own gate column order), and
+// projects_input(cell, input): whether its forward_steps projects the input itself for this call while the
+// backward stays the engine's (the CPU's native bfloat16 GRU/RNN).
 
 // One LSTM step of n slots: gx, gh (n, 4H) the input and recurrent projections (gh is overwritten when gates is
 // undefined); gates (n, 4H) receives the activations when defined; c (n, H) in place; cells (n, H) the new c when
@@ -568,7 +570,8 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   const Tensor c = lstm ? slots(*a.cx).to(acc_opts.dtype()) : Tensor();
   // (Contiguous weights: the same values give the same bits in any layout.)
   const Tensor w_ih = a.w_ih.contiguous();
-  const bool fused = !a.lengths.has_value() && Pointwise::fuses_input(cell);
+  const bool fused =
+      !a.lengths.has_value() && (Pointwise::fuses_input(cell) || Pointwise::projects_input(cell, a.input));
   const Tensor x_rows = a.input.reshape({-1, I}).contiguous();
   Tensor gx;
   if (!fused) {

@@ -251,25 +251,52 @@ RNNEXT_CLONES void add_rows_dispatch(int64_t n, const double* a, const double* b
 // of a step as one JIT GEMM over its rows, with no barrier between steps. w_hh_t is W_hh^T (H, G) row-major, bias
 // b_hh (or null). With whh_p (W_hh^T packed) the recurrent GEMMs run on bfloat16 operands: h rounded, or, with
 // bfloat16 outputs (out_t: a native bfloat16 layer), the previous step's outputs themselves.
+// A native layer may project its input here (f.fused_input: bfloat16 x, W_ih, b_ih): each thread its rows of a
+// step into a buffer of its own, just before they are used (gathering the input rows when the slot rows are not
+// the input's rows): the same products as the engine's projection, in cache.
 template <typename scalar_t, typename out_t = scalar_t>
 void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_hh_t, const scalar_t* bias,
                   const std::vector<uint16_t>* whh_p = nullptr) {
   const common::Steps& st = f.plan.st;
   const int64_t H = f.plan.s.H, G = common::num_gates(f.cell) * H, W = common::saved_width(f.cell, H);
-  const scalar_t* gx = f.gx.const_data_ptr<scalar_t>();
+  const int64_t I = f.plan.s.I;
+  const bool project = f.fused_input;
+  TORCH_INTERNAL_ASSERT(!project || (std::is_same_v<out_t, uint16_t> && f.x.scalar_type() == at::kBFloat16));
+  const scalar_t* gx = project ? nullptr : f.gx.const_data_ptr<scalar_t>();
+  const std::vector<uint16_t> wih_p = project ? pack_bf16_t(f.w_ih) : std::vector<uint16_t>();  // (I, G)
+  const Tensor b_ih = project && f.b_ih.has_value() ? f.b_ih->to(at::kFloat).contiguous() : Tensor();
+  const float* bi = b_ih.defined() ? b_ih.const_data_ptr<float>() : nullptr;
+  const uint16_t* x16 = project ? reinterpret_cast<const uint16_t*>(f.x.const_data_ptr<c10::BFloat16>()) : nullptr;
+  const common::RnnPlan::SlotRows row = f.plan.slot_row();
   scalar_t* h = f.h.data_ptr<scalar_t>();
   out_t* hs = static_cast<out_t*>(f.h_slots.data_ptr());
   scalar_t* sv = f.saved.defined() ? f.saved.data_ptr<scalar_t>() : nullptr;
-  Tensor gh_buf = at::empty({f.plan.s.B, G}, f.gx.options());
+  Tensor gh_buf = at::empty({f.plan.s.B, G}, f.h.options());
   scalar_t* gh = gh_buf.data_ptr<scalar_t>();
   const bool relu = f.cell == CellKind::kRNNRelu;
   const std::vector<int64_t> bounds = balanced_slot_split(st, f.plan.s.B, nt);
   at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t th = t0; th < t1; ++th) {
       const int64_t j0 = bounds[th], j1 = bounds[th + 1];
+      std::vector<float> gx_buf(project ? (j1 - j0) * G : 0);
+      std::vector<uint16_t> x_buf(project && row.rows != nullptr ? (j1 - j0) * I : 0);
       for (int64_t p = 0; p < st.T && j0 < j1; ++p) {
         const int64_t e = std::min(j1, st.rows_at(p)), m = e - j0, r = st.offset_at(p) + j0;
         if (m <= 0) continue;
+        const scalar_t* gxr = gx != nullptr ? gx + r * G : nullptr;
+        if constexpr (std::is_same_v<out_t, uint16_t>) {
+          if (project) {
+            const uint16_t* xr = x16 + r * I;
+            if (row.rows != nullptr) {
+              for (int64_t j = 0; j < m; ++j) std::copy_n(x16 + row(r + j) * I, I, x_buf.data() + j * I);
+              xr = x_buf.data();
+            }
+            if (bi != nullptr)
+              for (int64_t j = 0; j < m; ++j) std::copy(bi, bi + G, gx_buf.data() + j * G);
+            gemm_bf16_packed(m, G, I, xr, I, wih_p.data(), G, gx_buf.data(), G, /*accumulate=*/bi != nullptr);
+            gxr = gx_buf.data();
+          }
+        }
         scalar_t* ghr = gh + j0 * G;
         if (bias != nullptr)
           for (int64_t j = 0; j < m; ++j) std::copy(bias, bias + G, ghr + j * G);
@@ -287,9 +314,9 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
           gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p, ghr, G, bias != nullptr);
         }
         if (f.cell == CellKind::kGRU)
-          gru_forward_dispatch(m, H, gx + r * G, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
+          gru_forward_dispatch(m, H, gxr, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
         else
-          rnn_forward_dispatch(m * H, relu, gx + r * G, ghr, h + j0 * H, hs + r * H);
+          rnn_forward_dispatch(m * H, relu, gxr, ghr, h + j0 * H, hs + r * H);
       }
     }
   });
@@ -455,6 +482,7 @@ struct CpuPointwise {
     const char* v = std::getenv("RNNEXT_LSTM_ENGINE");
     return v == nullptr || v[0] != '1';
   }
+  static bool projects_input(CellKind, const Tensor&) { return false; }
 
   static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
                                           bool has_bias) {
@@ -597,6 +625,12 @@ struct CpuPointwiseBf16 : CpuPointwise {
                               const std::optional<Tensor>& b2) {
     linear_out(out1, x1, w1, b1);
     linear_out(out2, x2, w2, b2);
+  }
+
+  // A native layer (bfloat16 input: rnn_native_bf16 chose it, and the slot split) projects its input inside the
+  // step loop: each thread its rows of each step, while they are in cache (slot_forward).
+  static bool projects_input(CellKind cell, const Tensor& input) {
+    return cell != CellKind::kLSTM && input.scalar_type() == at::kBFloat16;
   }
 
   // A native layer (bfloat16 outputs: rnn_native_bf16 chose the slot split for it) or a float32 one.
