@@ -223,8 +223,9 @@ inline void aten_matmul_out(const Tensor& out, const Tensor& a, const Tensor& w,
 // loops below or the device's own), weight_grads (aten_weight_grads or its own) and fuses_input(cell): whether
 // its forward_steps projects the input itself (then gx is not computed, and its own backward_steps and
 // weight_grads read the workspace it wrote: the CPU's fused LSTM schedule, with its own gate column order), and
-// projects_input(cell, input): whether its forward_steps projects the input itself for this call while the
-// backward stays the engine's (the CPU's native bfloat16 GRU/RNN).
+// native_bf16(cell, input): whether it runs this bfloat16 call natively (the CPU's GRU/RNN): its forward_steps
+// then projects the input itself (while the backward stays the engine's) and its backward_steps read the output
+// gradient in bfloat16 as it is.
 
 // One LSTM step of n slots: gx, gh (n, 4H) the input and recurrent projections (gh is overwritten when gates is
 // undefined); gates (n, 4H) receives the activations when defined; c (n, H) in place; cells (n, H) the new c when
@@ -571,7 +572,7 @@ LayerOut layer_forward(const char* op, CellKind cell, const LayerArgs& a, const 
   // (Contiguous weights: the same values give the same bits in any layout.)
   const Tensor w_ih = a.w_ih.contiguous();
   const bool fused =
-      !a.lengths.has_value() && (Pointwise::fuses_input(cell) || Pointwise::projects_input(cell, a.input));
+      !a.lengths.has_value() && (Pointwise::fuses_input(cell) || Pointwise::native_bf16(cell, a.input));
   const Tensor x_rows = a.input.reshape({-1, I}).contiguous();
   Tensor gx;
   if (!fused) {
@@ -681,7 +682,7 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
     return backend == Backend::kCPU ? cpu::scratch(slot, sizes, dtype) : at::empty(sizes, opts.dtype(dtype));
   };
   Tensor dy_slots = plan.to_slots(g.grad_output.reshape({-1, P})).contiguous();
-  if (dy_slots.scalar_type() != acc_opts.dtype().toScalarType())
+  if (dy_slots.scalar_type() != acc_opts.dtype().toScalarType() && !Pointwise::native_bf16(cell, input))
     dy_slots = temp(cpu::ScratchSlot::kOutputGrad, {used, P}, acc_opts.dtype().toScalarType()).copy_(dy_slots);
   const Tensor x_rows = input.reshape({-1, I}).contiguous(), y_rows = g.output.reshape({-1, P}).contiguous();
   const Tensor h_slots = fused ? Tensor() : plan.to_slots(y_rows).contiguous();

@@ -77,12 +77,13 @@ void gru_backward_rows_avx512(int64_t rows, int64_t H, const float* saved, const
                               float* dgx, float* dgh, float* dh_direct);
 // Their versions for a native bfloat16 layer (AVX-512F instructions only): the outputs h_out and the states read
 // h_prev in bfloat16 (raw 16-bit patterns, rounded as round_to_bf16 does), the state h float32. The backward
-// reads the gradient reaching each new state as dh + dy (dh in place: it receives the direct part of the
+// reads the gradient reaching each new state as dh + dy (dy bfloat16; dh in place: it receives the direct part of the
 // gradient into the previous state), writes the gate gradients rounded to bfloat16 (dgx16, dgh16: (rows, 3H))
 // and adds them, in float32 and row by row, to bias_acc (4H: dgx's 3H columns, then dgh's n part).
 void gru_forward_rows_bf16_avx512(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
                                   uint16_t* h_out, float* saved);
 void gru_backward_rows_bf16_avx512(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
-                                   const float* dy, float* dh, uint16_t* dgx16, uint16_t* dgh16, float* bias_acc);
+                                   const uint16_t* dy, float* dh, uint16_t* dgx16, uint16_t* dgh16,
+                                   float* bias_acc);
 
 }  // namespace rnnext::cpu

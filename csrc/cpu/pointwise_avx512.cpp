@@ -268,13 +268,14 @@ void gru_forward_rows_bf16_avx512(int64_t rows, int64_t H, const float* gx, cons
 }
 
 void gru_backward_rows_bf16_avx512(int64_t rows, int64_t H, const float* saved, const uint16_t* h_prev,
-                                   const float* dy, float* dh, uint16_t* dgx16, uint16_t* dgh16, float* bias_acc) {
+                                   const uint16_t* dy, float* dh, uint16_t* dgx16, uint16_t* dgh16,
+                                   float* bias_acc) {
   auto put16 = [](__mmask16 m, uint16_t* p, __m512 v) { _mm512_mask_cvtepi32_storeu_epi16(p, m, round_bf16_bits(v)); };
   auto add = [](__mmask16 m, float* p, __m512 v) { store(m, p, _mm512_add_ps(load(m, p), v)); };
   gru_backward_rows_impl(
       rows, H, saved, [&](__mmask16 m, int64_t u, int64_t j) { return load_bf16(m, h_prev + j * H + u, H - u); },
       [&](__mmask16 m, int64_t u, int64_t j) {
-        return _mm512_add_ps(load(m, dh + j * H + u), load(m, dy + j * H + u));
+        return _mm512_add_ps(load(m, dh + j * H + u), load_bf16(m, dy + j * H + u, H - u));
       },
       [&](__mmask16 m, int64_t u, int64_t j, __m512 d_r, __m512 d_z, __m512 d_n, __m512 d_hn, __m512 d_h) {
         uint16_t* gx = dgx16 + j * 3 * H + u;

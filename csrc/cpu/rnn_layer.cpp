@@ -152,10 +152,11 @@ RNNEXT_CLONES void rnn_forward_rows_bf16(int64_t n, bool relu, const float* gx, 
                                          uint16_t* h_out) {
   rnn_forward_rows(n, relu, gx, gh, h, h_out);
 }
-// A native bfloat16 layer's backward step, gru_backward_rows_bf16_avx512's contract (cpu/pointwise.h): d = dh + dy,
+// A native bfloat16 layer's backward step, gru_backward_rows_bf16_avx512's contract (cpu/pointwise.h): d = dh + dy
+// (dy bfloat16),
 // the gate gradients rounded to bfloat16 and added to bias_acc row by row, GRU's direct gradient into dh.
 RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* __restrict__ saved,
-                                          const uint16_t* __restrict__ h_prev, const float* __restrict__ dy,
+                                          const uint16_t* __restrict__ h_prev, const uint16_t* __restrict__ dy,
                                           float* __restrict__ dh, uint16_t* __restrict__ dgx16,
                                           uint16_t* __restrict__ dgh16, float* __restrict__ acc) {
   for (int64_t j = 0; j < rows; ++j) {
@@ -166,7 +167,7 @@ RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* 
     for (int64_t u = 0; u < H; ++u) {
       float d_r, d_z, d_n, d_hn, d_h;
       kernels::gru_backward_elem(sv[u], sv[H + u], sv[2 * H + u], sv[3 * H + u], bf16::value(h_prev[j * H + u]),
-                                 dh[j * H + u] + dy[j * H + u], d_r, d_z, d_n, d_hn, d_h);
+                                 dh[j * H + u] + bf16::value(dy[j * H + u]), d_r, d_z, d_n, d_hn, d_h);
       gx[u] = gh[u] = bf16::round_bits(d_r);
       gx[H + u] = gh[H + u] = bf16::round_bits(d_z);
       gx[2 * H + u] = bf16::round_bits(d_n);
@@ -181,13 +182,13 @@ RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* 
 }
 // The RNN's: d = dh + dy, its pre-activation gradient rounded into dg16 and added to acc.
 RNNEXT_CLONES void rnn_backward_rows_bf16(int64_t rows, int64_t H, bool relu, const uint16_t* __restrict__ h_new,
-                                          const float* __restrict__ dy, const float* __restrict__ dh,
+                                          const uint16_t* __restrict__ dy, const float* __restrict__ dh,
                                           uint16_t* __restrict__ dg16, float* __restrict__ acc) {
   for (int64_t j = 0; j < rows; ++j) {
 #pragma omp simd
     for (int64_t u = 0; u < H; ++u) {
       const int64_t i = j * H + u;
-      const float g = kernels::rnn_activation_backward(bf16::value(h_new[i]), dh[i] + dy[i], relu);
+      const float g = kernels::rnn_activation_backward(bf16::value(h_new[i]), dh[i] + bf16::value(dy[i]), relu);
       dg16[i] = bf16::round_bits(g);
       acc[u] += g;
     }
@@ -219,7 +220,7 @@ void gru_forward_dispatch(int64_t rows, int64_t H, const float* gx, const float*
   if (pointwise_has_avx512()) return gru_forward_rows_bf16_avx512(rows, H, gx, gh, h, o, s);
   gru_forward_rows_bf16(rows, H, gx, gh, h, o, s);
 }
-void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const uint16_t* hp, const float* dy, float* dh,
+void gru_backward_dispatch(int64_t rows, int64_t H, const float* s, const uint16_t* hp, const uint16_t* dy, float* dh,
                            uint16_t* gx16, uint16_t* gh16, float* acc) {
   if (pointwise_has_avx512()) return gru_backward_rows_bf16_avx512(rows, H, s, hp, dy, dh, gx16, gh16, acc);
   gru_backward_rows_bf16(rows, H, s, hp, dy, dh, gx16, gh16, acc);
@@ -336,11 +337,11 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
   const scalar_t* sv = gru ? b.saved.const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* dy = b.dy_slots.const_data_ptr<scalar_t>();
   const scalar_t* whh = whh_p == nullptr ? b.w_hh.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dh = b.dh.data_ptr<scalar_t>();
   const std::vector<int64_t> bounds = balanced_slot_split(st, b.plan.s.B, nt);
   if constexpr (kNative) {
+    const auto* dy = reinterpret_cast<const uint16_t*>(b.dy_slots.const_data_ptr<c10::BFloat16>());
     const auto* hs = reinterpret_cast<const uint16_t*>(b.h_slots.const_data_ptr<c10::BFloat16>());
     const auto* hp = reinterpret_cast<const uint16_t*>(b.h_prev.const_data_ptr<c10::BFloat16>());
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
@@ -362,6 +363,7 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
     });
     return;
   }
+  const scalar_t* dy = b.dy_slots.const_data_ptr<scalar_t>();
   const scalar_t* hs = b.h_slots.const_data_ptr<scalar_t>();
   const scalar_t* hp = b.h_prev.const_data_ptr<scalar_t>();
   scalar_t* dgx = b.dgx.data_ptr<scalar_t>();
@@ -482,7 +484,7 @@ struct CpuPointwise {
     const char* v = std::getenv("RNNEXT_LSTM_ENGINE");
     return v == nullptr || v[0] != '1';
   }
-  static bool projects_input(CellKind, const Tensor&) { return false; }
+  static bool native_bf16(CellKind, const Tensor&) { return false; }
 
   static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
                                           bool has_bias) {
@@ -628,8 +630,9 @@ struct CpuPointwiseBf16 : CpuPointwise {
   }
 
   // A native layer (bfloat16 input: rnn_native_bf16 chose it, and the slot split) projects its input inside the
-  // step loop: each thread its rows of each step, while they are in cache (slot_forward).
-  static bool projects_input(CellKind cell, const Tensor& input) {
+  // step loop (each thread its rows of each step, while they are in cache: slot_forward) and its backward steps
+  // read the bfloat16 output gradient (slot_backward).
+  static bool native_bf16(CellKind cell, const Tensor& input) {
     return cell != CellKind::kLSTM && input.scalar_type() == at::kBFloat16;
   }
 

@@ -78,7 +78,7 @@ __global__ void rnn_backward_kernel(int64_t n, int64_t H, int cell, const scalar
 
 struct CudaPointwise {
   static bool fuses_input(CellKind) { return false; }
-  static bool projects_input(CellKind, const Tensor&) { return false; }
+  static bool native_bf16(CellKind, const Tensor&) { return false; }
   static common::WeightGrads weight_grads(const common::BackwardSteps& b, const Tensor& x_slots, const Tensor& w_ih,
                                           bool has_bias) {
     return common::aten_weight_grads(b, x_slots, w_ih, has_bias);
