@@ -704,8 +704,10 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   const Tensor h0 = plan.state_to_slots(a.hx);
   const Tensor h_prev = previous(h_slots, h0);
   const Tensor cells = lstm ? g.cells->narrow(0, 0, used).contiguous() : Tensor();
-  Tensor dgx = temp(cpu::ScratchSlot::kGateGrads, {used, G}, acc_opts.dtype().toScalarType());
-  Tensor dgh = gru ? temp(cpu::ScratchSlot::kGateGradsH, {used, G}, acc_opts.dtype().toScalarType()) : dgx;
+  // (A native bfloat16 call keeps its gate gradients in bfloat16 only: no float32 ones, (0, G).)
+  const int64_t dg_rows = Pointwise::native_bf16(cell, input) ? 0 : used;
+  Tensor dgx = temp(cpu::ScratchSlot::kGateGrads, {dg_rows, G}, acc_opts.dtype().toScalarType());
+  Tensor dgh = gru ? temp(cpu::ScratchSlot::kGateGradsH, {dg_rows, G}, acc_opts.dtype().toScalarType()) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
   b.h0 = h0;
   b.fused_input = fused;

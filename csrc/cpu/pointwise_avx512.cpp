@@ -40,6 +40,15 @@ inline void store(__mmask16 m, float* p, __m512 x) {
     _mm512_mask_storeu_ps(p, m, x);
 }
 
+// store() for data read again only much later (a training forward's saved activations): a whole, aligned vector
+// bypasses the cache (no read for ownership of the line).
+inline void store_nt(__mmask16 m, float* p, __m512 x) {
+  if (m == __mmask16(0xFFFF) && (reinterpret_cast<uintptr_t>(p) & 63) == 0)
+    _mm512_stream_ps(p, x);
+  else
+    store(m, p, x);
+}
+
 // A 16-lane vector (lanes m) of VN<1> from p.
 // v rounded to bfloat16 (cpu/bf16.h's round_bits: nearest, ties to even, NaN quiet, denormals to zero), each
 // lane's 16-bit pattern in the low half of its 32-bit lane.
@@ -179,10 +188,10 @@ inline VN<N> gru_forward_vecs(const __mmask16* m, const float* x, const float* g
     const int64_t o = 16 * k;
     store(m[k], h + o, hn.v[k]);
     if (sv != nullptr) {
-      store(m[k], sv + o, r.v[k]);
-      store(m[k], sv + H + o, z.v[k]);
-      store(m[k], sv + 2 * H + o, n.v[k]);
-      store(m[k], sv + 3 * H + o, hn_.v[k]);
+      store_nt(m[k], sv + o, r.v[k]);
+      store_nt(m[k], sv + H + o, z.v[k]);
+      store_nt(m[k], sv + 2 * H + o, n.v[k]);
+      store_nt(m[k], sv + 3 * H + o, hn_.v[k]);
     }
   }
   return hn;
@@ -209,6 +218,7 @@ inline void gru_forward_rows_impl(int64_t rows, int64_t H, const float* gx, cons
       store_out(m[0], u, j, hn.v[0]);
     }
   }
+  _mm_sfence();  // (store_nt's stores ordered before whatever follows)
 }
 
 // Rows [0, rows): load_prev(mask, unit, row) and load_d(mask, unit, row) read 16 units of the state each row read

@@ -658,12 +658,13 @@ struct CpuPointwiseBf16 : CpuPointwise {
     TORCH_INTERNAL_ASSERT(!native || (nt > 0 && b.cell != CellKind::kLSTM));
     if (nt == 0 || b.cell == CellKind::kLSTM) return common::aten_backward_steps<CpuPointwise>(b);
     const std::vector<uint16_t> p = pack_bf16(b.w_hh);  // (G, H)
-    b.scratch = scratch(ScratchSlot::kGateGradsBf16, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
-    b.bias_grad = at::zeros({nt, b.dgx.size(1) + b.plan.s.H}, b.dgx.options());
+    const int64_t n = b.plan.used, G = b.dgx.size(1);
+    b.scratch = scratch(ScratchSlot::kGateGradsBf16, {n, G}, at::kBFloat16);
+    b.bias_grad = at::zeros({nt, G + b.plan.s.H}, b.dgx.options());
     uint16_t* d16 = reinterpret_cast<uint16_t*>(b.scratch.data_ptr<c10::BFloat16>());
     if (!native) return slot_backward<float>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
     if (b.cell == CellKind::kGRU)
-      b.scratch_x = scratch(ScratchSlot::kWeightGradOperand, {b.dgx.size(0), b.dgx.size(1)}, at::kBFloat16);
+      b.scratch_x = scratch(ScratchSlot::kWeightGradOperand, {n, G}, at::kBFloat16);
     slot_backward<float, /*kNative=*/true>(
         b, nt, &p, d16, b.bias_grad.data_ptr<float>(),
         b.scratch_x.defined() ? reinterpret_cast<uint16_t*>(b.scratch_x.data_ptr<c10::BFloat16>()) : nullptr);
@@ -676,7 +677,7 @@ struct CpuPointwiseBf16 : CpuPointwise {
     const auto opts = x_slots.options();
     const at::ScalarType dt = x_slots.scalar_type();
     const bool native = dt == at::kBFloat16;
-    const int64_t n = b.dgx.size(0), G = w_ih.size(0), I = w_ih.size(1);
+    const int64_t n = b.plan.used, G = w_ih.size(0), I = w_ih.size(1);
     common::WeightGrads w;
     w.dx_slots = at::empty({n, I}, opts);
     const Tensor dx_f = native ? scratch(ScratchSlot::kInputGrads, {n, I}, at::kFloat) : w.dx_slots;
