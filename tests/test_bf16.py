@@ -111,8 +111,8 @@ def test_bf16_native_sizes(threads, kind, inp, B, I, H):
     and 41: the slot split at 1 and 2 threads, even and uneven halves; 480 or 533 input rows: the input
     projection on the bfloat16 micro-kernel; odd input and hidden sizes: odd GEMM depths, whose last k-pair has
     a zero partner, and partial vectors in the pointwise steps), two layers, bidirectional, initial states given,
-    every output and gradient (h_0 and c_0 included) within 1.5x stock bfloat16's relative RMS error (or the floor) and, for LSTM, its largest error
-    too."""
+    every output and gradient (h_0 and c_0 included) within 1.5x stock bfloat16's relative RMS error (or the
+    floor) and, for LSTM, its largest error too."""
     T = 12 if B % 2 == 0 else 13
     stock, ours, oracle = _modules(kind, I, H, num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(5)

@@ -57,7 +57,8 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
         if (!gemm_bf16_available()) {
           for (int64_t n = 0; n < N; ++n) {
             o[2 * n] = bf ? s16[2 * p * N + n] : bf16::round_bits(s32[2 * p * N + n]);
-            o[2 * n + 1] = !whole ? uint16_t(0) : bf ? s16[(2 * p + 1) * N + n] : bf16::round_bits(s32[(2 * p + 1) * N + n]);
+            const int64_t i1 = (2 * p + 1) * N + n;
+            o[2 * n + 1] = !whole ? uint16_t(0) : bf ? s16[i1] : bf16::round_bits(s32[i1]);
           }
         } else if (bf) {
           interleave_rows_avx512(N, s16 + 2 * p * N, whole ? s16 + (2 * p + 1) * N : z16.data(), o);

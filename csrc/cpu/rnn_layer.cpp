@@ -603,7 +603,8 @@ struct CpuPointwiseBf16 : CpuPointwise {
   // x (rounded row by row) from kMinRows rows.
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
     const bool native = x.scalar_type() == at::kBFloat16;
-    if (!out.is_contiguous() || !x.is_contiguous() || (!native && (x.size(0) < kMinRows || x.scalar_type() != at::kFloat)))
+    const bool small_or_f64 = x.size(0) < kMinRows || x.scalar_type() != at::kFloat;
+    if (!out.is_contiguous() || !x.is_contiguous() || (!native && small_or_f64))
       return CpuPointwise::linear_out(out, x, w, b);
     const std::vector<uint16_t> wp = pack_bf16_t(w);  // (K, G), from w's rows
     const int64_t n = x.size(0), G = w.size(0), K = w.size(1);
