@@ -198,6 +198,17 @@ def test_bf16_ops_opcheck():
         packed = (rg(_bf(8, I, g=g)), rg(_bf(B, H, g=g)), rg(_bf(G, I, g=g)), rg(_bf(G, H, g=g)), rg(_bf(G, g=g)),
                   rg(_bf(G, g=g)), torch.tensor([3, 2, 2, 1]), None, False, True, True, cell)
         torch.library.opcheck(torch.ops.rnnext.rnn_layer.default, packed)
+        # At a size where the native bfloat16 path runs (the slot split: 33 entries, 5 steps), forward and
+        # backward op.
+        dense = (rg(_bf(5, 33, I, g=g)), rg(_bf(33, H, g=g)), *packed[2:6], None, None, False, False, True, cell)
+        torch.library.opcheck(torch.ops.rnnext.rnn_layer.default, dense)
+        out, hy, saved = torch.ops.rnnext.rnn_layer(*(t.detach() if isinstance(t, torch.Tensor) else t
+                                                      for t in dense))
+        assert out.dtype == hy.dtype == torch.bfloat16 and saved.dtype == torch.float32
+        x, h0, w_ih, w_hh = (t.detach() for t in dense[:4])
+        torch.library.opcheck(torch.ops.rnnext.rnn_layer_backward.default,
+                              (torch.randn_like(out), torch.randn_like(hy), x, h0, w_ih, w_hh, None, None, False,
+                               False, out, saved, cell, True, None))
         torch.library.opcheck(torch.ops.rnnext.rnn_cell.default,
                               (rg(_bf(B, I, g=g)), rg(_bf(B, H, g=g)), rg(_bf(G, I, g=g)), rg(_bf(G, H, g=g)),
                                rg(_bf(G, g=g)), rg(_bf(G, g=g)), cell))

@@ -33,8 +33,6 @@ using common::CellKind;
 
 int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)); }
 
-// Rows [0, rows) of one step, each H units wide: loops over units without branches, so that the float versions
-// vectorize (compiled for AVX2 and baseline x86-64, the best picked at run time, as csrc/cpu/pointwise.cpp).
 // A result stored as O: T itself, or uint16_t (bfloat16's raw bits: a native bfloat16 layer's outputs).
 template <typename O, typename T>
 inline O to_store(T v) {
@@ -42,6 +40,8 @@ inline O to_store(T v) {
   else return v;
 }
 
+// Rows [0, rows) of one step, each H units wide: loops over units without branches, so that the float versions
+// vectorize (compiled for AVX2 and baseline x86-64, the best picked at run time, as csrc/cpu/pointwise.cpp).
 // O, the outputs' type: T, or uint16_t for a native bfloat16 layer (its state h stays T = float).
 template <typename T, typename O>
 RNNEXT_HD void gru_forward_rows(int64_t rows, int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
@@ -153,8 +153,7 @@ RNNEXT_CLONES void rnn_forward_rows_bf16(int64_t n, bool relu, const float* gx, 
   rnn_forward_rows(n, relu, gx, gh, h, h_out);
 }
 // A native bfloat16 layer's backward step, gru_backward_rows_bf16_avx512's contract (cpu/pointwise.h): d = dh + dy
-// (dy bfloat16),
-// the gate gradients rounded to bfloat16 and added to bias_acc row by row, GRU's direct gradient into dh.
+// (dy bfloat16), the gate gradients rounded to bfloat16 and added to acc row by row, the direct gradient into dh.
 RNNEXT_CLONES void gru_backward_rows_bf16(int64_t rows, int64_t H, const float* __restrict__ saved,
                                           const uint16_t* __restrict__ h_prev, const uint16_t* __restrict__ dy,
                                           float* __restrict__ dh, uint16_t* __restrict__ dgx16,
@@ -270,6 +269,7 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
   const uint16_t* x16 = project ? reinterpret_cast<const uint16_t*>(f.x.const_data_ptr<c10::BFloat16>()) : nullptr;
   const common::RnnPlan::SlotRows row = f.plan.slot_row();
   scalar_t* h = f.h.data_ptr<scalar_t>();
+  TORCH_INTERNAL_ASSERT(f.h_slots.itemsize() == sizeof(out_t));
   out_t* hs = static_cast<out_t*>(f.h_slots.data_ptr());
   scalar_t* sv = f.saved.defined() ? f.saved.data_ptr<scalar_t>() : nullptr;
   Tensor gh_buf = at::empty({f.plan.s.B, G}, f.h.options());
