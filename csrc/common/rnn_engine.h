@@ -689,7 +689,12 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   // The state each slot row read: the slot's row of the previous step, or the initial state for a slot's first
   // step.
   Tensor prev_rows;
-  if (!a.lengths.has_value() && !fused) {
+  // Every step with all B slots (a dense batch): the previous rows are the initial state, then every row but the
+  // last step's, in order (reversed: every row but the first time step's, then the initial state; one copy, no
+  // gather).
+  bool every_slot = true;
+  for (int64_t p = 0; p < st.T; ++p) every_slot = every_slot && st.rows_at(p) == s.B;
+  if (!a.lengths.has_value() && !fused && !every_slot) {
     std::vector<int64_t> prev(used);
     for (int64_t p = 0; p < st.T; ++p)
       for (int64_t j = 0, n_prev = st.rows_at(p - 1); j < st.rows_at(p); ++j)
@@ -698,8 +703,10 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   }
   auto previous = [&](const Tensor& rows, const Tensor& first) {
     if (fused) return Tensor();
-    return a.lengths.has_value() ? masked_h_prev(*a.lengths, st, rows, first)
-                                 : at::cat({rows, first}).index_select(0, prev_rows);
+    if (a.lengths.has_value()) return masked_h_prev(*a.lengths, st, rows, first);
+    if (!every_slot) return at::cat({rows, first}).index_select(0, prev_rows);
+    return st.reverse ? at::cat({rows.narrow(0, s.B, used - s.B), first})
+                      : at::cat({first, rows.narrow(0, 0, used - s.B)});
   };
   const Tensor h0 = plan.state_to_slots(a.hx);
   const Tensor h_prev = previous(h_slots, h0);
