@@ -316,6 +316,23 @@ def _bf16_reference(x, h0, c0, w_ih, w_hh, b, reverse=False):
     return torch.stack(outs), h, c
 
 
+def _layer_input(x, layout, g):
+    """A layer op's input for x (T, B, I) in `layout`: (input, batch_sizes, sorted_indices, lengths). "packed":
+    random sorted lengths, the first T; "batch_first": (B, T, I); "padded": every length T with batch_sizes and a
+    random permutation (the padded path); "dense": x itself."""
+    T, B = x.shape[0], x.shape[1]
+    if layout == "packed":
+        lengths = torch.tensor(sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True))
+        lengths[0] = T
+        packed = pack_padded_sequence(x, lengths)
+        return packed.data, packed.batch_sizes, None, lengths
+    if layout == "batch_first":
+        return x.transpose(0, 1).contiguous(), None, None, None
+    if layout == "padded":
+        return x, torch.full((T,), B), torch.randperm(B, generator=g), None
+    return x, None, None, None
+
+
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("B,layout,reverse", [(3, "dense", False), (40, "dense", True), (64, "packed", False),
                                                (64, "batch_first", True), (9, "padded", True)])
@@ -332,17 +349,7 @@ def test_bf16_lstm_layer_native_path(threads, B, layout, reverse):
     w_ih, w_hh = (torch.randn(4 * H, I, generator=g) * 0.4).bfloat16(), (torch.randn(4 * H, H, generator=g) * 0.3).bfloat16()
     b_ih, b_hh = (torch.randn(4 * H, generator=g) * 0.1).bfloat16(), (torch.randn(4 * H, generator=g) * 0.1).bfloat16()
     ref_out, ref_h, ref_c = _bf16_reference(x, h0, c0, w_ih, w_hh, b_ih.double() + b_hh.double(), reverse)
-    bs = si = None
-    inp = x
-    if layout == "packed":
-        lengths = torch.tensor(sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True))
-        lengths[0] = T
-        packed = pack_padded_sequence(x, lengths)
-        inp, bs = packed.data, packed.batch_sizes
-    elif layout == "batch_first":
-        inp = x.transpose(0, 1).contiguous()
-    elif layout == "padded":  # every length T here: the padded path with a permutation
-        bs, si = torch.full((T,), B), torch.randperm(B, generator=g)
+    inp, bs, si, lengths = _layer_input(x, layout, g)
     first = torch.ops.rnnext.lstm_layer(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, None, bs, si, layout == "batch_first",
                                         reverse, True)
     out, hy, cy, gates, cells = first
@@ -406,17 +413,7 @@ def test_bf16_rnn_layer_native_equals_upcast(monkeypatch, threads, cell, layout,
     w_ih, w_hh = (torch.randn(G, I, generator=g) * 0.3).bfloat16(), (torch.randn(G, H, generator=g) * 0.3).bfloat16()
     b_ih, b_hh = ((torch.randn(G, generator=g) * 0.1).bfloat16(), (torch.randn(G, generator=g) * 0.1).bfloat16()) \
         if bias else (None, None)
-    bs = si = None
-    inp = x
-    if layout == "packed":
-        lengths = torch.tensor(sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True))
-        lengths[0] = T
-        packed = pack_padded_sequence(x, lengths)
-        inp, bs = packed.data, packed.batch_sizes
-    elif layout == "batch_first":
-        inp = x.transpose(0, 1).contiguous()
-    elif layout == "padded":
-        bs, si = torch.full((T,), B), torch.randperm(B, generator=g)
+    inp, bs, si, _ = _layer_input(x, layout, g)
     bf = layout == "batch_first"
 
     def run():
