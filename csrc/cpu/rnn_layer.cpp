@@ -599,27 +599,20 @@ struct CpuPointwise {
 struct CpuPointwiseBf16 : CpuPointwise {
   static constexpr int64_t kMinRows = 64;  // fewer rows: one step's GEMM, kept in float32
 
-  // A native layer's input projection reads bfloat16 x, W_ih and b_ih as they are (any number of rows); a float32
-  // x (rounded row by row) from kMinRows rows.
+  // (A native layer never gets here: it projects its input inside the step loop, slot_forward.)
   static void linear_out(const Tensor& out, const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
-    const bool native = x.scalar_type() == at::kBFloat16;
-    const bool small_or_f64 = x.size(0) < kMinRows || x.scalar_type() != at::kFloat;
-    if (!out.is_contiguous() || !x.is_contiguous() || (!native && small_or_f64))
+    if (x.size(0) < kMinRows || x.scalar_type() != at::kFloat || !out.is_contiguous() || !x.is_contiguous())
       return CpuPointwise::linear_out(out, x, w, b);
     const std::vector<uint16_t> wp = pack_bf16_t(w);  // (K, G), from w's rows
     const int64_t n = x.size(0), G = w.size(0), K = w.size(1);
-    const Tensor bias = b.has_value() ? b->to(at::kFloat).contiguous() : Tensor();
-    const float* xp = native ? nullptr : x.const_data_ptr<float>();
-    const uint16_t* x16 = native ? reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>()) : nullptr;
+    const Tensor bias = b.has_value() ? b->contiguous() : Tensor();
+    const float* xp = x.const_data_ptr<float>();
     const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
     at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
       if (bp != nullptr)
         for (int64_t r = r0; r < r1; ++r) std::copy(bp, bp + G, op + r * G);
-      if (native)
-        gemm_bf16_packed(r1 - r0, G, K, x16 + r0 * K, K, wp.data(), G, op + r0 * G, G, bp != nullptr);
-      else
-        gemm_bf16_rounded(r1 - r0, G, K, xp + r0 * K, K, wp.data(), op + r0 * G, G, bp != nullptr);
+      gemm_bf16_rounded(r1 - r0, G, K, xp + r0 * K, K, wp.data(), op + r0 * G, G, bp != nullptr);
     });
   }
 
@@ -645,12 +638,10 @@ struct CpuPointwiseBf16 : CpuPointwise {
     if (nt == 0 || f.plan.st.T < kMinSlotSteps || f.cell == CellKind::kLSTM)
       return common::aten_forward_steps<CpuPointwise>(f);
     const std::vector<uint16_t> p = pack_bf16(f.w_hh.t());
-    if (native) {
-      const Tensor bias = f.b_hh.has_value() ? f.b_hh->to(at::kFloat).contiguous() : Tensor();
-      return slot_forward<float, uint16_t>(f, nt, nullptr,
-                                                bias.defined() ? bias.const_data_ptr<float>() : nullptr, &p);
-    }
-    slot_forward<float>(f, nt, nullptr, f.b_hh.has_value() ? f.b_hh->const_data_ptr<float>() : nullptr, &p);
+    const Tensor bias = f.b_hh.has_value() ? f.b_hh->to(at::kFloat).contiguous() : Tensor();  // (native: bf16)
+    const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+    if (native) return slot_forward<float, uint16_t>(f, nt, nullptr, bp, &p);
+    slot_forward<float>(f, nt, nullptr, bp, &p);
   }
 
   static void backward_steps(const common::BackwardSteps& b) {
