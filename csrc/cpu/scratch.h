@@ -31,11 +31,14 @@ enum class ScratchSlot : int {
   kSpinnTrackerGrads,
   kSpinnTrackerInputs,
   // Their bfloat16 versions (a native bfloat16 call): the pre-activation gradients, the tracker's gate gradients
-  // and inputs, the weight gradients' operand.
+  // and inputs, the weight gradients' operand, the nodes' and the tracker's h.
   kSpinnPreGradsBf16,
   kSpinnTrackerGradsBf16,
   kSpinnTrackerInputsBf16,
   kSpinnOperandBf16,
+  kSpinnNodesBf16,
+  kSpinnBufferGrads,  // a native bfloat16 call's buffers gradient, accumulated in float32
+  kSpinnTrackerHBf16,
   kCount
 };
 

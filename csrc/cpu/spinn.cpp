@@ -90,9 +90,12 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
                              const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
                              const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
                              const std::optional<Tensor>& t_b_hh) {
-  check_float_cpu(op, "buffers", buffers);
+  // A native bfloat16 call (spinn_encode_impl) passes its bfloat16 buffers as they are and float32 copies of the
+  // other values, all checked bfloat16 by its caller: the values' dtype is then w_comp's.
+  const Tensor& values = buffers.scalar_type() == at::kBFloat16 ? w_comp : buffers;
+  check_float_cpu(op, "buffers", values);
   check_dim(op, "buffers", buffers, 3, "(tokens, batch, 2 * hidden_size)");
-  check_same(op, "buffers", buffers, "w_comp", w_comp);
+  check_same(op, "buffers", values, "w_comp", w_comp);
   check_dim(op, "w_comp", w_comp, 2, "(5 * hidden_size, 2 * hidden_size [+ tracker_size])");
   SpinnShapes s{};
   s.N = buffers.size(0);
@@ -106,8 +109,8 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   s.tracker = t_w_ih.has_value();
   TORCH_CHECK(s.tracker == t_w_hh.has_value(), op, ": give both tracker_w_ih and tracker_w_hh, or neither");
   if (s.tracker) {
-    check_same(op, "buffers", buffers, "tracker_w_ih", *t_w_ih);
-    check_same(op, "buffers", buffers, "tracker_w_hh", *t_w_hh);
+    check_same(op, "buffers", values, "tracker_w_ih", *t_w_ih);
+    check_same(op, "buffers", values, "tracker_w_hh", *t_w_hh);
     check_dim(op, "tracker_w_hh", *t_w_hh, 2, "(4 * tracker_size, tracker_size)");
     s.Tt = t_w_hh->size(1);
     check_shape(op, "tracker_w_hh", *t_w_hh, {4 * s.Tt, s.Tt});
@@ -115,7 +118,7 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
     for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"tracker_b_ih", &t_b_ih},
                                   {"tracker_b_hh", &t_b_hh}})
       if (b->has_value()) {
-        check_same(op, "buffers", buffers, name, **b);
+        check_same(op, "buffers", values, name, **b);
         check_shape(op, name, **b, {4 * s.Tt});
       }
   } else {
@@ -124,7 +127,7 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   s.K = 2 * s.H + (s.tracker ? s.Tt : 0);
   check_shape(op, "w_comp", w_comp, {5 * s.H, s.K});
   if (b_comp.has_value()) {
-    check_same(op, "buffers", buffers, "b_comp", *b_comp);
+    check_same(op, "buffers", values, "b_comp", *b_comp);
     check_shape(op, "b_comp", *b_comp, {5 * s.H});
   }
   return s;
@@ -167,44 +170,40 @@ void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
-// The composition input row of node k: [h_left | h_right | tracker h at the node's step] (into A unless null),
-// and the children's c (into CL, CR unless null).
-template <typename scalar_t>
-void composition_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
-                        const scalar_t* tracker_h, int64_t k0, int64_t k1, scalar_t* A, scalar_t* CL, scalar_t* CR) {
+// The h part of node k's composition input row, [h_left | h_right | tracker h at the node's step], into row
+// k - k0 of A (width s.K), k in [k0, k1): from the float tables, or (a native bfloat16 call) from the bfloat16
+// ones (RefTable16: the GEMM operand gathered as it is, no rounding).
+template <typename Ref, typename T>
+void composition_h(const SpinnPlan& plan, const SpinnShapes& s, const Ref& ref, const T* tracker_h, int64_t k0,
+                   int64_t k1, T* A) {
   const int64_t H = s.H, K = s.K;
   at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
     for (int64_t k = a0; k < a1; ++k) {
-      const scalar_t* l = ref(plan.left[k]);
-      const scalar_t* r = ref(plan.right[k]);
-      if (A != nullptr) {
-        scalar_t* a = A + (k - k0) * K;
-        std::copy(l, l + H, a);
-        std::copy(r, r + H, a + H);
-        if (s.tracker) {
-          const scalar_t* th = tracker_h + (plan.step[k] * s.B + plan.row[k]) * s.Tt;
-          std::copy(th, th + s.Tt, a + 2 * H);
-        }
-      }
-      if (CL != nullptr) {
-        std::copy(l + H, l + 2 * H, CL + (k - k0) * H);
-        std::copy(r + H, r + 2 * H, CR + (k - k0) * H);
+      const T* l = ref(plan.left[k]);
+      const T* r = ref(plan.right[k]);
+      T* a = A + (k - k0) * K;
+      std::copy(l, l + H, a);
+      std::copy(r, r + H, a + H);
+      if (s.tracker) {
+        const T* th = tracker_h + (plan.step[k] * s.B + plan.row[k]) * s.Tt;
+        std::copy(th, th + s.Tt, a + 2 * H);
       }
     }
   });
 }
 
-// The tracker input row of (step t, row b): [h of buffer top | h of stack top | h of stack second | h_{t-1}].
-template <typename scalar_t>
-void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
-                    const scalar_t* h_prev, int64_t t, int64_t r0, int64_t r1, scalar_t* X) {
+// The tracker input row of (step t, row b), b in [r0, r1), into row b of X: [h of buffer top | h of stack top |
+// h of stack second | h_{t-1}] (float or, from RefTable16, bfloat16).
+template <typename Ref, typename T>
+void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const Ref& ref, const T* h_prev, int64_t t,
+                    int64_t r0, int64_t r1, T* X) {
   const int64_t H = s.H, KT = 3 * H + s.Tt;
   at::parallel_for(r0, r1, kGrain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      scalar_t* x = X + b * KT;
+      T* x = X + b * KT;
       for (const auto& [refs, o] : {std::pair<const std::vector<int64_t>*, int64_t>{&plan.trk_buf, 0},
                                     {&plan.trk_top, H}, {&plan.trk_2nd, 2 * H}}) {
-        const scalar_t* e = ref((*refs)[t * s.B + b]);
+        const T* e = ref((*refs)[t * s.B + b]);
         std::copy(e, e + H, x + o);
       }
       std::copy(h_prev + b * s.Tt, h_prev + (b + 1) * s.Tt, x + 3 * H);
@@ -212,22 +211,87 @@ void tracker_inputs(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<
   });
 }
 
-// round_to_bf16 for the native (float32) instantiation of the kernels; never reached from the float64 one.
-inline void round_native(int64_t n, const float* src, uint16_t* dst) { round_to_bf16(n, src, dst); }
-inline void round_native(int64_t, const double*, uint16_t*) {
-  TORCH_CHECK(false, "rnnext::spinn_encode_backward: a bfloat16 operand from float64 values (internal error)");
+// A native bfloat16 call's h rows in bfloat16, the GEMM operands' values: the bfloat16 buffers as given (rows
+// [h | c], width 2H) and the nodes' h rounded once where they are made (rows of width H).
+struct RefTable16 {
+  const uint16_t* buffers;
+  const uint16_t* nodes;
+  const uint16_t* zeros;
+  int64_t NB, H;
+  const uint16_t* operator()(int64_t ref) const {
+    if (ref == 0) return zeros;
+    return ref <= NB ? buffers + (ref - 1) * 2 * H : nodes + (ref - 1 - NB) * H;
+  }
+};
+
+// Values [o, o + n) of reference r's [h | c] row into dst, as float: from `ref`, or natively (ref16 given, the
+// buffers then absent from ref) a token's from its bfloat16 row.
+template <typename scalar_t>
+void read_row(const RefTable<scalar_t>& ref, const RefTable16* ref16, int64_t r, int64_t o, int64_t n,
+              scalar_t* dst) {
+  if (ref16 != nullptr && r >= 1 && r <= ref.NB) {
+    const uint16_t* src = (*ref16)(r) + o;
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16::value(src[i]);
+  } else {
+    const scalar_t* src = ref(r) + o;
+    std::copy(src, src + n, dst);
+  }
 }
 
-// The forward in float32/float64; `native`: the float32 values are bfloat16 ones and the GEMMs run in bfloat16.
+// The children's c of nodes [k0, k1) into CL, CR (row k - k0, width s.H).
+template <typename scalar_t>
+void composition_c(const SpinnPlan& plan, const SpinnShapes& s, const RefTable<scalar_t>& ref,
+                   const RefTable16* ref16, int64_t k0, int64_t k1, scalar_t* CL, scalar_t* CR) {
+  const int64_t H = s.H;
+  at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
+    for (int64_t k = a0; k < a1; ++k) {
+      read_row(ref, ref16, plan.left[k], H, H, CL + (k - k0) * H);
+      read_row(ref, ref16, plan.right[k], H, H, CR + (k - k0) * H);
+    }
+  });
+}
+
+// Rows [r0, r1) of src (width n, row stride lds) rounded to bfloat16 into dst (width n, row stride ldd); for
+// the native (float32) instantiation of the kernels, never reached from the float64 one.
+inline void round_rows(int64_t r0, int64_t r1, int64_t n, const float* src, int64_t lds, uint16_t* dst, int64_t ldd) {
+  for (int64_t r = r0; r < r1; ++r) round_to_bf16(n, src + r * lds, dst + r * ldd);
+}
+inline void round_rows(int64_t, int64_t, int64_t, const double*, int64_t, uint16_t*, int64_t) {
+  TORCH_CHECK(false, "rnnext::spinn_encode: a bfloat16 operand from float64 values (internal error)");
+}
+
+// C[M, N] = A16[M, K] @ B (Bp: B packed in k-pairs, N columns) on bfloat16 operands, float32 accumulation: the
+// native (float32) instantiation's GEMM; never reached from the float64 one.
+inline void gemm_native(int64_t M, int64_t N, int64_t K, const uint16_t* A16, const std::vector<uint16_t>& Bp,
+                        float* C) {
+  gemm_bf16_packed(M, N, K, A16, K, Bp.data(), N, C, N, false);
+}
+inline void gemm_native(int64_t, int64_t, int64_t, const uint16_t*, const std::vector<uint16_t>&, double*) {
+  TORCH_CHECK(false, "rnnext::spinn_encode: a bfloat16 GEMM on float64 values (internal error)");
+}
+
+// The bfloat16 view of a native call's buffers (its bfloat16 tensor, contiguous), nodes' h (written by the
+// caller) and zeros.
+RefTable16 make_ref16(const Tensor& buffers16, const Tensor& nodes16, const std::vector<uint16_t>& zeros,
+                      const SpinnShapes& s) {
+  auto u16 = [](const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr<c10::BFloat16>()); };
+  return {u16(buffers16), u16(nodes16), zeros.data(), s.N * s.B, s.H};
+}
+
+// The forward in float32/float64. A native bfloat16 call (bfloat16 `buffers`, the weights float32 copies of
+// bfloat16 ones): the GEMMs run on bfloat16 operands gathered from bfloat16 rows (the buffers as given, each
+// node's and tracker step's h rounded once where it is made), float32 accumulation, float32 pointwise math and
+// workspace.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
-    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train, bool native) {
+    const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
   const char* op = "rnnext::spinn_encode";
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
-  const auto opts = buffers.options();
+  const bool native = buffers.scalar_type() == at::kBFloat16;
+  const auto opts = w_comp.options();  // (float32 natively)
   const Tensor buf = buffers.contiguous();
   // (K, 5H): float32 for the float GEMMs; natively, packed from w_comp's rows.
   const Tensor wc_t = native ? Tensor() : w_comp.t().contiguous();
@@ -243,40 +307,58 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   Tensor tracker_h = s.tracker ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
   Tensor tracker_acts = s.tracker && train ? at::empty({S, B, 4 * Tt}, opts) : at::empty({0}, opts);
   Tensor tracker_c = s.tracker && train ? at::empty({S, B, Tt}, opts) : at::empty({0}, opts);
-  AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode", [&] {
+  // Natively: the nodes' and the tracker's h in bfloat16 (the next GEMMs' operands).
+  const Tensor nodes16 =
+      native ? scratch(ScratchSlot::kSpinnNodesBf16, {std::max<int64_t>(plan.M, 1), H}, at::kBFloat16) : Tensor();
+  const Tensor th16 =
+      native && s.tracker ? scratch(ScratchSlot::kSpinnTrackerHBf16, {S * B, Tt}, at::kBFloat16) : Tensor();
+  const std::vector<uint16_t> zeros16(native ? 2 * H : 0, 0);
+  const RefTable16 ref16 = native ? make_ref16(buf, nodes16, zeros16, s) : RefTable16{};
+  uint16_t* n16 = native ? reinterpret_cast<uint16_t*>(nodes16.data_ptr<c10::BFloat16>()) : nullptr;
+  uint16_t* th16p = th16.defined() ? reinterpret_cast<uint16_t*>(th16.data_ptr<c10::BFloat16>()) : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(w_comp.scalar_type(), "spinn_encode", [&] {
     std::vector<scalar_t> zeros(2 * H, scalar_t(0));
-    const RefTable<scalar_t> ref{buf.const_data_ptr<scalar_t>(), nodes.const_data_ptr<scalar_t>(), zeros.data(),
-                                 s.N * B, 2 * H};
+    // (Natively, the tokens' rows are read from ref16 only.)
+    const RefTable<scalar_t> ref{native ? nullptr : buf.const_data_ptr<scalar_t>(), nodes.const_data_ptr<scalar_t>(),
+                                 zeros.data(), s.N * B, 2 * H};
     scalar_t* nd = nodes.data_ptr<scalar_t>();
     scalar_t* ac = acts.data_ptr<scalar_t>();
     const scalar_t* bias = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
-    std::vector<scalar_t> A, CL, CR;
-    // Compositions of nodes [k0, k1): one GEMM for their gate pre-activations, then the fused pointwise step.
-    // Compositions of nodes [k0, k1): each task gathers its rows' children, runs their GEMM (gate
-    // pre-activations) and the fused pointwise step, so a batch costs one parallel region.
-    // Nodes [k0, k1) by the calling thread alone, into its buffers (rows r0.. of pre when not training).
-    auto compose_rows = [&](int64_t k0, int64_t k1, const scalar_t* trk, scalar_t* a, scalar_t* cl, scalar_t* cr,
-                            scalar_t* pre) {
-      composition_inputs<scalar_t>(plan, s, ref, trk, k0, k1, a, cl, cr);
-      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, G, K, a, K, native ? nullptr : wc_t.const_data_ptr<scalar_t>(),
-                                     native ? &wc_p : nullptr, pre, G, false);
+    // Compositions of nodes [k0, k1) by the calling thread alone, into its buffers (a or, natively, a16: the
+    // GEMM's left operand; cl, cr: the children's c; pre: the gate pre-activations, rows k0.. of the workspace
+    // when training): their GEMM, then the fused pointwise step.
+    auto compose_rows = [&](int64_t k0, int64_t k1, const scalar_t* trk, scalar_t* a, uint16_t* a16, scalar_t* cl,
+                            scalar_t* cr, scalar_t* pre) {
+      if (native) {
+        composition_h(plan, s, ref16, th16p, k0, k1, a16);
+        gemm_native(k1 - k0, G, K, a16, wc_p, pre);
+      } else {
+        composition_h(plan, s, ref, trk, k0, k1, a);
+        gemm_rowmajor(k1 - k0, G, K, a, K, wc_t.const_data_ptr<scalar_t>(), G, pre, G, false);
+      }
+      composition_c<scalar_t>(plan, s, ref, native ? &ref16 : nullptr, k0, k1, cl, cr);
       treelstm_forward_rows<scalar_t>(k1 - k0, H, pre, bias, cl, cr, H, pre, nd + k0 * 2 * H, nd + k0 * 2 * H + H,
                                       2 * H);
+      if (native) round_rows(k0, k1, H, nd, 2 * H, n16, H);
     };
-    auto compose = [&](int64_t k0, int64_t k1, const scalar_t* trk) {
-      const int64_t m = k1 - k0;
-      if (m == 0) return;
-      A.resize(m * K);
-      CL.resize(m * H);
-      CR.resize(m * H);
-      scalar_t* pre = train ? ac + k0 * G : ac;
-      at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-        compose_rows(k0 + r0, k0 + r1, trk, A.data() + r0 * K, CL.data() + r0 * H, CR.data() + r0 * H,
-                     pre + r0 * G);
-      });
+    // A thread's buffers for up to m compositions.
+    struct RowBuffers {
+      std::vector<scalar_t> a, cl, cr;
+      std::vector<uint16_t> a16;
+      RowBuffers(int64_t m, int64_t K, int64_t H, bool native)
+          : a(native ? 0 : m * K), cl(m * H), cr(m * H), a16(native ? m * K : 0) {}
     };
     if (!s.tracker) {
-      for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i) compose(plan.batch_start[i], plan.batch_start[i + 1], nullptr);
+      // By tree level: each batch's compositions split across the threads (a task per kRowsPerTask rows).
+      for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i) {
+        const int64_t k0 = plan.batch_start[i], m = plan.batch_start[i + 1] - k0;
+        scalar_t* pre = train ? ac + k0 * G : ac;
+        at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+          RowBuffers rb(r1 - r0, K, H, native);
+          compose_rows(k0 + r0, k0 + r1, nullptr, rb.a.data(), rb.a16.data(), rb.cl.data(), rb.cr.data(),
+                       pre + r0 * G);
+        });
+      }
     } else {
       const int64_t KT = 3 * H + Tt;
       const Tensor wt_cat = at::cat({*t_w_ih, *t_w_hh}, 1);  // (4Tt, 3H + Tt)
@@ -284,42 +366,51 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       const std::vector<uint16_t> wt_p = native ? pack_bf16_t(wt_cat) : std::vector<uint16_t>();
       const std::optional<Tensor> tb = sum_biases(t_b_ih, t_b_hh);
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
-      std::vector<scalar_t> X(B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)), c_state(B * Tt, scalar_t(0));
+      std::vector<scalar_t> X(native ? 0 : B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)),
+          c_state(B * Tt, scalar_t(0));
+      std::vector<uint16_t> X16(native ? B * KT : 0), h0_16(native ? B * Tt : 0, 0);
       scalar_t* th = tracker_h.data_ptr<scalar_t>();
       const int64_t nt = row_split_threads(B);
       at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt);
           // This thread's buffers: at most one composition per row and step.
-          std::vector<scalar_t> a((b1 - b0) * K), cl((b1 - b0) * H), cr((b1 - b0) * H),
-              pre(train ? 0 : (b1 - b0) * G);
+          RowBuffers rb(b1 - b0, K, H, native);
+          std::vector<scalar_t> pre(train ? 0 : (b1 - b0) * G);
           for (int64_t t = 0; t < S; ++t) {
-            const scalar_t* h_prev = t == 0 ? h0.data() : th + (t - 1) * B * Tt;
             scalar_t* g = train ? tracker_acts.data_ptr<scalar_t>() + t * B * 4 * Tt : gates.data();
             scalar_t* c_out = train ? tracker_c.data_ptr<scalar_t>() + t * B * Tt : c_state.data();
             const scalar_t* c_in = train ? (t == 0 ? h0.data() : c_out - B * Tt) : c_state.data();
             // The tracker step of rows [b0, b1): their inputs, GEMM and LSTM pointwise step.
-            tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X.data());
-            over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
-              gemm_rows_maybe_bf16<scalar_t>(r1 - r0, 4 * Tt, KT, X.data() + r0 * KT, KT,
-                                             native ? nullptr : wt_t.const_data_ptr<scalar_t>(),
-                                             native ? &wt_p : nullptr, g + r0 * 4 * Tt, 4 * Tt, false);
-            });
+            if (native) {
+              const uint16_t* h_prev = t == 0 ? h0_16.data() : th16p + (t - 1) * B * Tt;
+              tracker_inputs(plan, s, ref16, h_prev, t, b0, b1, X16.data());
+              gemm_native(b1 - b0, 4 * Tt, KT, X16.data() + b0 * KT, wt_p, g + b0 * 4 * Tt);
+            } else {
+              const scalar_t* h_prev = t == 0 ? h0.data() : th + (t - 1) * B * Tt;
+              tracker_inputs(plan, s, ref, h_prev, t, b0, b1, X.data());
+              over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
+                gemm_rowmajor(r1 - r0, 4 * Tt, KT, X.data() + r0 * KT, KT, wt_t.const_data_ptr<scalar_t>(), 4 * Tt,
+                              g + r0 * 4 * Tt, 4 * Tt, false);
+              });
+            }
             lstm_forward_tile<scalar_t>(GateLayout{Tt, false}, b1 - b0, 0, 1, g + b0 * 4 * Tt, 4 * Tt, tbias,
                                         c_in + b0 * Tt, c_out + b0 * Tt, nullptr, th + (t * B + b0) * Tt, Tt,
                                         nullptr, 0);
+            if (native) round_rows(t * B + b0, t * B + b1, Tt, th, Tt, th16p, Tt);
             // Then the compositions of these rows at step t.
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
               if (k1 > k0)
-                compose_rows(k0, k1, th, a.data(), cl.data(), cr.data(), train ? ac + k0 * G : pre.data());
+                compose_rows(k0, k1, th, rb.a.data(), rb.a16.data(), rb.cl.data(), rb.cr.data(),
+                             train ? ac + k0 * G : pre.data());
             });
           }
         }
       });
     }
     scalar_t* tp = top.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) std::copy(ref(plan.top[b]), ref(plan.top[b]) + H, tp + b * H);
+    for (int64_t b = 0; b < B; ++b) read_row(ref, native ? &ref16 : nullptr, plan.top[b], 0, H, tp + b * H);
   });
   if (!train) acts = at::empty({0}, opts);
   return {top, tracker_h, nodes, acts, tracker_acts, tracker_c};
@@ -331,42 +422,46 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
   const char* op = "rnnext::spinn_encode";
   if (bf16::active(buffers)) {
+    // Natively the buffers as they are, else a float32 copy.
     auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_impl(
-        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
-        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
-        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), train, gemm_bf16_available());
+        gemm_bf16_available() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths,
+        bf16::up(op, "w_comp", w_comp), bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih),
+        bf16::up(op, "tracker_w_hh", t_w_hh), bf16::up(op, "tracker_b_ih", t_b_ih),
+        bf16::up(op, "tracker_b_hh", t_b_hh), train);
     return {bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c};
   }
-  return spinn_encode_impl(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, train,
-                           false);
+  return spinn_encode_impl(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, train);
 }
 
-// The backward in float32/float64; `native` as for spinn_encode_impl (the weight gradients then come back in
-// bfloat16 already).
+// The backward in float32/float64; natively (bfloat16 `buffers` as spinn_encode_impl takes them, and
+// `tracker_h16`, the bfloat16 tracker h, when there is a tracker) as that runs: the buffers' gradient then
+// accumulated in float32 scratch memory and returned in bfloat16, the weight gradients in bfloat16 too.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_impl(
     const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
     const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
     const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
     const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
-    const Tensor& tracker_acts, const Tensor& tracker_c, bool native) {
+    const Tensor& tracker_acts, const Tensor& tracker_c, const Tensor& tracker_h16) {
   const char* op = "rnnext::spinn_encode_backward";
+  const bool native = buffers.scalar_type() == at::kBFloat16;
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H, M = plan.M;
-  const auto opts = buffers.options();
+  const auto opts = w_comp.options();  // (float32 natively)
+  const Tensor& values = native ? w_comp : buffers;  // (the dtype of the values: see check_spinn_args)
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_top", &grad_top}, {"nodes", &nodes},
                                 {"node_acts", &node_acts}})
-    check_same(op, "buffers", buffers, name, *t);
+    check_same(op, "buffers", values, name, *t);
   check_shape(op, "grad_top", grad_top, {B, H});
   check_shape(op, "nodes", nodes, {max_nodes(s.N, s.B), 2 * H});
   check_shape(op, "node_acts", node_acts, {max_nodes(s.N, s.B), G});
   if (s.tracker) {
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
                                   {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {
-      check_same(op, "buffers", buffers, name, *t);
+      check_same(op, "buffers", values, name, *t);
       check_shape(op, name, *t, {S, B, Tt});
     }
-    check_same(op, "buffers", buffers, "tracker_acts", tracker_acts);
+    check_same(op, "buffers", values, "tracker_acts", tracker_acts);
     check_shape(op, "tracker_acts", tracker_acts, {S, B, 4 * Tt});
   }
   const Tensor buf = buffers.contiguous(), nd = nodes.contiguous(), ac = node_acts.contiguous();
@@ -376,25 +471,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   const Tensor trk_c = s.tracker ? tracker_c.contiguous() : Tensor();
   const Tensor w = w_comp.contiguous();
   const std::vector<uint16_t> w_p = native ? pack_bf16(w) : std::vector<uint16_t>();  // (5H, K)
-  Tensor grad_buffers = at::zeros({s.N, B, 2 * H}, opts);
-  // (The temporaries from cpu/scratch.h: memory kept mapped between calls.)
-  Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, buffers.scalar_type());
+  // (The temporaries from cpu/scratch.h: memory kept mapped between calls.) The buffers' gradient, accumulated
+  // in float32 (natively in scratch memory, returned in bfloat16).
+  Tensor grad_buffers = native ? scratch(ScratchSlot::kSpinnBufferGrads, {s.N, B, 2 * H}, at::kFloat).zero_()
+                               : at::zeros({s.N, B, 2 * H}, opts);
+  Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, w_comp.scalar_type());
   d_nodes.zero_();
   // composition pre-activation gradients
-  Tensor D = scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, buffers.scalar_type());
+  Tensor D = scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, w_comp.scalar_type());
   // Natively, the weight gradients' operands are made in bfloat16 where their rows are computed: D's rows as the
-  // input-gradient GEMM rounds them, the tracker's gate gradients likewise, its inputs and the composition inputs
-  // rounded row by row (was: float32 copies, converted whole before ATen's bfloat16 GEMM).
+  // input-gradient GEMM rounds them, the tracker's gate gradients likewise; the tracker's inputs and the
+  // composition inputs gathered from bfloat16 rows (below).
   auto u16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>()); };
   const Tensor D16 = native ? scratch(ScratchSlot::kSpinnPreGradsBf16, {std::max<int64_t>(M, 1), G}, at::kBFloat16)
                             : Tensor();
   uint16_t* d16 = native ? u16(D16) : nullptr;
+  // Natively, the bfloat16 rows the weight gradients' operands are gathered from: the buffers and the tracker's h
+  // as given, the nodes' h rounded as the forward rounded them.
+  const Tensor nodes16 =
+      native ? scratch(ScratchSlot::kSpinnNodesBf16, {std::max<int64_t>(M, 1), H}, at::kBFloat16) : Tensor();
+  const std::vector<uint16_t> zeros16(native ? std::max(2 * H, B * Tt) : 0, 0);
+  const RefTable16 ref16 = native ? make_ref16(buf, nodes16, zeros16, s) : RefTable16{};
+  const uint16_t* th16 = native && s.tracker ? reinterpret_cast<const uint16_t*>(
+                                                   tracker_h16.const_data_ptr<c10::BFloat16>()) : nullptr;
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
-  AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_encode_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(w_comp.scalar_type(), "spinn_encode_backward", [&] {
     std::vector<scalar_t> zeros(2 * H, scalar_t(0));
-    const RefTable<scalar_t> ref{buf.const_data_ptr<scalar_t>(), nd.const_data_ptr<scalar_t>(), zeros.data(),
-                                 s.N * B, 2 * H};
+    // (Natively, the tokens' rows are read from ref16 only.)
+    const RefTable<scalar_t> ref{native ? nullptr : buf.const_data_ptr<scalar_t>(), nd.const_data_ptr<scalar_t>(),
+                                 zeros.data(), s.N * B, 2 * H};
+    if (native)
+      at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
+        round_rows(k0, k1, H, nd.const_data_ptr<scalar_t>(), 2 * H, u16(nodes16), H);
+      });
     const GradTable<scalar_t> dref{grad_buffers.data_ptr<scalar_t>(), d_nodes.data_ptr<scalar_t>(), s.N * B, 2 * H};
     const Tensor gt = grad_top.contiguous();
     for (int64_t b = 0; b < B; ++b) add_row(dref(plan.top[b]), gt.const_data_ptr<scalar_t>() + b * H, H);
@@ -411,7 +521,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     auto decompose_rows = [&](int64_t k0, int64_t k1, scalar_t* cl, scalar_t* cr, scalar_t* da, scalar_t* dcl,
                               scalar_t* dcr) {
       const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
-      composition_inputs<scalar_t>(plan, s, ref, th, k0, k1, nullptr, cl, cr);
+      composition_c<scalar_t>(plan, s, ref, native ? &ref16 : nullptr, k0, k1, cl, cr);
       treelstm_backward_rows<scalar_t>(k1 - k0, H, ac.const_data_ptr<scalar_t>() + k0 * G,
                                        nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
                                        dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, Dp + k0 * G, dcl, dcr, H);
@@ -450,8 +560,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const std::vector<uint16_t> wt_p = native ? pack_bf16(wt) : std::vector<uint16_t>();
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
-      Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, buffers.scalar_type());
-      Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, buffers.scalar_type());
+      Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, w_comp.scalar_type());
+      Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, w_comp.scalar_type());
       const Tensor dg16 = native ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
       const Tensor X16 = native ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
       uint16_t* dg16p = native ? u16(dg16) : nullptr;
@@ -465,7 +575,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt), n = b1 - b0;
           std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
-          std::vector<scalar_t> xt(native ? B * KT : 0);  // (native: this thread's rows of a step's inputs)
           for (int64_t t = S - 1; t >= 0; --t) {
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
@@ -489,13 +598,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
               add_row(dref(plan.trk_2nd[t * B + b]), dx + 2 * H, H);
               std::copy(dx + 3 * H, dx + KT, dh_rec.data() + b * Tt);
             }
-            const scalar_t* h_prev = t == 0 ? zero_state.data() : th + (t - 1) * B * Tt;
-            if (!native) {
-              tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, X_all.data_ptr<scalar_t>() + t * B * KT);
-            } else {
-              tracker_inputs<scalar_t>(plan, s, ref, h_prev, t, b0, b1, xt.data());
-              round_native(n * KT, xt.data() + b0 * KT, x16p + (t * B + b0) * KT);
-            }
+            if (native)
+              tracker_inputs(plan, s, ref16, t == 0 ? zeros16.data() : th16 + (t - 1) * B * Tt, t, b0, b1,
+                             x16p + t * B * KT);
+            else
+              tracker_inputs(plan, s, ref, t == 0 ? zero_state.data() : th + (t - 1) * B * Tt, t, b0, b1,
+                             X_all.data_ptr<scalar_t>() + t * B * KT);
           }
         }
       });
@@ -509,17 +617,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     if (M > 0) {
       // [h_left | h_right | tracker h | 1] per node (the column of ones gives the bias gradient), then
       // [dW^T; db^T] = A^T D.
-      if (native) {  // [h_left | h_right | tracker h] rounded, then [dW^T] = A^T D on the rounded D
+      if (native) {  // [h_left | h_right | tracker h] in bfloat16, then [dW^T] = A^T D on the rounded D
         const Tensor A16 = scratch(ScratchSlot::kSpinnOperandBf16, {M, K}, at::kBFloat16);
-        uint16_t* a16 = u16(A16);
-        at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
-          for (int64_t k = k0; k < k1; ++k) {
-            uint16_t* a = a16 + k * K;
-            round_native(H, ref(plan.left[k]), a);
-            round_native(H, ref(plan.right[k]), a + H);
-            if (s.tracker) round_native(Tt, th + (plan.step[k] * B + plan.row[k]) * Tt, a + 2 * H);
-          }
-        });
+        composition_h(plan, s, ref16, th16, 0, M, u16(A16));
         // (bfloat16, the gradient's final dtype: the bfloat16 wrapper's conversion is then a no-op.)
         grad_w_comp = at::mm(D16.narrow(0, 0, M).t(), A16);
         if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
@@ -550,7 +650,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       if (b_comp.has_value()) grad_b_comp = at::zeros({G}, opts);
     }
   });
-  return {grad_buffers, grad_w_comp, grad_b_comp, grad_tw_ih, grad_tw_hh, grad_tb};
+  return {native ? bf16::down(grad_buffers) : grad_buffers, grad_w_comp, grad_b_comp, grad_tw_ih, grad_tw_hh,
+          grad_tb};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_cpu(
@@ -563,17 +664,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   if (bf16::active(buffers)) {
     auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_impl(
         bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
-        bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        gemm_bf16_available() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
         bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
         bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
         bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
         bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c),
-        gemm_bf16_available());
+        gemm_bf16_available() && t_w_ih.has_value() ? tracker_h.contiguous() : Tensor());
     return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
   }
   return spinn_encode_backward_impl(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp, t_w_ih,
                                     t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h, tracker_acts, tracker_c,
-                                    false);
+                                    Tensor());
 }
 
 // The stack layout for Python-side compositions: per step and row, the references of the children a REDUCE
