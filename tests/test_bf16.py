@@ -503,21 +503,28 @@ def test_bf16_treelstm_cell_and_spinn_ops():
                            out[4], out[5]))
 
 
+@pytest.mark.parametrize("upcast", [False, True])
 @pytest.mark.parametrize("tracker", [None, 16])
-def test_bf16_spinn_at_size(tracker):
-    """SPINN in bfloat16 at a size where the GEMMs matter (H=40, 9 rows of up to 12 tokens; on AVX512-BF16 CPUs
-    the native path: bfloat16 GEMM operands, float32 accumulation and workspace): every output and gradient
+@pytest.mark.parametrize("B", [9, 40])
+def test_bf16_spinn_at_size(monkeypatch, tracker, upcast, B):
+    """SPINN in bfloat16 at a size where the GEMMs matter (H=40 or 33; 9 rows of up to 12 tokens, or 40 rows of
+    up to 16, which a tracker's steps split across 2 threads unevenly, 16 + 24 rows; on AVX512-BF16 CPUs the
+    native path: bfloat16 GEMM operands gathered from bfloat16 rows, float32 accumulation and workspace; with
+    RNNEXT_BF16_UPCAST=1, and on other CPUs, the float32 kernels on float32 copies): every output and gradient
     against float64 on the same values within a relative RMS error of 2^-7 and a max error of 8 bfloat16 ulps
     of the tensor's scale; the same bits for 1 and 2 threads."""
     import os
     import sys
 
+    if upcast:
+        monkeypatch.setenv("RNNEXT_BF16_UPCAST", "1")
+
     sys.path.insert(0, os.path.dirname(__file__))
     from spinn_oracle import random_transitions
 
     g = torch.Generator().manual_seed(1)
-    H, B = 40, 9
-    lengths = [12, 3, 7, 1, 12, 5, 9, 2, 11]
+    H = 40 if B == 9 else 33
+    lengths = [12, 3, 7, 1, 12, 5, 9, 2, 11] if B == 9 else torch.randint(1, 17, (B,), generator=g).tolist()
     N = max(lengths)
     m16 = rnnext.nn.SPINN(H, tracker_size=tracker).to(torch.bfloat16)
     m64 = rnnext.nn.SPINN(H, tracker_size=tracker).double()

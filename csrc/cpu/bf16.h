@@ -12,6 +12,7 @@
 #include <ATen/core/List.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <optional>
@@ -62,6 +63,13 @@ inline const at::Tensor& workspace(const char* op, const char* name, const at::T
 }
 
 inline at::Tensor down(const at::Tensor& t) { return t.to(at::kBFloat16); }
+
+// RNNEXT_BF16_UPCAST=1: the ops that run bfloat16 natively on AVX512-BF16 CPUs (the GRU/RNN layers, SPINN) run
+// on float32 copies instead, as elsewhere (how the tests reach that path on every CPU).
+inline bool upcast_forced() {
+  const char* upcast = std::getenv("RNNEXT_BF16_UPCAST");
+  return upcast != nullptr && upcast[0] == '1';
+}
 
 // One float32 value rounded to bfloat16 (raw 16-bit pattern): nearest, ties to even; NaN stays NaN (quiet);
 // denormals become zero, as AVX512-BF16's conversion makes them (branch-free enough to vectorize).

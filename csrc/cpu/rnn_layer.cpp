@@ -724,9 +724,7 @@ bool rnn_takes_bf16(const std::optional<Tensor>& lengths) { return gemm_bf16_ava
 bool rnn_native_bf16(const Tensor& input, const Tensor& hx, const std::optional<Tensor>& batch_sizes,
                      bool batch_first, const std::optional<Tensor>& lengths) {
   if (!rnn_takes_bf16(lengths) || hx.dim() != 2) return false;
-  // RNNEXT_BF16_UPCAST=1 keeps every call on the float32 copies (how the tests compare the two paths).
-  const char* upcast = std::getenv("RNNEXT_BF16_UPCAST");
-  if (upcast != nullptr && upcast[0] == '1') return false;
+  if (bf16::upcast_forced()) return false;  // (how the tests compare the two paths)
   int64_t T = 0, B = 0;
   if (input.dim() == 3) {
     T = batch_sizes.has_value() ? batch_sizes->numel() : input.size(batch_first ? 1 : 0);

@@ -416,6 +416,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   return {top, tracker_h, nodes, acts, tracker_acts, tracker_c};
 }
 
+// Whether a bfloat16 call runs natively (spinn_encode_impl); else on float32 copies, at the float32 GEMM rate.
+bool spinn_native_bf16() { return gemm_bf16_available() && !bf16::upcast_forced(); }
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
@@ -424,7 +427,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
   if (bf16::active(buffers)) {
     // Natively the buffers as they are, else a float32 copy.
     auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_impl(
-        gemm_bf16_available() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths,
+        spinn_native_bf16() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths,
         bf16::up(op, "w_comp", w_comp), bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih),
         bf16::up(op, "tracker_w_hh", t_w_hh), bf16::up(op, "tracker_b_ih", t_b_ih),
         bf16::up(op, "tracker_b_hh", t_b_hh), train);
@@ -662,14 +665,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const Tensor& tracker_acts, const Tensor& tracker_c) {
   const char* op = "rnnext::spinn_encode_backward";
   if (bf16::active(buffers)) {
+    const bool native = spinn_native_bf16();
     auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_impl(
         bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
-        gemm_bf16_available() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
+        native ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
         bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
         bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
         bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
         bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c),
-        gemm_bf16_available() && t_w_ih.has_value() ? tracker_h.contiguous() : Tensor());
+        native && t_w_ih.has_value() ? tracker_h.contiguous() : Tensor());
     return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
   }
   return spinn_encode_backward_impl(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp, t_w_ih,
