@@ -158,6 +158,16 @@ struct GradTable {
   }
 };
 
+// The sum of n partial rows of width w (in order), as a tensor of `opts`.
+template <typename scalar_t>
+Tensor sum_parts(const std::vector<scalar_t>& parts, int64_t n, int64_t w, const at::TensorOptions& opts) {
+  Tensor out = at::zeros({w}, opts);
+  scalar_t* o = out.data_ptr<scalar_t>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < w; ++c) o[c] += parts[i * w + c];
+  return out;
+}
+
 // The nodes of step t (a by-step plan lists them in row order) whose row lies in [b0, b1).
 std::pair<int64_t, int64_t> step_nodes(const SpinnPlan& plan, int64_t t, int64_t b0, int64_t b1) {
   const auto first = plan.row.begin() + plan.batch_start[t], last = plan.row.begin() + plan.batch_start[t + 1];
@@ -481,7 +491,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, w_comp.scalar_type());
   d_nodes.zero_();
   // composition pre-activation gradients
-  Tensor D = scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, w_comp.scalar_type());
+  // Natively with a tracker, the by-rows backward keeps a step's pre-activation gradients in its buffers (below).
+  const bool step_grads = native && s.tracker;
+  Tensor D = step_grads ? Tensor()
+                                 : scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, w_comp.scalar_type());
   // Natively, the weight gradients' operands are made in bfloat16 where their rows are computed: D's rows as the
   // input-gradient GEMM rounds them, the tracker's gate gradients likewise; the tracker's inputs and the
   // composition inputs gathered from bfloat16 rows (below).
@@ -514,22 +527,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const scalar_t* th = s.tracker ? trk_h.const_data_ptr<scalar_t>() : nullptr;
     Tensor d_trk = s.tracker ? grad_tracker_h.contiguous().clone() : Tensor();  // gradient into tracker h (S, B, Tt)
     scalar_t* dt = s.tracker ? d_trk.data_ptr<scalar_t>() : nullptr;
-    scalar_t* Dp = D.data_ptr<scalar_t>();
+    scalar_t* Dp = D.defined() ? D.data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A, CL, CR, dA, dCL, dCR;
     // Backward of the compositions of nodes [k0, k1), whose gradients are complete.
     // Backward of the compositions of nodes [k0, k1), whose gradients are complete: each task runs the pointwise
     // backward of its rows, their GEMM (children's input gradients) and adds them to the children. Each node is
     // the child of one composition only, so the tasks never write the same row.
-    // Nodes [k0, k1) by the calling thread alone, into its buffers (m = k1 - k0 rows each).
+    // Nodes [k0, k1) by the calling thread alone, into its buffers (m = k1 - k0 rows each); their pre-activation
+    // gradients into d (row k - k0), added to the bias gradient's partial sum of their row block when bias_parts
+    // is given (row blocks of kRowBlock batch rows: each a thread's alone, so that the sums' order does not
+    // depend on the thread count).
     auto decompose_rows = [&](int64_t k0, int64_t k1, scalar_t* cl, scalar_t* cr, scalar_t* da, scalar_t* dcl,
-                              scalar_t* dcr) {
+                              scalar_t* dcr, scalar_t* d, scalar_t* bias_parts) {
       const scalar_t* dn = d_nodes.const_data_ptr<scalar_t>();
       composition_c<scalar_t>(plan, s, ref, native ? &ref16 : nullptr, k0, k1, cl, cr);
       treelstm_backward_rows<scalar_t>(k1 - k0, H, ac.const_data_ptr<scalar_t>() + k0 * G,
                                        nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
-                                       dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, Dp + k0 * G, dcl, dcr, H);
-      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, Dp + k0 * G, G, w.const_data_ptr<scalar_t>(),
-                                     native ? &w_p : nullptr, da, K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
+                                       dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, d, dcl, dcr, H);
+      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, d, G, w.const_data_ptr<scalar_t>(), native ? &w_p : nullptr, da,
+                                     K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
+      if (bias_parts != nullptr)
+        for (int64_t k = k0; k < k1; ++k) add_row(bias_parts + plan.row[k] / kRowBlock * G, d + (k - k0) * G, G);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t r = k - k0;
         scalar_t* l = dref(plan.left[k]);
@@ -551,7 +569,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       dCR.resize(m * H);
       at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
         decompose_rows(k0 + r0, k0 + r1, CL.data() + r0 * H, CR.data() + r0 * H, dA.data() + r0 * K,
-                       dCL.data() + r0 * H, dCR.data() + r0 * H);
+                       dCL.data() + r0 * H, dCR.data() + r0 * H, Dp + (k0 + r0) * G, nullptr);
       });
     };
     if (!s.tracker) {
@@ -563,33 +581,50 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const std::vector<uint16_t> wt_p = native ? pack_bf16(wt) : std::vector<uint16_t>();
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
-      Tensor d_gates = scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, w_comp.scalar_type());
+      const bool trk_bias = t_b_ih.has_value() || t_b_hh.has_value();
+      // (float32 gate gradients of every step: the float path's weight-gradient operand)
+      Tensor d_gates = step_grads ? Tensor() : scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, w_comp.scalar_type());
       Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, w_comp.scalar_type());
       const Tensor dg16 = native ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
       const Tensor X16 = native ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
       uint16_t* dg16p = native ? u16(dg16) : nullptr;
       uint16_t* x16p = native ? u16(X16) : nullptr;
-      scalar_t* dg = d_gates.data_ptr<scalar_t>();
+      scalar_t* dg = step_grads ? nullptr : d_gates.data_ptr<scalar_t>();
       std::vector<scalar_t> zero_state(B * Tt, scalar_t(0)), dh(B * Tt), dc(B * Tt, scalar_t(0)), dX(B * KT),
           dh_rec(B * Tt, scalar_t(0));
       // By rows (see row_split_threads): each thread walks every step of its own rows backwards.
       const int64_t nt = row_split_threads(B);
+      // Natively, the pre-activation gradients of a thread's compositions and tracker gates at one step stay in
+      // its buffers (their bfloat16 rounding is what the weight gradients take) and the bias gradients are sums of
+      // per-row-block partials.
+      const int64_t n_blocks = (B + kRowBlock - 1) / kRowBlock;
+      std::vector<scalar_t> comp_bias_parts(step_grads && b_comp.has_value() ? n_blocks * G : 0, scalar_t(0));
+      std::vector<scalar_t> trk_bias_parts(step_grads && trk_bias ? n_blocks * GT : 0, scalar_t(0));
       at::parallel_for(0, nt, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t b0 = split_bound(B, j, nt), b1 = split_bound(B, j + 1, nt), n = b1 - b0;
           std::vector<scalar_t> cl(n * H), cr(n * H), da(n * K), dcl(n * H), dcr(n * H);
+          std::vector<scalar_t> d_step(step_grads ? n * G : 0), dg_step(step_grads ? n * GT : 0);
           for (int64_t t = S - 1; t >= 0; --t) {
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
-              if (k1 > k0) decompose_rows(k0, k1, cl.data(), cr.data(), da.data(), dcl.data(), dcr.data());
+              if (k1 > k0)
+                decompose_rows(k0, k1, cl.data(), cr.data(), da.data(), dcl.data(), dcr.data(),
+                               step_grads ? d_step.data() : Dp + k0 * G,
+                               comp_bias_parts.empty() ? nullptr : comp_bias_parts.data());
             });
+            // This step's gate gradients of rows [b0, b1).
+            scalar_t* dg_rows = step_grads ? dg_step.data() : dg + (t * B + b0) * GT;
             for (int64_t i = b0 * Tt; i < b1 * Tt; ++i) dh[i] = dt[t * B * Tt + i] + dh_rec[i];
             const scalar_t* c_prev = t == 0 ? zero_state.data() : tc + (t - 1) * B * Tt;
             lstm_backward_tile<scalar_t>(GateLayout{Tt, false}, n, 0, 1, ta + (t * B + b0) * GT, GT,
                                          tc + (t * B + b0) * Tt, c_prev + b0 * Tt, n, nullptr, dh.data() + b0 * Tt,
-                                         nullptr, Tt, 0, dc.data() + b0 * Tt, dg + (t * B + b0) * GT);
+                                         nullptr, Tt, 0, dc.data() + b0 * Tt, dg_rows);
+            if (!trk_bias_parts.empty())
+              for (int64_t b = b0; b < b1; ++b)
+                add_row(trk_bias_parts.data() + b / kRowBlock * GT, dg_rows + (b - b0) * GT, GT);
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
-              gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg + (t * B + r0) * GT, GT,
+              gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg_rows + (r0 - b0) * GT, GT,
                                              wt.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
                                              dX.data() + r0 * KT, KT, false,
                                              dg16p != nullptr ? dg16p + (t * B + r0) * GT : nullptr);
@@ -614,7 +649,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const Tensor dW = native ? at::mm(dg16.t(), X16) : at::mm(d_gates.t(), X_all);
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
-      if (t_b_ih.has_value() || t_b_hh.has_value()) grad_tb = at::sum(d_gates, {0});
+      if (trk_bias) grad_tb = step_grads ? sum_parts(trk_bias_parts, n_blocks, GT, opts) : at::sum(d_gates, {0});
+      if (step_grads && b_comp.has_value()) grad_b_comp = sum_parts(comp_bias_parts, n_blocks, G, opts);
     }
     // Composition weights: dW = D^T [h_left | h_right | tracker h] over all nodes.
     if (M > 0) {
@@ -625,7 +661,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         composition_h(plan, s, ref16, th16, 0, M, u16(A16));
         // (bfloat16, the gradient's final dtype: the bfloat16 wrapper's conversion is then a no-op.)
         grad_w_comp = at::mm(D16.narrow(0, 0, M).t(), A16);
-        if (b_comp.has_value()) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
+        if (b_comp.has_value() && !step_grads) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
         return;
       }
       Tensor A_all = scratch(ScratchSlot::kSpinnOperand, {M, K + 1}, buffers.scalar_type());
