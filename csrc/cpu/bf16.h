@@ -55,6 +55,28 @@ inline c10::List<std::optional<at::Tensor>> up(const char* op, const char* name,
   return out;
 }
 
+// A bfloat16 call's value arguments (tensors or optional ones) as a function object, for a wrapper that runs
+// its kernels either on float32 copies (Up) or on the bfloat16 tensors as they are (Checked: each checked
+// bfloat16, else the error up() gives).
+struct Up {
+  const char* op;
+  template <typename T>
+  auto operator()(const char* name, const T& t) const {
+    return up(op, name, t);
+  }
+};
+struct Checked {
+  const char* op;
+  const at::Tensor& operator()(const char* name, const at::Tensor& t) const {
+    check(op, {{name, &t}});
+    return t;
+  }
+  const std::optional<at::Tensor>& operator()(const char* name, const std::optional<at::Tensor>& t) const {
+    check(op, {{name, t.has_value() ? &*t : nullptr}});
+    return t;
+  }
+};
+
 // A workspace argument of a bfloat16 backward (what the bfloat16 forward returned for it): float32.
 inline const at::Tensor& workspace(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": expected ", name,

@@ -80,22 +80,21 @@ struct SpinnShapes {
   bool tracker;
 };
 
-// Native bfloat16 (a bfloat16 call on an AVX512-BF16 CPU): the kernels below run in float32 on the bfloat16
-// values, with float32 workspace, but their GEMMs take bfloat16 operands on the micro-kernel of cpu/gemm_bf16.h:
-// the weights (exact in bfloat16) packed once per call, the float32 left operands (gathered children, tracker
-// inputs, gate gradients) rounded to bfloat16 row by row, float32 accumulation; the weight gradients are
-// bfloat16 GEMMs too, the bias gradients sums of the float32 gate gradients.
+// Native bfloat16 (a bfloat16 call on an AVX512-BF16 CPU, spinn_native_bf16): the kernels below take the
+// bfloat16 arguments as they are and run their pointwise math in float32, with float32 workspace, but their
+// GEMMs take bfloat16 operands on the micro-kernel of cpu/gemm_bf16.h: the weights packed once per call from
+// their bfloat16 rows; the left operands gathered from bfloat16 rows (the buffers, each node's and tracker
+// step's h rounded once where it is made) or, for gate gradients, rounded row by row; float32 accumulation. The
+// weight gradients are bfloat16 GEMMs too (ATen's), the bias gradients sums of the float32 gate gradients.
 
 SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor& transitions, const Tensor& w_comp,
                              const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih,
                              const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
                              const std::optional<Tensor>& t_b_hh) {
-  // A native bfloat16 call (spinn_encode_impl) passes its bfloat16 buffers as they are and float32 copies of the
-  // other values, all checked bfloat16 by its caller: the values' dtype is then w_comp's.
-  const Tensor& values = buffers.scalar_type() == at::kBFloat16 ? w_comp : buffers;
-  check_float_cpu(op, "buffers", values);
+  // (bfloat16 buffers: a native call, from the bfloat16 wrappers below only)
+  if (buffers.scalar_type() != at::kBFloat16) check_float_cpu(op, "buffers", buffers);
   check_dim(op, "buffers", buffers, 3, "(tokens, batch, 2 * hidden_size)");
-  check_same(op, "buffers", values, "w_comp", w_comp);
+  check_same(op, "buffers", buffers, "w_comp", w_comp);
   check_dim(op, "w_comp", w_comp, 2, "(5 * hidden_size, 2 * hidden_size [+ tracker_size])");
   SpinnShapes s{};
   s.N = buffers.size(0);
@@ -109,8 +108,8 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   s.tracker = t_w_ih.has_value();
   TORCH_CHECK(s.tracker == t_w_hh.has_value(), op, ": give both tracker_w_ih and tracker_w_hh, or neither");
   if (s.tracker) {
-    check_same(op, "buffers", values, "tracker_w_ih", *t_w_ih);
-    check_same(op, "buffers", values, "tracker_w_hh", *t_w_hh);
+    check_same(op, "buffers", buffers, "tracker_w_ih", *t_w_ih);
+    check_same(op, "buffers", buffers, "tracker_w_hh", *t_w_hh);
     check_dim(op, "tracker_w_hh", *t_w_hh, 2, "(4 * tracker_size, tracker_size)");
     s.Tt = t_w_hh->size(1);
     check_shape(op, "tracker_w_hh", *t_w_hh, {4 * s.Tt, s.Tt});
@@ -118,7 +117,7 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
     for (const auto& [name, b] : {std::pair<const char*, const std::optional<Tensor>*>{"tracker_b_ih", &t_b_ih},
                                   {"tracker_b_hh", &t_b_hh}})
       if (b->has_value()) {
-        check_same(op, "buffers", values, name, **b);
+        check_same(op, "buffers", buffers, name, **b);
         check_shape(op, name, **b, {4 * s.Tt});
       }
   } else {
@@ -127,7 +126,7 @@ SpinnShapes check_spinn_args(const char* op, const Tensor& buffers, const Tensor
   s.K = 2 * s.H + (s.tracker ? s.Tt : 0);
   check_shape(op, "w_comp", w_comp, {5 * s.H, s.K});
   if (b_comp.has_value()) {
-    check_same(op, "buffers", values, "b_comp", *b_comp);
+    check_same(op, "buffers", buffers, "b_comp", *b_comp);
     check_shape(op, "b_comp", *b_comp, {5 * s.H});
   }
   return s;
@@ -280,6 +279,14 @@ inline void gemm_native(int64_t, int64_t, int64_t, const uint16_t*, const std::v
   TORCH_CHECK(false, "rnnext::spinn_encode: a bfloat16 GEMM on float64 values (internal error)");
 }
 
+// A value argument in the kernels' dtype (natively float32, exact), contiguous.
+inline Tensor to_values(const Tensor& t, bool native) {
+  return native ? t.to(at::kFloat).contiguous() : t.contiguous();
+}
+inline std::optional<Tensor> to_values(const std::optional<Tensor>& t, bool native) {
+  return t.has_value() ? std::optional<Tensor>(to_values(*t, native)) : std::nullopt;
+}
+
 // The bfloat16 view of a native call's buffers (its bfloat16 tensor, contiguous), nodes' h (written by the
 // caller) and zeros.
 RefTable16 make_ref16(const Tensor& buffers16, const Tensor& nodes16, const std::vector<uint16_t>& zeros,
@@ -288,10 +295,9 @@ RefTable16 make_ref16(const Tensor& buffers16, const Tensor& nodes16, const std:
   return {u16(buffers16), u16(nodes16), zeros.data(), s.N * s.B, s.H};
 }
 
-// The forward in float32/float64. A native bfloat16 call (bfloat16 `buffers`, the weights float32 copies of
-// bfloat16 ones): the GEMMs run on bfloat16 operands gathered from bfloat16 rows (the buffers as given, each
-// node's and tracker step's h rounded once where it is made), float32 accumulation, float32 pointwise math and
-// workspace.
+// The forward in float32/float64, or natively in bfloat16 (bfloat16 arguments; see above): outputs in the
+// arguments' dtype but for the workspace, float32 natively (top and tracker h are returned in float32 and
+// rounded by the caller).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
     const Tensor& buffers, const Tensor& transitions, const std::optional<Tensor>& lengths, const Tensor& w_comp,
     const std::optional<Tensor>& b_comp, const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh,
@@ -301,12 +307,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H;
   const bool native = buffers.scalar_type() == at::kBFloat16;
-  const auto opts = w_comp.options();  // (float32 natively)
+  const auto opts = buffers.options().dtype(native ? at::kFloat : buffers.scalar_type());
   const Tensor buf = buffers.contiguous();
   // (K, 5H): float32 for the float GEMMs; natively, packed from w_comp's rows.
   const Tensor wc_t = native ? Tensor() : w_comp.t().contiguous();
   const std::vector<uint16_t> wc_p = native ? pack_bf16_t(w_comp) : std::vector<uint16_t>();
-  const Tensor bc = b_comp.has_value() ? b_comp->contiguous() : Tensor();
+  const Tensor bc = b_comp.has_value() ? to_values(*b_comp, native) : Tensor();
   Tensor top = at::empty({B, H}, opts);
   // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
   const int64_t M_max = max_nodes(s.N, s.B);
@@ -326,7 +332,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   const RefTable16 ref16 = native ? make_ref16(buf, nodes16, zeros16, s) : RefTable16{};
   uint16_t* n16 = native ? reinterpret_cast<uint16_t*>(nodes16.data_ptr<c10::BFloat16>()) : nullptr;
   uint16_t* th16p = th16.defined() ? reinterpret_cast<uint16_t*>(th16.data_ptr<c10::BFloat16>()) : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(w_comp.scalar_type(), "spinn_encode", [&] {
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "spinn_encode", [&] {
     std::vector<scalar_t> zeros(2 * H, scalar_t(0));
     // (Natively, the tokens' rows are read from ref16 only.)
     const RefTable<scalar_t> ref{native ? nullptr : buf.const_data_ptr<scalar_t>(), nodes.const_data_ptr<scalar_t>(),
@@ -374,7 +380,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       const Tensor wt_cat = at::cat({*t_w_ih, *t_w_hh}, 1);  // (4Tt, 3H + Tt)
       const Tensor wt_t = native ? Tensor() : wt_cat.t().contiguous();
       const std::vector<uint16_t> wt_p = native ? pack_bf16_t(wt_cat) : std::vector<uint16_t>();
-      const std::optional<Tensor> tb = sum_biases(t_b_ih, t_b_hh);
+      const std::optional<Tensor> tb = sum_biases(to_values(t_b_ih, native), to_values(t_b_hh, native));
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
       std::vector<scalar_t> X(native ? 0 : B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)),
           c_state(B * Tt, scalar_t(0));
@@ -435,46 +441,50 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_cpu(
     const std::optional<Tensor>& t_b_ih, const std::optional<Tensor>& t_b_hh, bool train) {
   const char* op = "rnnext::spinn_encode";
   if (bf16::active(buffers)) {
-    // Natively the buffers as they are, else a float32 copy.
-    auto [top, th, nodes, node_acts, t_acts, t_c] = spinn_encode_impl(
-        spinn_native_bf16() ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths,
-        bf16::up(op, "w_comp", w_comp), bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih),
-        bf16::up(op, "tracker_w_hh", t_w_hh), bf16::up(op, "tracker_b_ih", t_b_ih),
-        bf16::up(op, "tracker_b_hh", t_b_hh), train);
-    return {bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c};
+    auto run = [&](auto&& value) {
+      auto [top, th, nodes, node_acts, t_acts, t_c] =
+          spinn_encode_impl(value("buffers", buffers), transitions, lengths, value("w_comp", w_comp),
+                            value("b_comp", b_comp), value("tracker_w_ih", t_w_ih), value("tracker_w_hh", t_w_hh),
+                            value("tracker_b_ih", t_b_ih), value("tracker_b_hh", t_b_hh), train);
+      return std::make_tuple(bf16::down(top), bf16::down(th), nodes, node_acts, t_acts, t_c);
+    };
+    // Natively the bfloat16 arguments as they are (checked bfloat16), else float32 copies.
+    if (spinn_native_bf16()) return run(bf16::Checked{op});
+    return run(bf16::Up{op});
   }
   return spinn_encode_impl(buffers, transitions, lengths, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh, train);
 }
 
-// The backward in float32/float64; natively (bfloat16 `buffers` as spinn_encode_impl takes them, and
-// `tracker_h16`, the bfloat16 tracker h, when there is a tracker) as that runs: the buffers' gradient then
-// accumulated in float32 scratch memory and returned in bfloat16, the weight gradients in bfloat16 too.
+// The backward in float32/float64, or natively in bfloat16 (bfloat16 value arguments, float32 workspace) as
+// spinn_encode_impl runs: the buffers' gradient then accumulated in float32 scratch memory and returned in
+// bfloat16, the weight gradients in bfloat16 too, the bias gradients in float32 (rounded by the caller).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward_impl(
     const Tensor& grad_top, const Tensor& grad_tracker_h, const Tensor& buffers, const Tensor& transitions,
     const std::optional<Tensor>& lengths, const Tensor& w_comp, const std::optional<Tensor>& b_comp,
     const std::optional<Tensor>& t_w_ih, const std::optional<Tensor>& t_w_hh, const std::optional<Tensor>& t_b_ih,
     const std::optional<Tensor>& t_b_hh, const Tensor& nodes, const Tensor& node_acts, const Tensor& tracker_h,
-    const Tensor& tracker_acts, const Tensor& tracker_c, const Tensor& tracker_h16) {
+    const Tensor& tracker_acts, const Tensor& tracker_c) {
   const char* op = "rnnext::spinn_encode_backward";
   const bool native = buffers.scalar_type() == at::kBFloat16;
   const SpinnShapes s = check_spinn_args(op, buffers, transitions, w_comp, b_comp, t_w_ih, t_w_hh, t_b_ih, t_b_hh);
   const SpinnPlan plan = make_plan(op, transitions, s.N, s.B, lengths, !s.tracker, s.tracker);
   const int64_t H = s.H, K = s.K, Tt = s.Tt, S = s.S, B = s.B, G = 5 * H, M = plan.M;
-  const auto opts = w_comp.options();  // (float32 natively)
-  const Tensor& values = native ? w_comp : buffers;  // (the dtype of the values: see check_spinn_args)
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_top", &grad_top}, {"nodes", &nodes},
-                                {"node_acts", &node_acts}})
-    check_same(op, "buffers", values, name, *t);
+  const at::ScalarType vt = native ? at::kFloat : buffers.scalar_type();  // the kernels' and workspace's dtype
+  const auto opts = buffers.options().dtype(vt);
+  // The value arguments have the buffers' dtype, the workspace the kernels' (natively: checked by the caller).
+  check_same(op, "buffers", buffers, "grad_top", grad_top);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"nodes", &nodes}, {"node_acts", &node_acts}})
+    if (!native) check_same(op, "buffers", buffers, name, *t);
   check_shape(op, "grad_top", grad_top, {B, H});
   check_shape(op, "nodes", nodes, {max_nodes(s.N, s.B), 2 * H});
   check_shape(op, "node_acts", node_acts, {max_nodes(s.N, s.B), G});
   if (s.tracker) {
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad_tracker_h", &grad_tracker_h},
                                   {"tracker_h", &tracker_h}, {"tracker_c", &tracker_c}}) {
-      check_same(op, "buffers", values, name, *t);
+      if (!native || t != &tracker_c) check_same(op, "buffers", buffers, name, *t);
       check_shape(op, name, *t, {S, B, Tt});
     }
-    check_same(op, "buffers", values, "tracker_acts", tracker_acts);
+    if (!native) check_same(op, "buffers", buffers, "tracker_acts", tracker_acts);
     check_shape(op, "tracker_acts", tracker_acts, {S, B, 4 * Tt});
   }
   const Tensor buf = buffers.contiguous(), nd = nodes.contiguous(), ac = node_acts.contiguous();
@@ -488,13 +498,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   // in float32 (natively in scratch memory, returned in bfloat16).
   Tensor grad_buffers = native ? scratch(ScratchSlot::kSpinnBufferGrads, {s.N, B, 2 * H}, at::kFloat).zero_()
                                : at::zeros({s.N, B, 2 * H}, opts);
-  Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, w_comp.scalar_type());
+  Tensor d_nodes = scratch(ScratchSlot::kSpinnNodeGrads, {std::max<int64_t>(M, 1), 2 * H}, vt);
   d_nodes.zero_();
   // composition pre-activation gradients
   // Natively with a tracker, the by-rows backward keeps a step's pre-activation gradients in its buffers (below).
   const bool step_grads = native && s.tracker;
-  Tensor D = step_grads ? Tensor()
-                                 : scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, w_comp.scalar_type());
+  Tensor D = step_grads ? Tensor() : scratch(ScratchSlot::kSpinnPreGrads, {std::max<int64_t>(M, 1), G}, vt);
   // Natively, the weight gradients' operands are made in bfloat16 where their rows are computed: D's rows as the
   // input-gradient GEMM rounds them, the tracker's gate gradients likewise; the tracker's inputs and the
   // composition inputs gathered from bfloat16 rows (below).
@@ -508,11 +517,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       native ? scratch(ScratchSlot::kSpinnNodesBf16, {std::max<int64_t>(M, 1), H}, at::kBFloat16) : Tensor();
   const std::vector<uint16_t> zeros16(native ? std::max(2 * H, B * Tt) : 0, 0);
   const RefTable16 ref16 = native ? make_ref16(buf, nodes16, zeros16, s) : RefTable16{};
-  const uint16_t* th16 = native && s.tracker ? reinterpret_cast<const uint16_t*>(
-                                                   tracker_h16.const_data_ptr<c10::BFloat16>()) : nullptr;
+  const uint16_t* th16 =
+      native && s.tracker ? reinterpret_cast<const uint16_t*>(trk_h.const_data_ptr<c10::BFloat16>()) : nullptr;
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
-  AT_DISPATCH_FLOATING_TYPES(w_comp.scalar_type(), "spinn_encode_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(vt, "spinn_encode_backward", [&] {
     std::vector<scalar_t> zeros(2 * H, scalar_t(0));
     // (Natively, the tokens' rows are read from ref16 only.)
     const RefTable<scalar_t> ref{native ? nullptr : buf.const_data_ptr<scalar_t>(), nd.const_data_ptr<scalar_t>(),
@@ -522,10 +531,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         round_rows(k0, k1, H, nd.const_data_ptr<scalar_t>(), 2 * H, u16(nodes16), H);
       });
     const GradTable<scalar_t> dref{grad_buffers.data_ptr<scalar_t>(), d_nodes.data_ptr<scalar_t>(), s.N * B, 2 * H};
-    const Tensor gt = grad_top.contiguous();
+    const Tensor gt = to_values(grad_top, native);
     for (int64_t b = 0; b < B; ++b) add_row(dref(plan.top[b]), gt.const_data_ptr<scalar_t>() + b * H, H);
-    const scalar_t* th = s.tracker ? trk_h.const_data_ptr<scalar_t>() : nullptr;
-    Tensor d_trk = s.tracker ? grad_tracker_h.contiguous().clone() : Tensor();  // gradient into tracker h (S, B, Tt)
+    const scalar_t* th = s.tracker && !native ? trk_h.const_data_ptr<scalar_t>() : nullptr;
+    // The gradient into tracker h (S, B, Tt), accumulated in place: a copy.
+    Tensor d_trk = !s.tracker ? Tensor() : native ? to_values(grad_tracker_h, true) : grad_tracker_h.contiguous().clone();
     scalar_t* dt = s.tracker ? d_trk.data_ptr<scalar_t>() : nullptr;
     scalar_t* Dp = D.defined() ? D.data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A, CL, CR, dA, dCL, dCR;
@@ -544,8 +554,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       treelstm_backward_rows<scalar_t>(k1 - k0, H, ac.const_data_ptr<scalar_t>() + k0 * G,
                                        nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
                                        dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, d, dcl, dcr, H);
-      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, d, G, w.const_data_ptr<scalar_t>(), native ? &w_p : nullptr, da,
-                                     K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
+      gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, d, G, native ? nullptr : w.const_data_ptr<scalar_t>(),
+                                     native ? &w_p : nullptr, da, K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
       if (bias_parts != nullptr)
         for (int64_t k = k0; k < k1; ++k) add_row(bias_parts + plan.row[k] / kRowBlock * G, d + (k - k0) * G, G);
       for (int64_t k = k0; k < k1; ++k) {
@@ -583,8 +593,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       const bool trk_bias = t_b_ih.has_value() || t_b_hh.has_value();
       // (float32 gate gradients of every step: the float path's weight-gradient operand)
-      Tensor d_gates = step_grads ? Tensor() : scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, w_comp.scalar_type());
-      Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, w_comp.scalar_type());
+      Tensor d_gates = step_grads ? Tensor() : scratch(ScratchSlot::kSpinnTrackerGrads, {S * B, GT}, vt);
+      Tensor X_all = native ? Tensor() : scratch(ScratchSlot::kSpinnTrackerInputs, {S * B, KT}, vt);
       const Tensor dg16 = native ? scratch(ScratchSlot::kSpinnTrackerGradsBf16, {S * B, GT}, at::kBFloat16) : Tensor();
       const Tensor X16 = native ? scratch(ScratchSlot::kSpinnTrackerInputsBf16, {S * B, KT}, at::kBFloat16) : Tensor();
       uint16_t* dg16p = native ? u16(dg16) : nullptr;
@@ -625,7 +635,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                 add_row(trk_bias_parts.data() + b / kRowBlock * GT, dg_rows + (b - b0) * GT, GT);
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg_rows + (r0 - b0) * GT, GT,
-                                             wt.const_data_ptr<scalar_t>(), native ? &wt_p : nullptr,
+                                             native ? nullptr : wt.const_data_ptr<scalar_t>(),
+                                             native ? &wt_p : nullptr,
                                              dX.data() + r0 * KT, KT, false,
                                              dg16p != nullptr ? dg16p + (t * B + r0) * GT : nullptr);
             });
@@ -701,20 +712,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     const Tensor& tracker_acts, const Tensor& tracker_c) {
   const char* op = "rnnext::spinn_encode_backward";
   if (bf16::active(buffers)) {
-    const bool native = spinn_native_bf16();
-    auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_impl(
-        bf16::up(op, "grad_top", grad_top), bf16::up(op, "grad_tracker_h", grad_tracker_h),
-        native ? buffers : bf16::up(op, "buffers", buffers), transitions, lengths, bf16::up(op, "w_comp", w_comp),
-        bf16::up(op, "b_comp", b_comp), bf16::up(op, "tracker_w_ih", t_w_ih), bf16::up(op, "tracker_w_hh", t_w_hh),
-        bf16::up(op, "tracker_b_ih", t_b_ih), bf16::up(op, "tracker_b_hh", t_b_hh), bf16::workspace(op, "nodes", nodes),
-        bf16::workspace(op, "node_acts", node_acts), bf16::up(op, "tracker_h", tracker_h),
-        bf16::workspace(op, "tracker_acts", tracker_acts), bf16::workspace(op, "tracker_c", tracker_c),
-        native && t_w_ih.has_value() ? tracker_h.contiguous() : Tensor());
-    return {bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth), bf16::down(gtb)};
+    auto run = [&](auto&& value) {
+      auto [gb, gw, gbc, gti, gth, gtb] = spinn_encode_backward_impl(
+          value("grad_top", grad_top), value("grad_tracker_h", grad_tracker_h), value("buffers", buffers),
+          transitions, lengths, value("w_comp", w_comp), value("b_comp", b_comp), value("tracker_w_ih", t_w_ih),
+          value("tracker_w_hh", t_w_hh), value("tracker_b_ih", t_b_ih), value("tracker_b_hh", t_b_hh),
+          bf16::workspace(op, "nodes", nodes), bf16::workspace(op, "node_acts", node_acts),
+          value("tracker_h", tracker_h), bf16::workspace(op, "tracker_acts", tracker_acts),
+          bf16::workspace(op, "tracker_c", tracker_c));
+      return std::make_tuple(bf16::down(gb), bf16::down(gw), bf16::down(gbc), bf16::down(gti), bf16::down(gth),
+                             bf16::down(gtb));
+    };
+    if (spinn_native_bf16()) return run(bf16::Checked{op});
+    return run(bf16::Up{op});
   }
   return spinn_encode_backward_impl(grad_top, grad_tracker_h, buffers, transitions, lengths, w_comp, b_comp, t_w_ih,
-                                    t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h, tracker_acts, tracker_c,
-                                    Tensor());
+                                    t_w_hh, t_b_ih, t_b_hh, nodes, node_acts, tracker_h, tracker_acts, tracker_c);
 }
 
 // The stack layout for Python-side compositions: per step and row, the references of the children a REDUCE
