@@ -357,22 +357,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
                                       2 * H);
       if (native) round_rows(k0, k1, H, nd, 2 * H, n16, H);
     };
-    // A thread's buffers for up to m compositions.
+    // Buffers for up to m compositions (rows from r on: row(r)).
     struct RowBuffers {
       std::vector<scalar_t> a, cl, cr;
       std::vector<uint16_t> a16;
+      int64_t K, H;
       RowBuffers(int64_t m, int64_t K, int64_t H, bool native)
-          : a(native ? 0 : m * K), cl(m * H), cr(m * H), a16(native ? m * K : 0) {}
+          : a(native ? 0 : m * K), cl(m * H), cr(m * H), a16(native ? m * K : 0), K(K), H(H) {}
+      std::tuple<scalar_t*, uint16_t*, scalar_t*, scalar_t*> row(int64_t r) {
+        return {a.empty() ? nullptr : a.data() + r * K, a16.empty() ? nullptr : a16.data() + r * K,
+                cl.data() + r * H, cr.data() + r * H};
+      }
     };
     if (!s.tracker) {
-      // By tree level: each batch's compositions split across the threads (a task per kRowsPerTask rows).
+      // By tree level: each batch's compositions split across the threads (a task per kRowsPerTask rows), in
+      // buffers for the largest batch.
+      int64_t m_max = 0;
+      for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i)
+        m_max = std::max(m_max, plan.batch_start[i + 1] - plan.batch_start[i]);
+      RowBuffers rb(m_max, K, H, native);
       for (size_t i = 0; i + 1 < plan.batch_start.size(); ++i) {
         const int64_t k0 = plan.batch_start[i], m = plan.batch_start[i + 1] - k0;
         scalar_t* pre = train ? ac + k0 * G : ac;
         at::parallel_for(0, m, kRowsPerTask, [&](int64_t r0, int64_t r1) {
-          RowBuffers rb(r1 - r0, K, H, native);
-          compose_rows(k0 + r0, k0 + r1, nullptr, rb.a.data(), rb.a16.data(), rb.cl.data(), rb.cr.data(),
-                       pre + r0 * G);
+          const auto [a, a16, cl, cr] = rb.row(r0);
+          compose_rows(k0 + r0, k0 + r1, nullptr, a, a16, cl, cr, pre + r0 * G);
         });
       }
     } else {
@@ -417,9 +426,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
             // Then the compositions of these rows at step t.
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               const auto [k0, k1] = step_nodes(plan, t, r0, r1);
-              if (k1 > k0)
-                compose_rows(k0, k1, th, rb.a.data(), rb.a16.data(), rb.cl.data(), rb.cr.data(),
-                             train ? ac + k0 * G : pre.data());
+              if (k1 > k0) {
+                const auto [a, a16, cl, cr] = rb.row(0);
+                compose_rows(k0, k1, th, a, a16, cl, cr, train ? ac + k0 * G : pre.data());
+              }
             });
           }
         }
