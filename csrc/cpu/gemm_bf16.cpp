@@ -35,14 +35,17 @@ void round_to_bf16(int64_t n, const float* src, uint16_t* dst) {
 namespace {
 void interleave_rows_avx512(int64_t n, const float* r0, const float* r1, uint16_t* out);
 void interleave_rows_avx512(int64_t n, const uint16_t* r0, const uint16_t* r1, uint16_t* out);
+void transpose_pairs_avx512(int64_t n0, int64_t n1, int64_t N, int64_t Kb, const uint16_t* src, uint16_t* out);
 
 // B in bfloat16 packed in k-pairs (gemm_bf16.h's layout) from src, float32 (rounded as round_to_bf16 does:
 // exact for bfloat16 values) or bfloat16: B = src (Kb x N), or with `transposed` B = src^T (src N x Kb).
-std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
+// Into out (packed_size values), or into a new vector when out is null.
+std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed, uint16_t* into = nullptr) {
   const at::Tensor c = src.scalar_type() == at::kBFloat16 ? src.contiguous() : src.contiguous().to(at::kFloat);
   const int64_t rows = c.size(0), cols = c.size(1);
   const int64_t Kb = transposed ? cols : rows, N = transposed ? rows : cols, pairs = (Kb + 1) / 2;
-  std::vector<uint16_t> out(static_cast<size_t>(pairs * N * 2));
+  std::vector<uint16_t> own(into == nullptr ? static_cast<size_t>(pairs * N * 2) : 0);
+  uint16_t* const out = into == nullptr ? own.data() : into;
   const bool bf = c.scalar_type() == at::kBFloat16;
   const uint16_t* s16 = bf ? reinterpret_cast<const uint16_t*>(c.const_data_ptr<c10::BFloat16>()) : nullptr;
   const float* s32 = bf ? nullptr : c.const_data_ptr<float>();
@@ -52,7 +55,7 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
     const std::vector<uint16_t> z16(bf ? N : 0, 0);
     at::parallel_for(0, pairs, 8, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
-        uint16_t* o = out.data() + p * N * 2;
+        uint16_t* o = out + p * N * 2;
         const bool whole = 2 * p + 1 < Kb;
         if (!gemm_bf16_available()) {
           for (int64_t n = 0; n < N; ++n) {
@@ -67,10 +70,17 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
         }
       }
     });
-    return out;
+    return own;
   }
   // B = src^T: pair p of column n is elements 2p, 2p + 1 of src's row n, one 32-bit word once the row is in
-  // bfloat16; rows in groups of 64 (rounded into a buffer), their words scattered pair by pair.
+  // bfloat16: a transpose of 32-bit words. From bfloat16 on AVX-512, 16 x 16 blocks of words in registers;
+  // otherwise rows in groups of 64 (rounded into a buffer), their words scattered pair by pair.
+  if (bf && gemm_bf16_available()) {
+    at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t g0, int64_t g1) {
+      transpose_pairs_avx512(g0 * 16, std::min(N, g1 * 16), N, Kb, s16, out);
+    });
+    return own;
+  }
   at::parallel_for(0, (N + 63) / 64, 1, [&](int64_t g0, int64_t g1) {
     std::vector<uint16_t> buf(static_cast<size_t>(64 * pairs * 2));
     for (int64_t n0 = g0 * 64; n0 < std::min(N, g1 * 64); n0 += 64) {
@@ -84,15 +94,18 @@ std::vector<uint16_t> pack_pairs_from(const at::Tensor& src, bool transposed) {
         if (Kb % 2 != 0) b[Kb] = 0;
       }
       for (int64_t p = 0; p < pairs; ++p)
-        for (int64_t r = 0; r < nn; ++r) std::memcpy(out.data() + (p * N + n0 + r) * 2, buf.data() + (r * pairs + p) * 2, 4);
+        for (int64_t r = 0; r < nn; ++r) std::memcpy(out + (p * N + n0 + r) * 2, buf.data() + (r * pairs + p) * 2, 4);
     }
   });
-  return out;
+  return own;
 }
 }  // namespace
 
 std::vector<uint16_t> pack_bf16(const at::Tensor& b) { return pack_pairs_from(b, false); }
 std::vector<uint16_t> pack_bf16_t(const at::Tensor& w) { return pack_pairs_from(w, true); }
+int64_t packed_size(int64_t K, int64_t N) { return (K + 1) / 2 * N * 2; }
+void pack_bf16_into(const at::Tensor& b, uint16_t* out) { pack_pairs_from(b, false, out); }
+void pack_bf16_t_into(const at::Tensor& w, uint16_t* out) { pack_pairs_from(w, true, out); }
 
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
                        int64_t ldc, bool accumulate, uint16_t* a16) {
@@ -200,6 +213,52 @@ void interleave_rows_avx512(int64_t n, const uint16_t* r0, const uint16_t* r1, u
     _mm512_mask_storeu_epi32(out + 2 * c, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
   }
 }
+// Columns [n0, n1) of B = src^T packed in k-pairs (src: N x Kb bfloat16, row-major): out word (p, n) = src's
+// row n, elements 2p, 2p + 1 (a zero partner completing an odd Kb). 16 x 16 blocks of words transposed in
+// registers (three rounds of unpacks and lane shuffles), the edges word by word.
+void transpose_pairs_avx512(int64_t n0, int64_t n1, int64_t N, int64_t Kb, const uint16_t* src, uint16_t* out) {
+  const int64_t pairs = (Kb + 1) / 2, full = Kb / 2 / 16 * 16;  // pairs in whole 16 x 16 blocks
+  auto word = [&](int64_t n, int64_t p) {
+    uint32_t v;
+    if (2 * p + 1 < Kb)
+      std::memcpy(&v, src + n * Kb + 2 * p, 4);
+    else
+      v = src[n * Kb + 2 * p];
+    std::memcpy(out + (p * N + n) * 2, &v, 4);
+  };
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) {
+    for (int64_t p0 = 0; p0 < full; p0 += 16) {
+      __m512i r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + (n + i) * Kb + 2 * p0);
+      for (int i = 0; i < 8; ++i) {  // lane L: rows 2i, 2i + 1 of words 4L, 4L + 1 | 4L + 2, 4L + 3
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {  // r[4i + j], lane L: rows 4i..4i + 3 of word 4L + j
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        const __m512i a = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44), b = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);
+        const __m512i c = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+        const __m512i d = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+        t[j] = _mm512_shuffle_i32x4(a, c, 0x88);       // word j: rows 0..15
+        t[4 + j] = _mm512_shuffle_i32x4(a, c, 0xDD);   // word 4 + j
+        t[8 + j] = _mm512_shuffle_i32x4(b, d, 0x88);   // word 8 + j
+        t[12 + j] = _mm512_shuffle_i32x4(b, d, 0xDD);  // word 12 + j
+      }
+      for (int w = 0; w < 16; ++w) _mm512_storeu_si512(out + ((p0 + w) * N + n) * 2, t[w]);
+    }
+    for (int64_t p = full; p < pairs; ++p)
+      for (int64_t i = 0; i < 16; ++i) word(n + i, p);
+  }
+  for (; n < n1; ++n)
+    for (int64_t p = 0; p < pairs; ++p) word(n, p);
+}
+
 void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)

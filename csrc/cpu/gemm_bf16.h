@@ -44,15 +44,20 @@ std::vector<uint16_t> pack_bf16(const at::Tensor& b);
 // gemm_bf16_packed, read straight from w's rows (no transposed copy): pack_bf16(w.t()) without the copies.
 std::vector<uint16_t> pack_bf16_t(const at::Tensor& w);
 
+// pack_bf16 / pack_bf16_t into caller memory of packed_size(K, N) values (B: K x N), e.g. scratch memory kept
+// mapped between calls (no zero-filled fresh pages for a large B).
+int64_t packed_size(int64_t K, int64_t N);
+void pack_bf16_into(const at::Tensor& b, uint16_t* out);
+void pack_bf16_t_into(const at::Tensor& w, uint16_t* out);
+
 // C[M, N] = (accumulate ? C : 0) + A[M, K] @ B (B row-major, leading dimension N) by the float GEMM; or, given
 // Bp (B packed by pack_bf16: a native bfloat16 call, float only), on bfloat16 operands (gemm_bf16_rounded, A's
 // rounded rows left in a16 when given).
 template <typename T>
-void gemm_rows_maybe_bf16(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                          const std::vector<uint16_t>* Bp, T* C, int64_t ldc, bool accumulate,
-                          uint16_t* a16 = nullptr) {
+void gemm_rows_maybe_bf16(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, const uint16_t* Bp,
+                          T* C, int64_t ldc, bool accumulate, uint16_t* a16 = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
-    if (Bp != nullptr) return gemm_bf16_rounded(M, N, K, A, lda, Bp->data(), C, ldc, accumulate, a16);
+    if (Bp != nullptr) return gemm_bf16_rounded(M, N, K, A, lda, Bp, C, ldc, accumulate, a16);
   }
   gemm_rowmajor(M, N, K, A, lda, B, N, C, ldc, accumulate);
 }

@@ -37,7 +37,9 @@ enum class ScratchSlot : int {
   kSpinnTrackerInputsBf16,
   kSpinnOperandBf16,
   kSpinnNodesBf16,
-  kSpinnBufferGrads,  // a native bfloat16 call's buffers gradient, accumulated in float32
+  kSpinnBufferGrads,
+  kSpinnPackedComp,     // a native call's composition weights, packed for the bfloat16 GEMMs
+  kSpinnPackedTracker,  // and its tracker's  // a native bfloat16 call's buffers gradient, accumulated in float32
   kSpinnTrackerHBf16,
   kCount
 };

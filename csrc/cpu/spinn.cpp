@@ -271,12 +271,25 @@ inline void round_rows(int64_t, int64_t, int64_t, const double*, int64_t, uint16
 
 // C[M, N] = A16[M, K] @ B (Bp: B packed in k-pairs, N columns) on bfloat16 operands, float32 accumulation: the
 // native (float32) instantiation's GEMM; never reached from the float64 one.
-inline void gemm_native(int64_t M, int64_t N, int64_t K, const uint16_t* A16, const std::vector<uint16_t>& Bp,
-                        float* C) {
-  gemm_bf16_packed(M, N, K, A16, K, Bp.data(), N, C, N, false);
+inline void gemm_native(int64_t M, int64_t N, int64_t K, const uint16_t* A16, const uint16_t* Bp, float* C) {
+  gemm_bf16_packed(M, N, K, A16, K, Bp, N, C, N, false);
 }
-inline void gemm_native(int64_t, int64_t, int64_t, const uint16_t*, const std::vector<uint16_t>&, double*) {
+inline void gemm_native(int64_t, int64_t, int64_t, const uint16_t*, const uint16_t*, double*) {
   TORCH_CHECK(false, "rnnext::spinn_encode: a bfloat16 GEMM on float64 values (internal error)");
+}
+
+// The raw bfloat16 values of a tensor.
+inline const uint16_t* u16c(const Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.const_data_ptr<c10::BFloat16>());
+}
+
+// w (transposed: w^T) packed in k-pairs for the bfloat16 GEMMs, in `slot`'s scratch memory.
+inline Tensor packed_weights(ScratchSlot slot, const Tensor& w, bool transposed) {
+  const int64_t K = w.size(transposed ? 1 : 0), N = w.size(transposed ? 0 : 1);
+  Tensor p = scratch(slot, {packed_size(K, N)}, at::kBFloat16);
+  uint16_t* out = reinterpret_cast<uint16_t*>(p.data_ptr<c10::BFloat16>());
+  transposed ? pack_bf16_t_into(w, out) : pack_bf16_into(w, out);
+  return p;
 }
 
 // A value argument in the kernels' dtype (natively float32, exact), contiguous.
@@ -311,7 +324,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
   const Tensor buf = buffers.contiguous();
   // (K, 5H): float32 for the float GEMMs; natively, packed from w_comp's rows.
   const Tensor wc_t = native ? Tensor() : w_comp.t().contiguous();
-  const std::vector<uint16_t> wc_p = native ? pack_bf16_t(w_comp) : std::vector<uint16_t>();
+  const Tensor wc_packed = native ? packed_weights(ScratchSlot::kSpinnPackedComp, w_comp, true) : Tensor();
+  const uint16_t* wc_p = native ? u16c(wc_packed) : nullptr;
   const Tensor bc = b_comp.has_value() ? to_values(*b_comp, native) : Tensor();
   Tensor top = at::empty({B, H}, opts);
   // Workspace rows: at most N - 1 compositions per row; the rows past the plan's M are zeroed (kept defined).
@@ -388,7 +402,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_impl(
       const int64_t KT = 3 * H + Tt;
       const Tensor wt_cat = at::cat({*t_w_ih, *t_w_hh}, 1);  // (4Tt, 3H + Tt)
       const Tensor wt_t = native ? Tensor() : wt_cat.t().contiguous();
-      const std::vector<uint16_t> wt_p = native ? pack_bf16_t(wt_cat) : std::vector<uint16_t>();
+      const Tensor wt_packed = native ? packed_weights(ScratchSlot::kSpinnPackedTracker, wt_cat, true) : Tensor();
+      const uint16_t* wt_p = native ? u16c(wt_packed) : nullptr;
       const std::optional<Tensor> tb = sum_biases(to_values(t_b_ih, native), to_values(t_b_hh, native));
       const scalar_t* tbias = tb.has_value() ? tb->const_data_ptr<scalar_t>() : nullptr;
       std::vector<scalar_t> X(native ? 0 : B * KT), gates(B * 4 * Tt), h0(B * Tt, scalar_t(0)),
@@ -503,7 +518,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
   const Tensor trk_acts = s.tracker ? tracker_acts.contiguous() : Tensor();
   const Tensor trk_c = s.tracker ? tracker_c.contiguous() : Tensor();
   const Tensor w = w_comp.contiguous();
-  const std::vector<uint16_t> w_p = native ? pack_bf16(w) : std::vector<uint16_t>();  // (5H, K)
+  const Tensor w_packed = native ? packed_weights(ScratchSlot::kSpinnPackedComp, w, false) : Tensor();  // (5H, K)
+  const uint16_t* w_p = native ? u16c(w_packed) : nullptr;
   // (The temporaries from cpu/scratch.h: memory kept mapped between calls.) The buffers' gradient, accumulated
   // in float32 (natively in scratch memory, returned in bfloat16).
   Tensor grad_buffers = native ? scratch(ScratchSlot::kSpinnBufferGrads, {s.N, B, 2 * H}, at::kFloat).zero_()
@@ -565,7 +581,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
                                        nd.const_data_ptr<scalar_t>() + k0 * 2 * H + H, 2 * H, cl, cr, H,
                                        dn + k0 * 2 * H, dn + k0 * 2 * H + H, 2 * H, d, dcl, dcr, H);
       gemm_rows_maybe_bf16<scalar_t>(k1 - k0, K, G, d, G, native ? nullptr : w.const_data_ptr<scalar_t>(),
-                                     native ? &w_p : nullptr, da, K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
+                                     w_p, da, K, false, d16 != nullptr ? d16 + k0 * G : nullptr);
       if (bias_parts != nullptr)
         for (int64_t k = k0; k < k1; ++k) add_row(bias_parts + plan.row[k] / kRowBlock * G, d + (k - k0) * G, G);
       for (int64_t k = k0; k < k1; ++k) {
@@ -598,7 +614,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     } else {
       const int64_t KT = 3 * H + Tt, GT = 4 * Tt;
       const Tensor wt = at::cat({*t_w_ih, *t_w_hh}, 1).contiguous();  // (4Tt, 3H + Tt)
-      const std::vector<uint16_t> wt_p = native ? pack_bf16(wt) : std::vector<uint16_t>();
+      const Tensor wt_packed = native ? packed_weights(ScratchSlot::kSpinnPackedTracker, wt, false) : Tensor();
+      const uint16_t* wt_p = native ? u16c(wt_packed) : nullptr;
       const scalar_t* ta = trk_acts.const_data_ptr<scalar_t>();
       const scalar_t* tc = trk_c.const_data_ptr<scalar_t>();
       const bool trk_bias = t_b_ih.has_value() || t_b_hh.has_value();
@@ -646,7 +663,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
             over_row_blocks<scalar_t>(b0, b1, [&](int64_t r0, int64_t r1) {
               gemm_rows_maybe_bf16<scalar_t>(r1 - r0, KT, GT, dg_rows + (r0 - b0) * GT, GT,
                                              native ? nullptr : wt.const_data_ptr<scalar_t>(),
-                                             native ? &wt_p : nullptr,
+                                             wt_p,
                                              dX.data() + r0 * KT, KT, false,
                                              dg16p != nullptr ? dg16p + (t * B + r0) * GT : nullptr);
             });
