@@ -181,6 +181,11 @@ struct BackwardSteps {
   mutable Tensor scratch = Tensor();
   // (A native bfloat16 GRU on the CPU: its input gate gradients rounded too; scratch holds the recurrent ones.)
   mutable Tensor scratch_x = Tensor();
+  // The input weights (G, I), for a policy whose backward_steps computes the input gradient itself (the CPU's
+  // native bfloat16 GRU/RNN, while the gate gradients are in cache): it leaves it here, (used, I), for its
+  // weight_grads.
+  Tensor w_ih = Tensor();
+  mutable Tensor dx_slots = Tensor();
   // The gate gradients' column sums (the bias gradient) where backward_steps adds them up on the way (the CPU's
   // bfloat16 LSTM: (threads, G) partial sums, blocked columns), for its weight_grads.
   mutable Tensor bias_grad = Tensor();
@@ -717,6 +722,7 @@ LayerGradsOut layer_backward(const char* op, CellKind cell, const LayerArgs& a, 
   Tensor dgh = gru ? temp(cpu::ScratchSlot::kGateGradsH, {dg_rows, G}, acc_opts.dtype().toScalarType()) : dgx;
   BackwardSteps b{plan, cell, W > 0 ? sv : Tensor(), h_slots, h_prev, dy_slots, wh, dh, dgx, dgh};
   b.h0 = h0;
+  b.w_ih = wi;
   b.fused_input = fused;
   if (fused) b.x_rows = x_rows, b.y_rows = y_rows;
   if (lstm) {

@@ -329,10 +329,12 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
 // cache: the bias gradients' partial sums.
 // kNative (a native bfloat16 layer: h_slots and h_prev bfloat16, bsum given): each step's pointwise kernel reads
 // dh + dy itself, writes the gate gradients rounded (d16: dgh for GRU, dgx for RNN; GRU's dgx into dgx16) and adds
-// them to bsum; no float32 gate gradients at all.
+// them to bsum; no float32 gate gradients at all. With wih_p (W_ih packed, (G, I)), each step's input gradient
+// too, from its rounded dgx while in cache, rounded into dx16 (used, I).
 template <typename scalar_t, bool kNative = false>
 void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector<uint16_t>* whh_p = nullptr,
-                   uint16_t* d16 = nullptr, scalar_t* bsum = nullptr, uint16_t* dgx16 = nullptr) {
+                   uint16_t* d16 = nullptr, scalar_t* bsum = nullptr, uint16_t* dgx16 = nullptr,
+                   const uint16_t* wih_p = nullptr, uint16_t* dx16 = nullptr) {
   const common::Steps& st = b.plan.st;
   const int64_t H = b.plan.s.H, G = common::num_gates(b.cell) * H, W = common::saved_width(b.cell, H);
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
@@ -344,10 +346,12 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
     const auto* dy = reinterpret_cast<const uint16_t*>(b.dy_slots.const_data_ptr<c10::BFloat16>());
     const auto* hs = reinterpret_cast<const uint16_t*>(b.h_slots.const_data_ptr<c10::BFloat16>());
     const auto* hp = reinterpret_cast<const uint16_t*>(b.h_prev.const_data_ptr<c10::BFloat16>());
+    const int64_t I = wih_p != nullptr ? b.w_ih.size(1) : 0;
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t th = t0; th < t1; ++th) {
         const int64_t j0 = bounds[th], j1 = bounds[th + 1];
         scalar_t* acc = bsum + th * (G + H);
+        std::vector<float> dx(static_cast<size_t>(std::max<int64_t>(j1 - j0, 0) * I));  // a step's, before rounding
         for (int64_t p = st.T - 1; p >= 0 && j0 < j1; --p) {
           const int64_t e = std::min(j1, st.rows_at(p)), m = e - j0, r = st.offset_at(p) + j0;
           if (m <= 0) continue;
@@ -358,6 +362,10 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
             rnn_backward_rows_bf16(m, H, relu, hs + r * H, dy + r * H, dh + j0 * H, d16 + r * G, acc);
           // GRU: dh holds the direct part of the gradient into the previous h; the recurrent GEMM adds the rest.
           gemm_bf16_packed(m, H, G, d16 + r * G, G, whh_p->data(), H, dh + j0 * H, H, /*accumulate=*/gru);
+          if (wih_p != nullptr) {
+            gemm_bf16_packed(m, I, G, (gru ? dgx16 : d16) + r * G, G, wih_p, I, dx.data(), I, false);
+            round_to_bf16(m * I, dx.data(), dx16 + r * I);
+          }
         }
       }
     });
@@ -657,9 +665,13 @@ struct CpuPointwiseBf16 : CpuPointwise {
     if (!native) return slot_backward<float>(b, nt, &p, d16, b.bias_grad.data_ptr<float>());
     if (b.cell == CellKind::kGRU)
       b.scratch_x = scratch(ScratchSlot::kWeightGradOperand, {n, G}, at::kBFloat16);
+    // The input gradient inside the step loop (from each step's rounded dgx while in cache).
+    const std::vector<uint16_t> p_ih = pack_bf16(b.w_ih);  // (G, I)
+    b.dx_slots = at::empty({n, b.w_ih.size(1)}, b.h_slots.options());
     slot_backward<float, /*kNative=*/true>(
         b, nt, &p, d16, b.bias_grad.data_ptr<float>(),
-        b.scratch_x.defined() ? reinterpret_cast<uint16_t*>(b.scratch_x.data_ptr<c10::BFloat16>()) : nullptr);
+        b.scratch_x.defined() ? reinterpret_cast<uint16_t*>(b.scratch_x.data_ptr<c10::BFloat16>()) : nullptr,
+        p_ih.data(), reinterpret_cast<uint16_t*>(b.dx_slots.data_ptr<c10::BFloat16>()));
   }
 
   // aten_weight_grads' products on bfloat16 operands; a native layer's gradients in bfloat16 (x_slots and h_prev
@@ -671,9 +683,11 @@ struct CpuPointwiseBf16 : CpuPointwise {
     const bool native = dt == at::kBFloat16;
     const int64_t n = b.plan.used, G = w_ih.size(0), I = w_ih.size(1);
     common::WeightGrads w;
-    w.dx_slots = at::empty({n, I}, opts);
-    const Tensor dx_f = native ? scratch(ScratchSlot::kInputGrads, {n, I}, at::kFloat) : w.dx_slots;
-    const std::vector<uint16_t> p = pack_bf16(w_ih);  // (G, I)
+    // (A native layer's backward_steps made the input gradient already.)
+    const bool dx_done = b.dx_slots.defined();
+    w.dx_slots = dx_done ? b.dx_slots : at::empty({n, I}, opts);
+    const Tensor dx_f = native && !dx_done ? scratch(ScratchSlot::kInputGrads, {n, I}, at::kFloat) : w.dx_slots;
+    const std::vector<uint16_t> p = dx_done ? std::vector<uint16_t>() : pack_bf16(w_ih);  // (G, I)
     // The rounded gate gradients: the slot split's (b.scratch: dgh for GRU, dgx for RNN; b.scratch_x: a native
     // GRU's dgx), and dgx rounded here for GRU otherwise (or when the step loop kept float32 GEMMs).
     const bool gru = b.cell == CellKind::kGRU, kept = b.scratch.defined();
@@ -683,9 +697,9 @@ struct CpuPointwiseBf16 : CpuPointwise {
     const Tensor dgx = round_dgx ? b.dgx.contiguous() : Tensor();
     const float* dg = round_dgx ? dgx.const_data_ptr<float>() : nullptr;
     uint16_t* dg16 = reinterpret_cast<uint16_t*>(dgx16.data_ptr<c10::BFloat16>());
-    float* dx = dx_f.data_ptr<float>();
+    float* dx = dx_done ? nullptr : dx_f.data_ptr<float>();
     uint16_t* dx16 = native ? reinterpret_cast<uint16_t*>(w.dx_slots.data_ptr<c10::BFloat16>()) : nullptr;
-    at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
+    if (!dx_done) at::parallel_for(0, n, kMinRows, [&](int64_t r0, int64_t r1) {
       if (round_dgx)
         gemm_bf16_rounded(r1 - r0, I, G, dg + r0 * G, G, p.data(), dx + r0 * I, I, false, dg16 + r0 * G);
       else
