@@ -249,6 +249,11 @@ struct Backward {
   // (AVX-512) or in cache: one row of G per thread of the slot split (the unit split's threads own disjoint
   // columns of row 0); rows in the same order either way.
   scalar_t* dsum = nullptr;
+  // With bfloat16 and the slot split, optionally the input gradient too, each step's rows from their rounded
+  // gate gradients while in cache: W_ih's blocked rows packed in k-pairs (G, I) and the output (used, I).
+  const uint16_t* wih16 = nullptr;
+  uint16_t* dx16 = nullptr;
+  int64_t I = 0;
 
   // dh[slots j0..j1, columns q0..q1] = dgates(step p) W_hh: the gradient that flows into step p - 1 (into hx
   // for slots that start at step p).
@@ -311,12 +316,20 @@ struct Backward {
     }
   }
 
+  // dx16 rows of slots [j0, j1) at step p = their rounded gate gradients W_ih (dx: float32 room for them).
+  void input_grad(int64_t p, int64_t j0, int64_t j1, float* dx) const {
+    const int64_t r = st.offset_at(p) + j0;
+    gemm_bf16_packed(j1 - j0, I, G, dg16 + r * G, G, wih16, I, dx, I, false);
+    round_to_bf16((j1 - j0) * I, dx, dx16 + r * I);
+  }
+
   void run_by_slots(int64_t nt) const {
     const std::vector<int64_t> bounds = balanced_slot_split(st, B, nt);
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t th = t0; th < t1; ++th) {
         const int64_t j0 = bounds[th], j1 = bounds[th + 1];
         if (j0 >= j1) continue;
+        std::vector<float> dx(wih16 != nullptr ? static_cast<size_t>((j1 - j0) * I) : 0);
         for (int64_t p = st.T - 1; p >= 0; --p) {
           // Before skipping a step where none of this thread's slots is active: slots that join at p + 1
           // (reverse direction) take their hx gradient from this recurrent product.
@@ -325,6 +338,7 @@ struct Backward {
           if (e <= j0) continue;
           if (proj) projected_grad(p, j0, e, 0, P);
           cells(p, j0, e, 0, NB, dsum != nullptr ? dsum + th * G : nullptr);
+          if (wih16 != nullptr) input_grad(p, j0, e, dx.data());
         }
         recurrent(0, j0, std::min(j1, st.rows_at(0)), 0, P);
       }
@@ -419,6 +433,12 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
     b.bias_grad = at::zeros({std::max<int64_t>(1, slot_split_threads(B)), G}, b.dh.options());
   }
   Tensor dh_full = proj ? at::empty({B, H}, b.dh.options()) : Tensor();
+  // bfloat16 with the slot split: the input gradient inside the step loop (left in b.dx_slots).
+  const int64_t nt = slot_split_threads(B);
+  const bool step_dx = bf16 && nt > 0 && b.w_ih.defined();
+  const std::vector<uint16_t> wih16 =
+      step_dx ? pack_bf16(b.w_ih.index_select(0, blocked_gate_perm(H))) : std::vector<uint16_t>();
+  if (step_dx) b.dx_slots = at::empty({b.plan.used, b.w_ih.size(1)}, b.w_ih.options());
   AT_DISPATCH_FLOATING_TYPES(b.dh.scalar_type(), "lstm_layer_backward", [&] {
     const Backward<scalar_t> bw{st, B, H, P, G, num_unit_blocks(H), proj, b.saved.const_data_ptr<scalar_t>(),
                                 b.cells.const_data_ptr<scalar_t>(), b.c0.const_data_ptr<scalar_t>(),
@@ -430,8 +450,11 @@ void lstm_fused_backward_steps(const common::BackwardSteps& b) {
                                 proj ? dh_full.data_ptr<scalar_t>() : nullptr,
                                 bf16 ? reinterpret_cast<uint16_t*>(dg16.data_ptr<c10::BFloat16>()) : nullptr,
                                 bf16 ? whh16.data() : nullptr,
-                                bf16 ? b.bias_grad.data_ptr<scalar_t>() : nullptr};
-    if (const int64_t nt = slot_split_threads(B))
+                                bf16 ? b.bias_grad.data_ptr<scalar_t>() : nullptr,
+                                step_dx ? wih16.data() : nullptr,
+                                step_dx ? reinterpret_cast<uint16_t*>(b.dx_slots.data_ptr<c10::BFloat16>()) : nullptr,
+                                step_dx ? b.w_ih.size(1) : 0};
+    if (nt > 0)
       bw.run_by_slots(nt);
     else
       bw.run_by_units();
@@ -487,10 +510,12 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
                      : grad_cat.select(1, I + P).contiguous();
   w.b_hh = has_bias ? w.b_ih.clone() : empty;
   // The input gradient dgates W_ih (the blocked rows of W_ih match the blocked columns of dgates).
-  const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
-  if (bf16) {
-    w.dx_slots = at::mm(dg, w_ih_blocked);
+  if (b.dx_slots.defined()) {  // (made by the step loop)
+    w.dx_slots = b.dx_slots;
+  } else if (bf16) {
+    w.dx_slots = at::mm(dg, w_ih.index_select(0, perm).contiguous());
   } else {
+    const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
     w.dx_slots = at::empty({used, I}, opts);
     AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "lstm_layer_backward_dx", [&] {
       gemm_batch_parallel<scalar_t>({{used, I, G, b.dgx.const_data_ptr<scalar_t>(), G,
