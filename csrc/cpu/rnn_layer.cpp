@@ -312,7 +312,8 @@ void slot_forward(const common::ForwardSteps& f, int64_t nt, const scalar_t* w_h
             gemm_bf16_rounded(m - ran, G, H, h + (j0 + ran) * H, H, whh_p->data(), ghr + ran * G, G,
                               /*accumulate=*/bias != nullptr);
         } else {
-          gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p != nullptr ? whh_p->data() : nullptr, ghr, G, bias != nullptr);
+          gemm_rows_maybe_bf16<scalar_t>(m, G, H, h + j0 * H, H, w_hh_t, whh_p != nullptr ? whh_p->data() : nullptr,
+                                         ghr, G, bias != nullptr);
         }
         if (f.cell == CellKind::kGRU)
           gru_forward_dispatch(m, H, gxr, ghr, h + j0 * H, hs + r * H, sv != nullptr ? sv + r * W : nullptr);
@@ -340,6 +341,7 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
   const bool gru = b.cell == CellKind::kGRU, relu = b.cell == CellKind::kRNNRelu;
   const scalar_t* sv = gru ? b.saved.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* whh = whh_p == nullptr ? b.w_hh.const_data_ptr<scalar_t>() : nullptr;
+  const uint16_t* whh16 = whh_p != nullptr ? whh_p->data() : nullptr;
   scalar_t* dh = b.dh.data_ptr<scalar_t>();
   const std::vector<int64_t> bounds = balanced_slot_split(st, b.plan.s.B, nt);
   if constexpr (kNative) {
@@ -390,11 +392,11 @@ void slot_backward(const common::BackwardSteps& b, int64_t nt, const std::vector
           // The direct part of the gradient into the previous h goes straight into dh; the recurrent GEMM adds
           // the rest.
           gru_backward_dispatch(m, H, sv + r * W, hp + r * H, d, dgx + r * G, dgh + r * G, dh + j0 * H);
-          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgh + r * G, G, whh, whh_p != nullptr ? whh_p->data() : nullptr, dh + j0 * H, H, /*accumulate=*/true,
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgh + r * G, G, whh, whh16, dh + j0 * H, H, /*accumulate=*/true,
                                          d16 != nullptr ? d16 + r * G : nullptr);
         } else {
           rnn_backward_dispatch(m * H, relu, hs + r * H, d, dgx + r * G);
-          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh_p != nullptr ? whh_p->data() : nullptr, dh + j0 * H, H, /*accumulate=*/false,
+          gemm_rows_maybe_bf16<scalar_t>(m, H, G, dgx + r * G, G, whh, whh16, dh + j0 * H, H, /*accumulate=*/false,
                                          d16 != nullptr ? d16 + r * G : nullptr);
         }
         if (bsum != nullptr) {

@@ -304,8 +304,7 @@ inline std::optional<Tensor> to_values(const std::optional<Tensor>& t, bool nati
 // caller) and zeros.
 RefTable16 make_ref16(const Tensor& buffers16, const Tensor& nodes16, const std::vector<uint16_t>& zeros,
                       const SpinnShapes& s) {
-  auto u16 = [](const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr<c10::BFloat16>()); };
-  return {u16(buffers16), u16(nodes16), zeros.data(), s.N * s.B, s.H};
+  return {u16c(buffers16), u16c(nodes16), zeros.data(), s.N * s.B, s.H};
 }
 
 // The forward in float32/float64, or natively in bfloat16 (bfloat16 arguments; see above): outputs in the
@@ -543,8 +542,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       native ? scratch(ScratchSlot::kSpinnNodesBf16, {std::max<int64_t>(M, 1), H}, at::kBFloat16) : Tensor();
   const std::vector<uint16_t> zeros16(native ? std::max(2 * H, B * Tt) : 0, 0);
   const RefTable16 ref16 = native ? make_ref16(buf, nodes16, zeros16, s) : RefTable16{};
-  const uint16_t* th16 =
-      native && s.tracker ? reinterpret_cast<const uint16_t*>(trk_h.const_data_ptr<c10::BFloat16>()) : nullptr;
+  const uint16_t* th16 = native && s.tracker ? u16c(trk_h) : nullptr;
   Tensor grad_w_comp, grad_b_comp = at::empty({0}, opts);
   Tensor grad_tw_ih = at::empty({0}, opts), grad_tw_hh = at::empty({0}, opts), grad_tb = at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(vt, "spinn_encode_backward", [&] {
@@ -561,7 +559,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
     for (int64_t b = 0; b < B; ++b) add_row(dref(plan.top[b]), gt.const_data_ptr<scalar_t>() + b * H, H);
     const scalar_t* th = s.tracker && !native ? trk_h.const_data_ptr<scalar_t>() : nullptr;
     // The gradient into tracker h (S, B, Tt), accumulated in place: a copy.
-    Tensor d_trk = !s.tracker ? Tensor() : native ? to_values(grad_tracker_h, true) : grad_tracker_h.contiguous().clone();
+    Tensor d_trk = !s.tracker ? Tensor()
+                   : native   ? to_values(grad_tracker_h, true)
+                              : grad_tracker_h.contiguous().clone();
     scalar_t* dt = s.tracker ? d_trk.data_ptr<scalar_t>() : nullptr;
     scalar_t* Dp = D.defined() ? D.data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A, CL, CR, dA, dCL, dCR;
