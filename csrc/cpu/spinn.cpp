@@ -180,17 +180,17 @@ void add_row(scalar_t* dst, const scalar_t* src, int64_t n) {
 }
 
 // The h part of node k's composition input row, [h_left | h_right | tracker h at the node's step], into row
-// k - k0 of A (width s.K), k in [k0, k1): from the float tables, or (a native bfloat16 call) from the bfloat16
-// ones (RefTable16: the GEMM operand gathered as it is, no rounding).
+// k - k0 of A (leading dimension lda, s.K by default), k in [k0, k1): from the float tables, or (a native
+// bfloat16 call) from the bfloat16 ones (RefTable16: the GEMM operand gathered as it is, no rounding).
 template <typename Ref, typename T>
 void composition_h(const SpinnPlan& plan, const SpinnShapes& s, const Ref& ref, const T* tracker_h, int64_t k0,
-                   int64_t k1, T* A) {
-  const int64_t H = s.H, K = s.K;
+                   int64_t k1, T* A, int64_t lda = 0) {
+  const int64_t H = s.H, ld = lda > 0 ? lda : s.K;
   at::parallel_for(k0, k1, kGrain, [&](int64_t a0, int64_t a1) {
     for (int64_t k = a0; k < a1; ++k) {
       const T* l = ref(plan.left[k]);
       const T* r = ref(plan.right[k]);
-      T* a = A + (k - k0) * K;
+      T* a = A + (k - k0) * ld;
       std::copy(l, l + H, a);
       std::copy(r, r + H, a + H);
       if (s.tracker) {
@@ -704,20 +704,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
       }
       Tensor A_all = scratch(ScratchSlot::kSpinnOperand, {M, K + 1}, buffers.scalar_type());
       scalar_t* ap = A_all.data_ptr<scalar_t>();
-      at::parallel_for(0, M, 64, [&](int64_t k0, int64_t k1) {
-        for (int64_t k = k0; k < k1; ++k) {
-          const scalar_t* l = ref(plan.left[k]);
-          const scalar_t* r = ref(plan.right[k]);
-          scalar_t* a = ap + k * (K + 1);
-          std::copy(l, l + H, a);
-          std::copy(r, r + H, a + H);
-          if (s.tracker) {
-            const scalar_t* h = th + (plan.step[k] * B + plan.row[k]) * Tt;
-            std::copy(h, h + Tt, a + 2 * H);
-          }
-          a[K] = scalar_t(1);
-        }
-      });
+      composition_h(plan, s, ref, th, 0, M, ap, K + 1);
+      for (int64_t k = 0; k < M; ++k) ap[k * (K + 1) + K] = scalar_t(1);
       Tensor grad_cat_t = at::empty({K + 1, G}, opts);
       gemm_tn_parallel<scalar_t>(K + 1, G, M, ap, K + 1, Dp, G, grad_cat_t.data_ptr<scalar_t>(), G);
       grad_w_comp = grad_cat_t.narrow(0, 0, K).t().contiguous();
