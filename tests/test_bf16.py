@@ -564,6 +564,37 @@ def test_bf16_treelstm_cell_module(monkeypatch, slow_gemm, tracker):
         assert (a - b).abs().max().item() <= 2 * BF16_ULP * scale, f"routes differ, tensor {i}"
 
 
+@pytest.mark.parametrize("tracker", [None, 4])
+def test_bf16_treelstm_cell_under_autocast(monkeypatch, tracker):
+    """A float32 TreeLSTMCell under CPU autocast to bfloat16: its Linear maps lowered to bfloat16 (nn.Linear's
+    autocast rule) on either route (ATen's bfloat16 GEMM, or float32's GEMM on the bfloat16-rounded operands):
+    the same dtype out (bfloat16), float32 gradients for the float32 parameters and input, and the two routes
+    within 2 bfloat16 units in the last place of each other (relative to each tensor's largest value)."""
+    from rnnext.nn import TreeLSTMCell, tree
+
+    H, M = 10, 7
+    torch.manual_seed(0)
+    cell = TreeLSTMCell(H, tracker)
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(M, 2 * H, generator=g), torch.randn(M, 2 * H, generator=g)] + (
+        [torch.randn(M, tracker, generator=g)] if tracker else [])
+    runs = []
+    for slow in (False, True):
+        monkeypatch.setattr(tree, "_SLOW_CPU_BF16_GEMM", slow)
+        cell.zero_grad()
+        xs = [x.clone().requires_grad_() for x in inputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = cell(*xs)
+        assert out.dtype == torch.bfloat16
+        (out.double() * torch.linspace(-1, 1, 2 * H, dtype=torch.float64)).sum().backward()
+        grads = [x.grad for x in xs] + [p.grad for p in cell.parameters()]
+        assert all(gr.dtype == torch.float32 for gr in grads)
+        runs.append([t.detach().double() for t in (out, *grads)])
+    for i, (a, b) in enumerate(zip(*runs)):
+        scale = max(1.0, a.abs().max().item())
+        assert (a - b).abs().max().item() <= 2 * BF16_ULP * scale, f"routes differ, tensor {i}"
+
+
 @pytest.mark.parametrize("upcast", [False, True])
 @pytest.mark.parametrize("tracker", [None, 16])
 @pytest.mark.parametrize("B", [9, 40])

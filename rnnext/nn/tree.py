@@ -27,19 +27,29 @@ SHIFT, REDUCE, PAD = 0, 1, -1
 # ATen's bfloat16 GEMM on x86 CPUs below AVX-512 (ATen's CPU capability DEFAULT or AVX2) is a generic loop, 20-40x
 # slower than its float32 GEMM (measured on an AVX2 AMD EPYC: 0.7-1.8 against 17-32 GFLOP/s). A product of two
 # bfloat16 numbers is exact in float32, so a float32 GEMM of the same values is a bfloat16 GEMM with float32
-# accumulation (up to the order of the sums); the bfloat16 Linear maps of TreeLSTMCell run that way there.
+# accumulation (up to the order of the sums); the bfloat16 Linear maps of TreeLSTMCell (bfloat16 modules, and
+# float32 ones under CPU autocast to bfloat16) run that way there.
 _SLOW_CPU_BF16_GEMM = (platform.machine().lower() in ("x86_64", "amd64")
                        and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"))
 
 
 def _bf16_linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """layer(x); for a bfloat16 layer and input on a CPU with a slow bfloat16 GEMM (outside autocast), the same
-    values through float32's GEMM, rounded back to bfloat16 as nn.Linear's output is."""
-    if (_SLOW_CPU_BF16_GEMM and x.dtype == torch.bfloat16 and layer.weight.dtype == torch.bfloat16
-            and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")):
-        bias = layer.bias.float() if layer.bias is not None else None
-        return F.linear(x.float(), layer.weight.float(), bias).to(torch.bfloat16)
-    return layer(x)
+    """layer(x); where that is a bfloat16 GEMM on a CPU whose bfloat16 GEMM is slow (a bfloat16 layer and input,
+    or a CPU autocast region of dtype bfloat16), the same bfloat16 values through float32's GEMM, rounded back to
+    bfloat16 as nn.Linear's output is (and the gradients as autocast's casts round them)."""
+    if not (_SLOW_CPU_BF16_GEMM and x.device.type == "cpu"):
+        return layer(x)
+    low = torch.bfloat16
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != low or x.dtype not in (torch.float32, low):
+            return layer(x)
+        with torch.autocast("cpu", enabled=False):
+            weight, bias = layer.weight.to(low).float(), None if layer.bias is None else layer.bias.to(low).float()
+            return F.linear(x.to(low).float(), weight, bias).to(low)
+    if x.dtype != low or layer.weight.dtype != low:
+        return layer(x)
+    bias = layer.bias.float() if layer.bias is not None else None
+    return F.linear(x.float(), layer.weight.float(), bias).to(low)
 
 
 class TreeLSTMCell(nn.Module):
