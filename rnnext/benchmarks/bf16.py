@@ -1,10 +1,10 @@
 """bfloat16 on the CPU: rnnext's bfloat16 LSTM and GRU against stock torch.nn in bfloat16 (oneDNN's fused LSTM on
-CPUs with AVX-512, ATen's per-step ops elsewhere; GRU as ATen's per-step ops) and against rnnext's own float32, and SPINN in bfloat16 against rnnext's float32 SPINN
-(`rnnext bench --dtype bf16`), with the roofline at this machine's GEMM rate for bfloat16 values: a 1024^3
-torch.mm timed between the cases' runs, in bfloat16, or in float32 where that is faster (CPUs without native
-bfloat16 arithmetic, AVX2-only ones among them, run ATen's bfloat16 GEMM many times slower than its float32 one;
-a product of two bfloat16 numbers is exact in float32, so a float32 GEMM of the same values is a bfloat16 GEMM
-with float32 accumulation, and its rate is the limit there)."""
+CPUs with AVX-512, ATen's per-step ops elsewhere; GRU as ATen's per-step ops) and against rnnext's own float32,
+and SPINN in bfloat16 against rnnext's float32 SPINN (`rnnext bench --dtype bf16`), with the roofline at this
+machine's GEMM rate for bfloat16 values: a 1024^3 torch.mm timed between the cases' runs, in bfloat16, or in
+float32 where that is faster (CPUs without native bfloat16 arithmetic, AVX2-only ones among them, run ATen's
+bfloat16 GEMM many times slower than its float32 one; a product of two bfloat16 numbers is exact in float32, so a
+float32 GEMM of the same values is a bfloat16 GEMM with float32 accumulation, and its rate is the limit there)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import rnnext
 
 from . import spinn as spinn_bench
 from .lstm import layer_gflop
-from .timing import RooflineTimer, Row, forward_backward, inference, packed_batch, resolve_device
+from .timing import (GemmProbe, RooflineTimer, Row, forward_backward, inference, packed_batch, resolve_device,
+                     time_interleaved)
 
 CONFIG = dict(T=64, B=64, I=128, H=256, min_len=8)
 
@@ -29,22 +30,12 @@ def _pair(stock_cls, ours_cls, I, H):
     return stock, ours
 
 
-def roofline_dtype(n: int = 256, reps: int = 3) -> torch.dtype:
+def roofline_dtype(n: int = 384, rounds: int = 9) -> torch.dtype:
     """The dtype whose torch.mm multiplies bfloat16 values fastest on this CPU: bfloat16, or float32 where
-    ATen's bfloat16 GEMM is slower (a quick probe of n^3 products, the better of `reps` runs each)."""
-    import time
-
-    best = {}
-    for dt in (torch.bfloat16, torch.float32):
-        a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
-        torch.mm(a, b)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - t0)
-        best[dt] = min(times)
-    return torch.bfloat16 if best[torch.bfloat16] <= best[torch.float32] else torch.float32
+    ATen's bfloat16 GEMM is slower (GemmProbes of n^3 products in both dtypes, interleaved, medians)."""
+    probes = {"bfloat16": GemmProbe(n, dtype=torch.bfloat16), "float32": GemmProbe(n, dtype=torch.float32)}
+    t = time_interleaved(probes, rounds=rounds, warmup=1)
+    return torch.bfloat16 if t["bfloat16"] <= t["float32"] else torch.float32
 
 
 def stock_lstm_path() -> str:

@@ -8,6 +8,7 @@ transitions are (S, B) int64 (batch_first: (B, S)) with SHIFT = 0, REDUCE = 1, P
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 from typing import NamedTuple, Optional, Tuple, Union
@@ -43,13 +44,14 @@ def _bf16_linear(layer: nn.Linear, x: Tensor) -> Tensor:
     if torch.is_autocast_enabled("cpu"):
         if torch.get_autocast_dtype("cpu") != low or x.dtype not in (torch.float32, low):
             return layer(x)
-        with torch.autocast("cpu", enabled=False):
-            weight, bias = layer.weight.to(low).float(), None if layer.bias is None else layer.bias.to(low).float()
-            return F.linear(x.to(low).float(), weight, bias).to(low)
-    if x.dtype != low or layer.weight.dtype != low:
+        region = torch.autocast("cpu", enabled=False)
+    elif x.dtype == low and layer.weight.dtype == low:
+        region = contextlib.nullcontext()
+    else:
         return layer(x)
-    bias = layer.bias.float() if layer.bias is not None else None
-    return F.linear(x.float(), layer.weight.float(), bias).to(low)
+    with region:  # (outside autocast the casts to bfloat16 change nothing)
+        bias = None if layer.bias is None else layer.bias.to(low).float()
+        return F.linear(x.to(low).float(), layer.weight.to(low).float(), bias).to(low)
 
 
 class TreeLSTMCell(nn.Module):
