@@ -224,6 +224,8 @@ def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batc
                  f"input_size), or 2 for packed data, got {input.dim()}")
     torch._check(input.dim() == 3 or batch_sizes is not None, lambda: f"{op}: a 2-D input is packed data "
                  "(total_rows, input_size) and needs batch_sizes")
+    torch._check(input.shape[-1] > 0, lambda: f"{op}: expected input's last dimension (input_size) to be at least 1, "
+                 "got 0")
     _check_dim(op, "w_ih", w_ih, 2, "(4 * hidden_size, input_size)")
     _check_dim(op, "w_hh", w_hh, 2, "(4 * hidden_size, proj_size)" if w_hr is not None else
                "(4 * hidden_size, hidden_size)")
@@ -359,6 +361,8 @@ def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, so
                  f"input_size), or 2 for packed data, got {input.dim()}")
     torch._check(input.dim() == 3 or batch_sizes is not None, lambda: f"{op}: a 2-D input is packed data "
                  "(total_rows, input_size) and needs batch_sizes")
+    torch._check(input.shape[-1] > 0, lambda: f"{op}: expected input's last dimension (input_size) to be at least 1, "
+                 "got 0")
     gates = _CELL_GATES[cell]
     _check_dim(op, "w_ih", w_ih, 2, f"({gates} * hidden_size, input_size)")
     _check_dim(op, "w_hh", w_hh, 2, f"({gates} * hidden_size, hidden_size)")

@@ -1,6 +1,7 @@
 """The `rnnext` command (also `python -m rnnext`).
 
-    rnnext bench [--quick] [--device cuda] [--json F]   benchmarks of rnnext against stock torch.nn
+    rnnext bench [--full | --only SUITE] [--json F]     benchmarks of rnnext against stock torch.nn (default:
+                                                       the main suites, quick: a few minutes)
     rnnext train listops --model {spinn,lstm} [...]    train on generated ListOps, evaluate on the released test
     rnnext train chars [--text FILE] [...]             train a character LSTM (default: Python's own sources)
     rnnext generate CKPT --prime TEXT --steps N ...    sample from a character-model checkpoint
@@ -45,6 +46,10 @@ def _bench_suites():
             ("ListOps training", listops_training.run), ("bfloat16", bf16.run)]
 
 
+# `rnnext bench` without --only/--full: these suites at their quick sizes (a few minutes on 2 cores).
+_DEFAULT_SUITES = ("LSTM", "GRU and RNN", "Packed sequences", "SPINN", "Generation")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -67,17 +72,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--dtype {args.dtype} runs the bfloat16 suite; --only {args.only!r} names a float32 "
                              "suite (drop one of the two)")
         args.only = "bfloat16"
+    quick = args.quick
     if args.only:
         suites = [(t, r) for t, r in suites if t.lower().startswith(args.only.lower())]
         if not suites:
             raise ValueError(f"--only {args.only!r} matches no suite ({', '.join(t for t, _ in _bench_suites())})")
+    elif not args.full:  # the default: the main suites at their quick sizes
+        suites = [(t, r) for t, r in suites if t in _DEFAULT_SUITES]
+        quick = True
+    else:  # --full: every float32 suite at full size
+        suites = [(t, r) for t, r in suites if t != "bfloat16"]
+    if args.full and args.quick:
+        raise ValueError("--full and --quick contradict each other (drop one)")
     all_rows = []
-    for title, run in suites:
+    for k, (title, run) in enumerate(suites, 1):
         # A bar per suite (on stderr, where it is a terminal; --no-progress: none) that counts the interleaved
         # rounds as they finish, so a long suite is visibly alive.
-        with tqdm(desc=f"bench: {title}", unit=" rounds", disable=True if args.no_progress else None,
-                  leave=False, file=sys.stderr) as bar, round_callback(lambda: bar.update(1)):
-            res = run(rounds=args.rounds, quick=args.quick, device=device)
+        with tqdm(desc=f"bench [{k}/{len(suites)}] {title}", unit=" rounds",
+                  disable=True if args.no_progress else None, leave=False, file=sys.stderr) as bar, \
+                round_callback(lambda: bar.update(1)):
+            res = run(rounds=args.rounds, quick=quick, device=device)
         all_rows += res["rows"]
         print(f"\n{title}: {res['config']}")
         if "gemm_peak_gflops" in res:
@@ -99,6 +113,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if "rnnext_examples_per_s" in r.extra:
                 print(f"  {r.case}: stock {r.extra['stock_examples_per_s']:.0f} examples/s, rnnext "
                       f"{r.extra['rnnext_examples_per_s']:.0f} examples/s")
+    if len(suites) > 1:
+        print(f"\nSummary ({machine}; medians of interleaved runs, stock torch.nn time over rnnext's):")
+        width = max(len(r.case) for r in all_rows)
+        for r in all_rows:
+            print(f"  {r.case:<{width}}  {r.speedup:6.2f}x")
+        if quick:
+            print("(quick sizes and rounds; `rnnext bench --full` runs every suite at full size, `--only SUITE` one)")
     if args.plot:
         _plot(all_rows, args.plot, machine)
         print(f"wrote {args.plot}")
@@ -139,8 +160,21 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _check_resume(path: Optional[str], task: str) -> None:
-    """--resume: a readable checkpoint of this task, checked before the data and the model are built."""
+_MAX_MINUTES = 10_000_000.0  # about 19 years: a budget in seconds stays a finite number
+
+
+def _minutes(text: str) -> float:
+    """argparse type: a training time budget in minutes, > 0 and at most _MAX_MINUTES."""
+    v = _positive_float(text)
+    if v > _MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"expected at most {_MAX_MINUTES:.0e} minutes, got {text}")
+    return v
+
+
+def _check_resume(path: Optional[str], task: str, args: Optional[argparse.Namespace] = None) -> None:
+    """--resume: a readable checkpoint of this task, whose model-shaping options (the model, --hidden, ...) are
+    those given (a checkpoint cannot be loaded into a model of another shape), checked before the data and the
+    model are built."""
     if not path:
         return
     import torch
@@ -156,6 +190,21 @@ def _check_resume(path: Optional[str], task: str) -> None:
         made_by = ckpt.get("task") if isinstance(ckpt, dict) else None
         raise ValueError(f"--resume {path}: not a {task} checkpoint (made by `rnnext train {task} --out`)"
                          + (f"; it is a {made_by} checkpoint" if made_by else ""))
+    needed = ("model", "optimizer", "config", "state") + (("vocab",) if task == "chars" else ())
+    missing = [k for k in needed if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise ValueError(f"--resume {path}: the checkpoint lacks its {', '.join(missing)} (not written by "
+                         f"`rnnext train {task} --out`, or damaged)")
+    if args is None:
+        return
+    shaping = {"listops": {"model": "--model", "hidden": "--hidden"},
+               "chars": {"hidden": "--hidden", "layers": "--layers", "cell": "--cell"}}[task]
+    defaults = {"cell": "lstm"}
+    for key, flag in shaping.items():
+        saved, given = ckpt["config"].get(key, defaults.get(key)), getattr(args, key)
+        if saved != given:
+            raise ValueError(f"--resume {path}: the checkpoint's model has {flag} {saved}, the command line "
+                             f"{flag} {given}; resume with {flag} {saved}")
 
 
 # The shortest ListOps expression ("[MAX 2 ]") has 3 tokens.
@@ -163,18 +212,49 @@ _LISTOPS_MIN_TOKENS = 3
 
 
 def _check_out(path: Optional[str], flag: str = "--out") -> None:
-    """An output path's folder exists (--out, bench's --json and --plot; checked before any long work, so that a
-    typo does not cost the training or the benchmarks)."""
-    if path:
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise OSError(f"{flag} {path}: folder {folder} does not exist")
+    """An output path can be written (--out, bench's --json and --plot): not a directory, in a folder that exists
+    and takes a new file (tried for real: permissions, a read-only mount). Checked before any long work, so that
+    a typo does not cost the training or the benchmarks."""
+    if not path:
+        return
+    import tempfile
+
+    if os.path.isdir(path):
+        raise OSError(f"{flag} {path}: is a directory; give a file name (e.g. {os.path.join(path, 'model.pt')})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(f"{flag} {path}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".rnnext-write-check-")
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot write in folder {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def _check_device(device: str) -> None:
+    """--device names a device this torch can use (checked before the data is generated)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device}: not a device (expected cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"--device {device}: CUDA is not available ({why})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: rnnext trains on cpu or cuda")
 
 
 def _cmd_train_listops(args: argparse.Namespace) -> int:
     from .train import ListOpsConfig, train_listops
 
-    _check_resume(args.resume, "listops")
+    _check_device(args.device)
+    _check_resume(args.resume, "listops", args)
     if args.test and not os.path.exists(args.test):
         raise OSError(f"--test {args.test}: no such file (checked before training)")
     if args.max_length < _LISTOPS_MIN_TOKENS:
@@ -187,6 +267,8 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
                         test_path=args.test, distributed=args.distributed, dtype=args.dtype,
                         data_cache=not args.no_data_cache)
     res = train_listops(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    if res.get("interrupted"):  # Ctrl-C: train_listops saved and said so
+        return _INTERRUPTED
     if "rank" in res:  # a distributed worker other than the first: the first reports
         return 0
     print(f"trained {res['steps']} steps in {res['train_seconds'] / 60:.1f} min "
@@ -201,7 +283,8 @@ def _cmd_train_listops(args: argparse.Namespace) -> int:
 def _cmd_train_chars(args: argparse.Namespace) -> int:
     from .train import CharsConfig, train_chars
 
-    _check_resume(args.resume, "chars")
+    _check_device(args.device)
+    _check_resume(args.resume, "chars", args)
     if args.text and not os.path.isfile(args.text):
         raise OSError(f"no such text file: {args.text}")
     _check_out(args.out)
@@ -210,6 +293,8 @@ def _cmd_train_chars(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, seed=args.seed, device=args.device, max_chars=args.max_chars,
                       distributed=args.distributed, cell=args.cell, dtype=args.dtype)
     res = train_chars(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    if res.get("interrupted"):
+        return _INTERRUPTED
     if "rank" in res:
         return 0
     print(f"trained {res['steps']} steps in {res['train_seconds'] / 60:.1f} min; validation loss "
@@ -254,7 +339,14 @@ def _load_char_checkpoint(path: str):
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("task") != "chars":
         raise ValueError(f"{path} is not a character-model checkpoint (made by `rnnext train chars --out`)")
-    vocab = CharVocab.from_state_dict(ckpt["vocab"])
+    missing = [k for k in ("model", "vocab", "config") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks its {', '.join(missing)} (not written by `rnnext train "
+                         "chars --out`, or damaged)")
+    try:
+        vocab = CharVocab.from_state_dict(ckpt["vocab"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the checkpoint's vocabulary cannot be read ({type(e).__name__}: {e})") from None
     cfg = ckpt["config"]
     _check_char_sizes(path, cfg, ckpt.get("model"), len(vocab))
     model = CharGenerator(len(vocab), cfg["embed"], cfg["hidden"], cfg["layers"], cell=cfg.get("cell", "lstm"))
@@ -320,8 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=_HELP_FORMAT)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="benchmark rnnext against stock torch.nn on this machine", formatter_class=_HELP_FORMAT)
-    b.add_argument("--quick", action="store_true", help="fewer rounds and shorter cases (under two minutes)")
-    b.add_argument("--rounds", type=_positive_int, default=15, help="interleaved timing rounds; medians are reported")
+    b.add_argument("--quick", action="store_true",
+                   help="fewer rounds and shorter cases (what the default run does; with --only, that suite quick)")
+    b.add_argument("--full", action="store_true",
+                   help="every float32 suite (cells and ListOps training too) at full size and rounds: about "
+                        "20-60 minutes on 2 cores")
+    b.add_argument("--rounds", type=_positive_int, default=15,
+                   help="interleaved timing rounds (the quick sizes cap them); medians are reported")
     b.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     b.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of the speedups (needs matplotlib)")
@@ -338,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="task", required=True)
     lo = tsub.add_parser("listops", help="ListOps (generated) with SPINN or an LSTM baseline", formatter_class=_HELP_FORMAT)
     lo.add_argument("--model", choices=["spinn", "lstm"], default="spinn")
-    lo.add_argument("--minutes", type=_positive_float, default=20.0, help="training time budget")
+    lo.add_argument("--minutes", type=_minutes, default=20.0, help="training time budget")
     lo.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
     lo.add_argument("--hidden", type=_positive_int, default=64)
     lo.add_argument("--batch-size", type=_positive_int, default=128)
@@ -365,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch = tsub.add_parser("chars", help="a character-level LSTM (or GRU, RNN) language model", formatter_class=_HELP_FORMAT)
     ch.add_argument("--text", metavar="FILE", help="training text (default: the Python standard library's sources)")
     ch.add_argument("--max-chars", type=_positive_int, default=5_000_000, help="characters of the text (--text or the default corpus) to use")
-    ch.add_argument("--minutes", type=_positive_float, default=5.0, help="training time budget")
+    ch.add_argument("--minutes", type=_minutes, default=5.0, help="training time budget")
     ch.add_argument("--max-steps", type=_positive_int, default=None)
     ch.add_argument("--hidden", type=_positive_int, default=256)
     ch.add_argument("--layers", type=_positive_int, default=2)
@@ -397,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -404,6 +504,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"rnnext {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and stops by itself)
+        print(f"rnnext {args.command}: interrupted", file=sys.stderr)
+        return _INTERRUPTED
 
 
 if __name__ == "__main__":

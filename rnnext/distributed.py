@@ -60,13 +60,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def agree_max(value: float, ctx: Optional[Context]) -> float:
-    """The largest value over all processes (used so that time budgets end on the same step everywhere)."""
+def agree_max(value, ctx: Optional[Context]):
+    """The largest value over all processes (used so that time budgets end on the same step everywhere); a tuple
+    of values is reduced element by element in one collective and returned as a tuple."""
+    many = isinstance(value, (tuple, list))
     if ctx is None or ctx.world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)  # NCCL reduces device tensors only
+        return tuple(float(v) for v in value) if many else value
+    t = torch.tensor(list(value) if many else [value], dtype=torch.float64, device=ctx.device)  # NCCL: device
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return tuple(t.tolist()) if many else float(t.item())
 
 
 def barrier(ctx: Optional[Context]) -> None:

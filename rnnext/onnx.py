@@ -11,7 +11,9 @@ run the result).
 
 What maps and what does not: dense inputs (``batch_first`` or not) and padded inputs with ``lengths=`` (a
 tensor argument of the exported program: it becomes ``sequence_lens``), every number of layers, both
-directions, with or without biases, initial states given or not. ``proj_size > 0`` (ONNX's LSTM has no
+directions, with or without biases, initial states given or not. A length of 0 (possible in an exported program,
+where the op reads ``lengths``) keeps the initial state as rnnext does (``h_n = h_0``; ONNX's own LSTM/GRU/RNN
+would return zeros there, so the graph selects ``h_0`` for those rows) and gives an all-zero output. ``proj_size > 0`` (ONNX's LSTM has no
 projection) and ``PackedSequence`` inputs (their batch sizes are not a graph input) raise. The cells
 (``LSTMCell``, ``GRUCell``, ``RNNCell``) export as their formulas in elementwise ONNX ops. SPINN and the
 generation ops have no ONNX equivalent: exporting them raises an error that names them.
@@ -19,6 +21,8 @@ generation ops have no ONNX equivalent: exporting them raises an error that name
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -27,7 +31,45 @@ __all__ = ["export", "translation_table", "UnsupportedForONNX"]
 
 
 class UnsupportedForONNX(RuntimeError):
-    """An rnnext op or argument that has no ONNX equivalent."""
+    """An rnnext op or argument that has no ONNX equivalent, or an ONNX export that cannot translate rnnext's ops."""
+
+
+_HOW = ("export with rnnext.onnx.export(model, args), or pass custom_translation_table=rnnext.onnx.translation_table() "
+        "to torch.onnx.export(..., dynamo=True)")
+_with_table = False  # set while export() runs
+
+
+def check_export_context(what: str) -> None:
+    """Called by rnnext's recurrent modules as they run: inside an ONNX export that cannot translate rnnext's ops
+    (the TorchScript-based exporter, ``dynamo=False``; or ``torch.onnx.export(dynamo=True)`` without rnnext's
+    translation table), raises an error that says so and what to do, instead of the exporter's own error about an
+    unknown ``rnnext::`` op. Outside an export it costs two dictionary lookups."""
+    legacy = sys.modules.get("torch.onnx._internal.torchscript_exporter._globals")
+    if legacy is not None and getattr(legacy.GLOBALS, "in_onnx_export", False):
+        raise UnsupportedForONNX(f"{what}: the TorchScript-based ONNX exporter (torch.onnx.export(..., dynamo=False)) "
+                                 f"cannot translate rnnext's ops; {_HOW}")
+    flags = sys.modules.get("torch.onnx._internal.exporter._flags")
+    if flags is None or not getattr(flags, "_is_onnx_exporting", False) or _with_table:
+        return
+    if _export_registry_lacks_rnnext():
+        raise UnsupportedForONNX(f"{what}: torch.onnx.export was called without rnnext's translations for its ops; "
+                                 f"{_HOW}")
+
+
+def _export_registry_lacks_rnnext() -> bool:
+    """Whether the registry of the torch.onnx export on the call stack (the ``registry`` argument of torch's
+    exporter's ``export``) lacks a translation of rnnext's layer op. False where that frame cannot be found (another
+    torch version): then nothing is claimed and the exporter reports what it finds."""
+    core = os.path.join("exporter", "_core.py")
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "export" and code.co_filename.endswith(core):
+            registry = frame.f_locals.get("registry")
+            is_registered = getattr(registry, "is_registered", None)
+            return is_registered is not None and not is_registered(torch.ops.rnnext.lstm_layer.default)
+        frame = frame.f_back
+    return False
 
 
 def _op():
@@ -76,6 +118,13 @@ def _recurrent_node(kind: str, input, hx, cx, w_ih, w_hh, b_ih, b_hh, batch_firs
     y = op.Squeeze(Y, [1])  # (T, 1, B, H) -> (T, B, H)
     if batch_first:
         y = op.Transpose(y, perm=[1, 0, 2])
+    if seq is not None:
+        # A sequence of length 0 keeps its initial state in rnnext (masked mode: h_n = h_0, c_n = c_0), where ONNX
+        # runtimes return zeros for sequence_lens 0 (onnxruntime does): take the initial state for those rows.
+        empty = op.Unsqueeze(op.Equal(seq, op.CastLike(op.Constant(value_int=0), seq)), [0, 2])  # (1, B, 1)
+        Y_h = op.Where(empty, h0, Y_h)
+        if Y_c is not None:
+            Y_c = op.Where(empty, op.Unsqueeze(cx, [0]), Y_c)
     return y, op.Squeeze(Y_h, [0]), (op.Squeeze(Y_c, [0]) if Y_c is not None else None)
 
 
@@ -168,7 +217,12 @@ def export(model: torch.nn.Module, args: tuple, f: Optional[str] = None, **kwarg
     """``torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=...)`` with rnnext's
     translations added (to any given in ``custom_translation_table``). Returns the ``ONNXProgram``; ``f``
     (a path) also saves it. Other keyword arguments go to ``torch.onnx.export``."""
+    global _with_table
     table = translation_table()
     table.update(kwargs.pop("custom_translation_table", None) or {})
     kwargs.pop("dynamo", None)
-    return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)
+    _with_table = True
+    try:
+        return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)
+    finally:
+        _with_table = False

@@ -9,6 +9,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -206,7 +208,70 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
     epoch_order = list(range(len(batches)))
     position = len(epoch_order)
     model.train()
-    while state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps):
+    with StopOnInterrupt() as stop:
+        _listops_steps(cfg, net, model, opt, batches, epoch_order, position, rng, state, budget, bar, next_eval,
+                       dev, device, ctx, main, out, stop)
+    bar.close()
+    del net  # DistributedDataParallel holds the process group: release it before leaving the group
+    if stop.agreed:
+        return _interrupted(out, state, lambda: _save(out, model, opt, cfg, state), ctx, main, log)
+    if not main:
+        D.shutdown(ctx)
+        return {"rank": ctx.rank, "steps": state.step}
+    return _listops_results(cfg, model, opt, state, dev, device, ctx, out)
+
+
+class StopOnInterrupt:
+    """Within the block (a training loop), the first Ctrl-C (SIGINT) asks the loop to stop after the step it is
+    running, so that the checkpoint written then holds whole steps; a second Ctrl-C interrupts at once. With
+    several processes the request travels with the per-step agreement on the clock (``step_done``), so that
+    every process stops after the same step."""
+
+    def __enter__(self) -> "StopOnInterrupt":
+        self.requested = self.agreed = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> bool:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+    def step_done(self, train_seconds: float, ctx) -> float:
+        """The agreed clock after a step (the slowest process's); sets ``agreed`` once any process was asked to
+        stop."""
+        seconds, stop = D.agree_max((train_seconds, float(self.requested)), ctx)
+        self.agreed = stop > 0
+        return seconds
+
+
+def _interrupted(out: Optional[str], state: "TrainState", save, ctx, main: bool, log) -> Dict[str, object]:
+    """After Ctrl-C: the first process writes the checkpoint (the weights of the last finished step), every
+    process leaves the group, and the results say so."""
+    if main and out:
+        save()
+        log(f"interrupted at step {state.step}; checkpoint written to {out} (continue with --resume {out})")
+    elif main:
+        log(f"interrupted at step {state.step}; nothing saved (no --out)")
+    try:
+        D.shutdown(ctx)
+    except Exception:  # the other processes may be gone already
+        pass
+    return {"interrupted": True, "steps": state.step, "checkpoint": out if main else None}
+
+
+def _listops_steps(cfg, net, model, opt, batches, epoch_order, position, rng, state, budget, bar, next_eval, dev,
+                   device, ctx, main, out, stop: StopOnInterrupt) -> None:
+    """The training loop of train_listops, until the budget, max_steps or Ctrl-C."""
+    while (state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps)
+           and not stop.agreed):
         if position >= len(epoch_order):
             rng.shuffle(epoch_order)
             position = 0
@@ -222,10 +287,10 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         elapsed = time.perf_counter() - start
-        # with several processes, the slowest one's clock decides, so that all stop on the same step
-        state.train_seconds = D.agree_max(state.train_seconds + elapsed, ctx)
         state.step += 1
         state.examples += batch.labels.numel()
+        # with several processes, the slowest one's clock decides, so that all stop on the same step
+        state.train_seconds = stop.step_done(state.train_seconds + elapsed, ctx)
         bar.update(int(min(state.train_seconds, budget)) - bar.n)
         if state.step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{state.examples / state.train_seconds:.0f}")
@@ -240,11 +305,10 @@ def train_listops(cfg: ListOpsConfig, out: Optional[str] = None, resume: Optiona
                       f"({state.examples / state.train_seconds:.0f} examples/s{' per process' if ctx else ''})")
             if out:
                 _save(out, model, opt, cfg, state)
-    bar.close()
-    del net  # DistributedDataParallel holds the process group: release it before leaving the group
-    if not main:
-        D.shutdown(ctx)
-        return {"rank": ctx.rank, "steps": state.step}
+
+
+def _listops_results(cfg, model, opt, state, dev, device, ctx, out) -> Dict[str, object]:
+    """The end of train_listops on the first process: the final checkpoint, dev and test accuracy."""
     if out:  # the final checkpoint first: an evaluation that fails must not cost the training
         _save(out, model, opt, cfg, state)
     results: Dict[str, object] = {
@@ -411,34 +475,28 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
     next_eval = state.train_seconds + cfg.eval_every
     loss = torch.tensor(float("nan"))
     model.train()
-    while state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps):
-        x, y = windows(train_ids, cfg.batch_size, gen)
-        start = time.perf_counter()
-        with compute_context(cfg.dtype, device):
-            logits, _ = net(x)
-            loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.train_seconds = D.agree_max(state.train_seconds + time.perf_counter() - start, ctx)
-        state.step += 1
-        state.examples += x.numel()
-        bar.update(int(min(state.train_seconds, budget)) - bar.n)
-        if state.step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if state.train_seconds >= next_eval:
-            if not main:
+    with StopOnInterrupt() as stop:
+        while (state.train_seconds < budget and (cfg.max_steps is None or state.step < cfg.max_steps)
+               and not stop.agreed):
+            loss = _chars_step(net, opt, windows(train_ids, cfg.batch_size, gen), len(vocab), cfg, device, state,
+                               stop, ctx)
+            bar.update(int(min(state.train_seconds, budget)) - bar.n)
+            if state.step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if state.train_seconds >= next_eval:
                 next_eval += cfg.eval_every
-                continue
-            v = val_loss()
-            state.history.append({"train_seconds": state.train_seconds, "step": state.step, "val_loss": v,
-                                  "train_loss": loss.item()})
-            bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  train {loss.item():.3f}  "
-                      f"val {v:.3f} nats/char")
-            next_eval += cfg.eval_every
-            save()
+                if not main:
+                    continue
+                v = val_loss()
+                state.history.append({"train_seconds": state.train_seconds, "step": state.step, "val_loss": v,
+                                      "train_loss": loss.item()})
+                bar.write(f"  {state.train_seconds / 60:5.1f} min  step {state.step}  train {loss.item():.3f}  "
+                          f"val {v:.3f} nats/char")
+                save()
     bar.close()
     del net  # DistributedDataParallel holds the process group: release it before leaving the group
+    if stop.agreed:
+        return _interrupted(out, state, save, ctx, main, log)
     if not main:
         D.shutdown(ctx)
         return {"rank": ctx.rank, "steps": state.step}
@@ -457,3 +515,20 @@ def train_chars(cfg: CharsConfig, out: Optional[str] = None, resume: Optional[st
             json.dump(results, f, indent=2)
     D.shutdown(ctx)
     return results
+
+
+def _chars_step(net, opt, batch, vocab_size: int, cfg: CharsConfig, device, state: TrainState,
+                stop: StopOnInterrupt, ctx) -> torch.Tensor:
+    """One teacher-forced training step of train_chars; returns its loss."""
+    x, y = batch
+    start = time.perf_counter()
+    with compute_context(cfg.dtype, device):
+        logits, _ = net(x)
+        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    state.step += 1
+    state.examples += x.numel()
+    state.train_seconds = stop.step_done(state.train_seconds + time.perf_counter() - start, ctx)
+    return loss

@@ -274,12 +274,13 @@ AUTOCAST_PAIRS = [(torch.nn.LSTM, rnnext.nn.LSTM), (torch.nn.GRU, rnnext.nn.GRU)
 
 @pytest.mark.parametrize("stock_cls,ours_cls", AUTOCAST_PAIRS, ids=[p[0].__name__ for p in AUTOCAST_PAIRS])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["f32_input", "bf16_input"])
-@pytest.mark.parametrize("give_hx", [False, True])
-def test_autocast_matches_stock_dtypes(stock_cls, ours_cls, input_dtype, give_hx):
+@pytest.mark.parametrize("state", [None, torch.float32, torch.bfloat16], ids=["no_hx", "f32_hx", "bf16_hx"])
+def test_autocast_matches_stock_dtypes(stock_cls, ours_cls, input_dtype, state):
     """Under torch.autocast("cpu", bfloat16) a float32 module returns what stock's returns: LSTM, RNN and RNNCell
-    run in bfloat16 whatever the input; GRU, LSTMCell and GRUCell follow the input (float32 stays float32, a
-    bfloat16 activation runs in bfloat16). Values agree with stock's at bfloat16 precision, and the gradients
-    reach the float32 parameters in float32.
+    run in bfloat16 whatever the input; GRU, LSTMCell and GRUCell follow the state they carry (h, LSTMCell's c),
+    or the input when no state is given (float32 stays float32, a bfloat16 activation runs in bfloat16, a
+    float32 input with a bfloat16 state, as an embedding and an autocast Linear give, runs in bfloat16). Values
+    agree with stock's at bfloat16 precision, and the gradients reach the float32 parameters in float32.
 
     Stock LSTM keeps that contract only where it runs oneDNN's fused kernel (CPUs with AVX-512): elsewhere, under
     autocast, a float32 input makes oneDNN fail ("could not create a primitive descriptor") and a bfloat16 input
@@ -294,8 +295,9 @@ def test_autocast_matches_stock_dtypes(stock_cls, ours_cls, input_dtype, give_hx
     hshape = (3, 6) if cell else (1, 3, 6)
     h = torch.randn(hshape)
     hx = None
-    if give_hx:
-        hx = (h, torch.randn(hshape)) if stock_cls in (torch.nn.LSTM, torch.nn.LSTMCell) else h
+    if state is not None:
+        hx = (h.to(state), torch.randn(hshape).to(state)) if stock_cls in (torch.nn.LSTM, torch.nn.LSTMCell) \
+            else h.to(state)
     stock_off_contract = stock_cls is torch.nn.LSTM and stock_lstm_path() != "oneDNN"
     results = []
     for m in (stock, ours):

@@ -355,3 +355,108 @@ def test_paths_and_checkpoints_are_checked_before_long_work(tmp_path, capsys, mo
         assert run_cli(*argv) == 2, argv
         err = capsys.readouterr().err
         assert a in err and b in err and err.count("\n") == 1, err
+
+
+def test_hostile_command_lines_are_one_line_errors_before_any_work(char_checkpoint, tmp_path, capsys, monkeypatch):
+    """What a hostile caller found ending in a traceback, or failing only after the training: an --out that is a
+    directory or in a folder that takes no file, --device cuda where CUDA is unavailable, --resume with another
+    --hidden, --minutes 1e308, a character checkpoint without its vocabulary. Each is a one-line error before
+    any data is generated or step trained."""
+    import os
+
+    import rnnext.train
+
+    listops_ckpt = tmp_path / "lo.pt"
+    assert run_cli("train", "listops", "--model", "lstm", "--max-steps", 1, "--train-size", 60, "--dev-size", 10,
+                   "--hidden", 16, "--max-length", 30, "--test", os.devnull, "--out", listops_ckpt,
+                   "--no-progress") == 0
+    capsys.readouterr()
+    no_vocab = tmp_path / "novocab.pt"
+    ck = torch.load(char_checkpoint, weights_only=True)
+    del ck["vocab"]
+    torch.save(ck, no_vocab)
+
+    def never(*a, **k):
+        raise AssertionError("the long work started")
+
+    monkeypatch.setattr(rnnext.train, "train_listops", never)
+    monkeypatch.setattr(rnnext.train, "train_chars", never)
+    cases = [
+        (["train", "listops", "--out", tmp_path], "is a directory"),
+        (["train", "chars", "--out", tmp_path], "is a directory"),
+        (["train", "listops", "--resume", listops_ckpt, "--model", "lstm", "--hidden", 32], "--hidden 16"),
+        (["train", "listops", "--resume", listops_ckpt, "--hidden", 16], "--model lstm"),
+        (["train", "chars", "--resume", char_checkpoint, "--hidden", 32, "--layers", 2], "--hidden 16"),
+        (["train", "chars", "--resume", no_vocab, "--hidden", 16], "lacks its vocab"),
+        (["generate", no_vocab], "lacks its vocab"),
+        (["train", "listops", "--device", "nonsense"], "--device nonsense: not a device"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["train", "listops", "--device", "cuda"], "--device cuda: CUDA is not available"))
+        cases.append((["train", "chars", "--device", "cuda:0"], "--device cuda:0: CUDA is not available"))
+    if os.path.isdir("/proc"):  # a folder that takes no new file, even for root
+        cases.append((["train", "listops", "--out", "/proc/model.pt"], "cannot write in folder /proc"))
+    for argv, message in cases:
+        assert run_cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "listops", "--minutes", "1e308"])
+    assert e.value.code == 2 and "argument --minutes: expected at most" in capsys.readouterr().err
+
+
+def test_generate_top_k_beyond_the_vocabulary_and_bad_step_counts(char_checkpoint, capsys):
+    """--top-k 2**64 keeps every character (as any k at least the vocabulary does) instead of overflowing the op;
+    generate(steps=True) is a ValueError naming steps, not a TypeError from inside torch.rand."""
+    from rnnext.cli import _load_char_checkpoint
+
+    assert run_cli("generate", char_checkpoint, "--steps", 10, "--top-k", 2**64, "--seed", 3) == 0
+    huge = capsys.readouterr().out
+    assert run_cli("generate", char_checkpoint, "--steps", 10, "--seed", 3) == 0
+    assert capsys.readouterr().out == huge  # top-k >= the vocabulary changes nothing
+    model, vocab = _load_char_checkpoint(str(char_checkpoint))
+    prime = torch.tensor([vocab.encode("def ")])
+    for bad in (True, 2.5, "3"):
+        with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+            model.generate(prime, bad)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(prime, 3, top_k=True)
+
+
+@pytest.mark.parametrize("task", ["listops", "chars"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(task, tmp_path):
+    """Ctrl-C during `rnnext train` stops after the running step, writes the checkpoint (which --resume
+    continues) and exits with status 130 and one line, no traceback."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "ckpt.pt"
+    if task == "listops":
+        args = ["train", "listops", "--model", "lstm", "--train-size", "400", "--dev-size", "10", "--hidden", "16",
+                "--max-length", "30", "--test", os.devnull]
+    else:
+        text = tmp_path / "c.txt"
+        text.write_text("def f(x):\n    return x + 1\n\n" * 200)
+        args = ["train", "chars", "--text", str(text), "--hidden", "16", "--seq-len", "32", "--batch-size", "4"]
+    args += ["--minutes", "10", "--eval-every", "1e9", "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "rnnext", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        marker = "generated" if task == "listops" else "corpus:"
+        line = proc.stdout.readline()
+        while line and marker not in line:
+            line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        time.sleep(3)  # some training steps
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert f"checkpoint written to {out}" in stdout, stdout
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["task"] == task and ckpt["state"]["step"] >= 1

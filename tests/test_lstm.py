@@ -298,7 +298,7 @@ def test_op_errors_are_clear():
         ops.lstm_layer(x, torch.zeros(2, 6), c, w_ih, w_hh, None, None, None, None, None, False, False, False)
     with pytest.raises(RuntimeError, match="expected w_ih to have the dtype of input"):
         ops.lstm_layer(x, h, c, w_ih.double(), w_hh, None, None, None, None, None, False, False, False)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16 on the CPU, got Long"):
         ops.lstm_layer(x.long(), h.long(), c.long(), w_ih.long(), w_hh.long(), None, None, None, None, None, False, False, False)
     data = torch.randn(6, 4)
     with pytest.raises(RuntimeError, match="non-increasing"):
@@ -636,3 +636,22 @@ def test_masked_mode_compiles_fullgraph(monkeypatch):
         results.append([loss, xi.grad] + [p.grad.clone() for p in m.parameters()])
     for a, b in zip(results[1], results[0]):
         close(a, b, torch.float64)
+
+
+def test_errors_point_at_the_cause():
+    """What a hostile caller found pointing nowhere: a raw layer op with input size 0 ("cannot reshape tensor of 0
+    elements") and a float16 module on the CPU ("expected float32 or float64", no word of bfloat16 or CUDA)."""
+    ops = torch.ops.rnnext
+    x, h, c = torch.randn(5, 3, 0), torch.zeros(3, 6), torch.zeros(3, 6)
+    for run in (lambda: ops.lstm_layer(x, h, c, torch.randn(24, 0), torch.randn(24, 6), None, None, None, None, None,
+                                       False, False, True),
+                lambda: ops.rnn_layer(x, h, torch.randn(18, 0), torch.randn(18, 6), None, None, None, None, False,
+                                      False, True, "gru")):
+        with pytest.raises(RuntimeError, match=r"expected input's last dimension \(input_size\) to be at least 1"):
+            run()
+        with pytest.raises(RuntimeError, match=r"input_size\) to be at least 1"):  # the fake kernel says the same
+            torch.compile(run, fullgraph=True, backend="eager")()
+    for module, inp in ((rnnext.nn.LSTM(3, 4), torch.randn(2, 1, 3)), (rnnext.nn.GRU(3, 4), torch.randn(2, 1, 3)),
+                        (rnnext.nn.LSTMCell(3, 4), torch.randn(1, 3)), (rnnext.nn.GRUCell(3, 4), torch.randn(1, 3))):
+        with pytest.raises(RuntimeError, match="float32, float64 or bfloat16 on the CPU \\(float16 runs on CUDA only"):
+            module.half()(inp.half())

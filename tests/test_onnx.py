@@ -153,3 +153,66 @@ def test_unsupported_exports_name_what_fails():
         rnnext.onnx.export(Sample().eval(), (torch.tensor([[1, 2]]),))
     table = rnnext.onnx.translation_table()
     assert torch.ops.rnnext.lstm_layer.default in table and torch.ops.rnnext.rnn_layer.default in table
+
+
+@pytest.mark.parametrize("kind,kwargs", [("LSTM", dict(bidirectional=True)), ("GRU", dict(batch_first=True)),
+                                         ("RNN", dict(num_layers=2))])
+def test_zero_length_keeps_the_initial_state_in_onnx_as_in_the_exported_program(kind, kwargs):
+    """A sequence of length 0 (allowed in an exported program, where lengths= is read by the op: masked mode) has
+    h_n = h_0 and an all-padding output; ONNX runtimes give Y_h = 0 for sequence_lens 0, so the graph picks h_0
+    for those rows."""
+    torch.manual_seed(3)
+    rnn = getattr(rnnext.nn, kind)(5, 6, **kwargs)
+    model = Wrap(rnn, True, True).eval()
+    B, T = 4, 5
+    x = torch.randn(B, T, 5) if kwargs.get("batch_first") else torch.randn(T, B, 5)
+    D = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    states = [torch.randn(D, B, 6) for _ in range(2 if kind == "LSTM" else 1)]
+    inputs = [x, torch.tensor([5, 0, 3, 0]), *states]
+    program = rnnext.onnx.export(model, tuple(inputs))
+    _, got = run_onnx(program, inputs)
+    with torch.no_grad():
+        want = torch.export.export(model, tuple(inputs)).module()(*inputs)
+    for i, s in enumerate(states):  # h_n (and c_n): the zero-length rows kept h_0 (c_0)
+        torch.testing.assert_close(want[1 + i][:, [1, 3]], s[:, [1, 3]])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRUCell"])
+def test_plain_export_without_rnnext_table_says_what_to_do(kind, dynamo):
+    """torch.onnx.export of a model holding rnnext modules without rnnext's translation table (with either
+    exporter) fails with an error that names the module and says how to export it, not with the exporter's
+    'No ONNX function found for rnnext.lstm_layer' or 'unrecognized namespace rnnext'."""
+    torch.manual_seed(4)
+    cell = kind.endswith("Cell")
+    m = getattr(rnnext.nn, kind)(3, 4).eval()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            out = self.m(x)
+            return out if cell else out[0]
+
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    with pytest.raises(Exception) as info:
+        torch.onnx.export(Net(), (x,), None if dynamo else io.BytesIO(), dynamo=dynamo)
+    text = "".join(str(e) for e in _exception_chain(info.value))
+    assert f"rnnext.nn.{kind}" in text and "rnnext.onnx.export(model, args)" in text, text[-2000:]
+    # the table given by hand, and rnnext.onnx.export, work
+    table = rnnext.onnx.translation_table()
+    _, got = run_onnx(torch.onnx.export(Net(), (x,), dynamo=True, custom_translation_table=table), [x])
+    with torch.no_grad():
+        np.testing.assert_allclose(got[0], Net()(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _exception_chain(e):
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen

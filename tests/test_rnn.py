@@ -320,3 +320,60 @@ def test_rnn_cell_bad_arguments():
         hy, saved = ops.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, "gru")
         with pytest.raises(RuntimeError, match="expected saved of shape"):
             ops.rnn_cell_backward(hy, x, h, w_ih, w_hh, hy, saved[:, :3], "gru", True)
+
+
+def _with_bad_values(t, gen, values=(float("nan"), float("inf"), -float("inf")), count=2):
+    t = t.clone()
+    flat = t.view(-1)
+    for k in range(count):
+        flat[torch.randint(0, flat.numel(), (1,), generator=gen)] = values[k % len(values)]
+    return t
+
+
+@pytest.mark.parametrize("where", ["input", "weight_hh", "h0"])
+@pytest.mark.parametrize("kind", ["layer", "packed", "cell"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_nan_and_inf_gradients_propagate_like_stock(cell, kind, where):
+    """A NaN or inf in the input, a weight or the initial state gives stock's outputs and every gradient, NaN where
+    stock's is NaN (stock's ReLU backward is threshold_backward: a NaN pre-activation passes its gradient on,
+    where rnnext used to zero it)."""
+    torch.manual_seed(0)
+    T, B, I, H = 4, 3, 3, 5
+    g = torch.Generator().manual_seed(7)
+    if kind == "cell":
+        stock = torch.nn.GRUCell(I, H, dtype=torch.float64) if cell == "gru" else \
+            torch.nn.RNNCell(I, H, nonlinearity=cell[4:], dtype=torch.float64)
+        ours = (rnnext.nn.GRUCell(I, H, dtype=torch.float64) if cell == "gru" else
+                rnnext.nn.RNNCell(I, H, nonlinearity=cell[4:], dtype=torch.float64))
+        x, h0 = torch.randn(B, I, dtype=torch.float64, generator=g), torch.randn(B, H, dtype=torch.float64, generator=g)
+    else:
+        stock = torch.nn.GRU(I, H, dtype=torch.float64) if cell == "gru" else \
+            torch.nn.RNN(I, H, nonlinearity=cell[4:], dtype=torch.float64)
+        ours = (rnnext.nn.GRU(I, H, dtype=torch.float64) if cell == "gru" else
+                rnnext.nn.RNN(I, H, nonlinearity=cell[4:], dtype=torch.float64))
+        x = torch.randn(T, B, I, dtype=torch.float64, generator=g)
+        h0 = torch.randn(1, B, H, dtype=torch.float64, generator=g)
+    if where == "input":
+        x = _with_bad_values(x, g)
+    elif where == "h0":
+        h0 = _with_bad_values(h0, g, count=1)
+    else:
+        with torch.no_grad():
+            stock.weight_hh.copy_(_with_bad_values(stock.weight_hh, g)) if kind == "cell" else \
+                stock.weight_hh_l0.copy_(_with_bad_values(stock.weight_hh_l0, g))
+    ours.load_state_dict(stock.state_dict())
+    results = []
+    for m in (stock, ours):
+        xs, hs = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        if kind == "packed":
+            y, hn = m(pack_padded_sequence(xs, torch.tensor([4, 2, 1]), enforce_sorted=False), hs)
+            y = pad_packed_sequence(y)[0]
+        elif kind == "cell":
+            y = hn = m(xs, hs)
+        else:
+            y, hn = m(xs, hs)
+        (y.sum() + hn.sum()).backward()
+        results.append([y, hn, xs.grad, hs.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(results[1], results[0]):
+        assert torch.equal(a.isnan(), b.isnan()), (a, b)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, equal_nan=True)

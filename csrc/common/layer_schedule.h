@@ -114,6 +114,7 @@ inline LayerShapes check_recurrent_args(const char* op, const Tensor& input, con
     s.N = s.T * s.B;
   }
   s.I = input.size(-1);
+  TORCH_CHECK(s.I > 0, op, ": expected input's last dimension (input_size) to be at least 1, got 0");
   const std::string gates = std::to_string(num_gates) + " * hidden_size";
   cpu::check_dim(op, "w_ih", w_ih, 2, ("(" + gates + ", input_size)").c_str());
   cpu::check_dim(op, "w_hh", w_hh, 2, ("(" + gates + (w_hr.has_value() ? ", proj_size)" : ", hidden_size)")).c_str());

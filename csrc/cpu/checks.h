@@ -9,8 +9,12 @@
 namespace rnnext::cpu {
 
 inline void check_float_cpu(const char* op, const char* name, const at::Tensor& t) {
+  // (bfloat16 is converted or dispatched before these checks: cpu/bf16.h.)
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": expected ", name,
-              " to be float32 or float64, got ", t.scalar_type());
+              " to be float32, float64 or bfloat16 on the CPU",
+              t.scalar_type() == at::kHalf ? " (float16 runs on CUDA only; use .bfloat16() or .float() on the CPU)"
+                                           : "",
+              ", got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), op, ": expected ", name, " on the CPU, got ", t.device());
 }
 

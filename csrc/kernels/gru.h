@@ -36,10 +36,11 @@ RNNEXT_HD T rnn_activation(T pre, bool relu) {
   return relu ? (pre > T(0) || pre != pre ? pre : T(0)) : tanh_act(pre);  // NaN propagates, as in torch.relu
 }
 
-// The gradient of the pre-activation from dh and the output h' = act(pre).
+// The gradient of the pre-activation from dh and the output h' = act(pre). ReLU's is torch's
+// threshold_backward(dh, h', 0): zero where h' <= 0, dh elsewhere, so a NaN h' passes dh (and its NaN) on.
 template <typename T>
 RNNEXT_HD T rnn_activation_backward(T h_new, T dh, bool relu) {
-  return relu ? (h_new > T(0) ? dh : T(0)) : dh * (T(1) - h_new * h_new);
+  return relu ? (h_new <= T(0) ? T(0) : dh) : dh * (T(1) - h_new * h_new);
 }
 
 }  // namespace rnnext::kernels

@@ -95,11 +95,11 @@ class CharGenerator(nn.Module):
 
     def _check_generate_args(self, where: str, prime: Tensor, steps: int, temperature: float,
                              top_k: Optional[int]) -> None:
-        if not isinstance(steps, int) or steps < 0:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"CharGenerator.{where}: steps must be a non-negative integer, got {steps!r}")
         if not (temperature >= 0 and temperature == temperature and temperature != float("inf")):
             raise ValueError(f"CharGenerator.{where}: temperature must be finite and >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"CharGenerator.{where}: top_k must be a positive integer or None, got {top_k!r}")
         if prime.dim() != 2 or prime.size(1) < 1:
             raise ValueError(f"CharGenerator.{where}: expected prime (batch, P >= 1), got shape {tuple(prime.shape)}")
@@ -119,7 +119,7 @@ class CharGenerator(nn.Module):
         b_ih = [getattr(rnn, n[2]) if rnn.bias else None for n in names]
         b_hh = [getattr(rnn, n[3]) if rnn.bias else None for n in names]
         common = (w_ih, w_hh, b_ih, b_hh, self.head.weight, self.head.bias, uniforms.to(last.device),
-                  float(temperature), int(top_k or 0))
+                  float(temperature), min(int(top_k or 0), last.size(1)))  # k >= V keeps every token
         last = last.contiguous()
         if self.cell == "lstm":
             h, c = state

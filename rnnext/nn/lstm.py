@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import _ops
+from .. import onnx as _onnx
 from ..utils.rnn import batch_sizes_from_lengths, check_lengths
 
 __all__ = ["LSTM", "LSTMCell"]
@@ -25,9 +26,10 @@ def _autocast_dtype(lowers: bool, input, params_dtype: torch.dtype, hx=None) -> 
     alone), as stock's module does: autocast lowers float32 only; a module whose stock ops are on autocast's
     lower-precision list (``lowers``: on the CPU LSTM through ``mkldnn_rnn_layer``, RNN and RNNCell through their
     linear maps; on CUDA every layer, through cuDNN's RNN) runs in the autocast dtype. The others (on the CPU GRU,
-    LSTMCell, GRUCell: their fused pointwise kernels are on autocast's float32 list) follow their input and
-    states: float32 when either is float32 (a lower-precision input is then upcast), the autocast dtype when all
-    are in it."""
+    LSTMCell, GRUCell: their fused pointwise kernels are on autocast's float32 list) run in the dtype of the state
+    their pointwise step carries (GRU's h, LSTMCell's c; the input's dtype when no state is given), which is what
+    stock returns: a float32 input with a bfloat16 state (an embedding's and an autocast Linear's outputs) runs
+    in bfloat16, a bfloat16 input with a float32 state in float32."""
     if params_dtype != torch.float32 or not isinstance(input, Tensor):
         return None
     dev = input.device.type
@@ -36,12 +38,17 @@ def _autocast_dtype(lowers: bool, input, params_dtype: torch.dtype, hx=None) -> 
     low = torch.get_autocast_dtype(dev)
     if lowers:
         return low
-    if input.dtype != low:
-        return None
     states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-    if any(isinstance(t, Tensor) and t.dtype != low for t in states):
-        return params_dtype
-    return low
+    carried = states[-1] if states and isinstance(states[-1], Tensor) else None
+    dtype = carried.dtype if carried is not None else input.dtype
+    if dtype == low:
+        return low
+    if dtype != params_dtype:
+        return None
+    others = [t.dtype for t in (input, *states) if isinstance(t, Tensor)]
+    if all(d in (low, params_dtype) for d in others) and any(d == low for d in others):
+        return params_dtype  # the lower-precision ones are upcast
+    return None
 
 
 def _refuse_scripting(kind: str):
@@ -288,6 +295,7 @@ class _RNNBase(nn.Module):
         synchronize: every sequence runs at every step, masked past its length, and the values are not checked
         but clamped to [0, T] (a length of 0 leaves the state at ``hx`` and the output all padding)."""
         name = f"rnnext.nn.{self._kind}"
+        _onnx.check_export_context(name)
         ref = self.weight_ih_l0
         raw = input.data if isinstance(input, PackedSequence) else input
         cast = _autocast_dtype(self._autocast_lowers or ref.device.type == "cuda", raw, ref.dtype, hx)
@@ -547,6 +555,7 @@ class _CellBase(nn.Module):
     def _direct(self, input: Tensor) -> bool:
         """Whether a call may take the one-call path: not while compiling (the checked path traces better) nor
         under autocast (the checked path casts)."""
+        _onnx.check_export_context(f"rnnext.nn.{self._kind}")
         return (not torch.compiler.is_compiling() and not torch.is_autocast_enabled(input.device.type)
                 and not _ops.functorch_active())
 
@@ -559,6 +568,7 @@ class _CellBase(nn.Module):
         zeros); returns the batched input, the batched states, whether the input was batched and the dtype an
         autocast region runs the cell in (None: its parameters')."""
         name = f"rnnext.nn.{self._kind}"
+        _onnx.check_export_context(name)
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         cast = _autocast_dtype(self._autocast_lowers or input.device.type == "cuda", input, self.weight_ih.dtype,
