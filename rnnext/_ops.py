@@ -55,6 +55,7 @@ _load_library()
 ops = torch.ops.rnnext
 
 from . import _composite  # noqa: E402  (after the library: it calls rnnext ops)
+from . import onnx as _onnx  # noqa: E402
 
 
 def functorch_active() -> bool:
@@ -141,6 +142,7 @@ def _no_context(ctx, inputs, output):
 @torch.library.register_fake("rnnext::lstm_cell")
 def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     op = "rnnext::lstm_cell"
+    _onnx.check_export_registry(op)
     _check_devices(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
                    ("b_hh", b_hh))
     _check_same_dtype(op, "input", input, ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
@@ -251,6 +253,7 @@ def _check_lstm_layer_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batc
 @torch.library.register_fake("rnnext::lstm_layer")
 def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, sorted_indices, batch_first, reverse,
                      train, lengths=None):
+    _onnx.check_export_registry("rnnext::lstm_layer")
     H, P = _check_lstm_layer_args("rnnext::lstm_layer", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
                                   sorted_indices, batch_first, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
@@ -384,6 +387,7 @@ def _check_rnn_layer_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, so
 @torch.library.register_fake("rnnext::rnn_layer")
 def _rnn_layer_fake(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices, batch_first, reverse, train,
                     cell, lengths=None):
+    _onnx.check_export_registry("rnnext::rnn_layer")
     H = _check_rnn_layer_args("rnnext::rnn_layer", input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, sorted_indices,
                               batch_first, cell, lengths)
     N = input.shape[0] if input.dim() == 2 else input.shape[0] * input.shape[1]
@@ -458,6 +462,7 @@ torch.library.register_autograd("rnnext::rnn_layer_backward",
 @torch.library.register_fake("rnnext::rnn_cell")
 def _rnn_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, cell):
     op = "rnnext::rnn_cell"
+    _onnx.check_export_registry(op)
     _check_dim(op, "input", input, 2, "(batch, input_size)")
     H = _check_rnn_layer_args(op, input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, None, False, cell)
     B = input.shape[0]

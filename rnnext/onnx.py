@@ -40,19 +40,28 @@ _with_table = False  # set while export() runs
 
 
 def check_export_context(what: str) -> None:
-    """Called by rnnext's recurrent modules as they run: inside an ONNX export that cannot translate rnnext's ops
-    (the TorchScript-based exporter, ``dynamo=False``; or ``torch.onnx.export(dynamo=True)`` without rnnext's
-    translation table), raises an error that says so and what to do, instead of the exporter's own error about an
-    unknown ``rnnext::`` op. Outside an export it costs two dictionary lookups."""
+    """Called by rnnext's recurrent modules as they run: inside the TorchScript-based ONNX exporter
+    (``torch.onnx.export(..., dynamo=False)``), which cannot translate rnnext's ops, raises an error that says so
+    and what to do instead of the exporter's own error about an unknown ``rnnext::`` op. Outside an export it
+    costs a dictionary lookup."""
+    if torch.compiler.is_dynamo_compiling():  # (torch.compile, strict export: not that exporter)
+        return
     legacy = sys.modules.get("torch.onnx._internal.torchscript_exporter._globals")
     if legacy is not None and getattr(legacy.GLOBALS, "in_onnx_export", False):
         raise UnsupportedForONNX(f"{what}: the TorchScript-based ONNX exporter (torch.onnx.export(..., dynamo=False)) "
                                  f"cannot translate rnnext's ops; {_HOW}")
+
+
+def check_export_registry(op: str) -> None:
+    """Called by the fake kernels of the ops that have ONNX translations (they run whenever a graph is captured):
+    inside ``torch.onnx.export(dynamo=True)`` without rnnext's translation table, raises an error that names the
+    op and says what to do, instead of the exporter's own 'No ONNX function found for rnnext.lstm_layer' after
+    the capture. Outside an export it costs a dictionary lookup."""
     flags = sys.modules.get("torch.onnx._internal.exporter._flags")
     if flags is None or not getattr(flags, "_is_onnx_exporting", False) or _with_table:
         return
     if _export_registry_lacks_rnnext():
-        raise UnsupportedForONNX(f"{what}: torch.onnx.export was called without rnnext's translations for its ops; "
+        raise UnsupportedForONNX(f"{op}: torch.onnx.export was called without rnnext's translations for its ops; "
                                  f"{_HOW}")
 
 

@@ -66,7 +66,8 @@ def test_train_and_generate_gru_and_rnn_chars(tmp_path, capsys, cell):
     # Resuming with another cell says which one the checkpoint holds.
     assert run_cli("train", "chars", "--text", text, "--resume", ckpt, "--max-steps", 4, "--hidden", 16,
                    "--no-progress") == 2
-    assert f"a {cell} model; resume it with --cell {cell}" in capsys.readouterr().err
+    assert f"the checkpoint's model has --cell {cell}, the command line --cell lstm; resume with --cell {cell}" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

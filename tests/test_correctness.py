@@ -313,6 +313,52 @@ def test_memory_bounded_over_2000_batch_sizes(which):
     assert growth < 50, f"{which}: resident memory grew by {growth:.1f} MiB over 2,000 batch sizes"
 
 
+BF16_MEMORY_SCRIPT = textwrap.dedent("""
+    import gc, random, sys, torch, rnnext
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.set_num_threads(2)
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+    kind, layout = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    m = {"lstm": rnnext.nn.LSTM, "gru": rnnext.nn.GRU, "rnn": rnnext.nn.RNN}[kind](24, 32).bfloat16()
+    g = torch.Generator().manual_seed(0)
+    def step(T):
+        x = torch.randn(T, 40, 24, dtype=torch.bfloat16, requires_grad=True)
+        if layout == "packed":
+            lengths = torch.randint(1, T + 1, (40,), generator=g)
+            lengths[0] = T
+            y = m(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
+        else:
+            y = m(x)[0]
+        y.float().sum().backward()
+    lengths = list(range(2, 302))
+    random.Random(0).shuffle(lengths)
+    for T in [301] * 3 + lengths[:20]:  # the largest buffers first
+        step(T)
+    gc.collect()
+    start = rss()
+    for T in lengths[20:]:
+        step(T)
+    gc.collect()
+    print(rss() - start)
+""")
+
+
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_bf16_training_memory_flat_over_280_sequence_lengths(kind, layout):
+    """bfloat16 layers' backward GEMMs went through ATen's bfloat16 mm, whose oneDNN matmul keeps about 0.65 MiB
+    for every shape it meets, without bound (a hostile caller measured +499 MiB over 300 lengths, about 15 GB
+    after 2,400). They now run on rnnext's own bfloat16 kernel (cpu::mm_bf16), which keeps nothing per shape."""
+    out = subprocess.run([sys.executable, "-c", BF16_MEMORY_SCRIPT, kind, layout], capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert out.returncode == 0, out.stderr
+    growth = float(out.stdout.strip().splitlines()[-1])
+    assert growth < 40, f"bfloat16 {kind} ({layout}): resident memory grew by {growth:.1f} MiB over 280 lengths"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Double backward: gradgradcheck of every differentiable op in every layout, and a gradient penalty equal to
 # stock's; the backward ops say that they have no derivative of their own.

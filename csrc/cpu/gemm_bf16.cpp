@@ -5,6 +5,8 @@
 #include "cpu/gemm_bf16.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 
 #include <immintrin.h>
 
@@ -106,6 +108,37 @@ std::vector<uint16_t> pack_bf16_t(const at::Tensor& w) { return pack_pairs_from(
 int64_t packed_size(int64_t K, int64_t N) { return (K + 1) / 2 * N * 2; }
 void pack_bf16_into(const at::Tensor& b, uint16_t* out) { pack_pairs_from(b, false, out); }
 void pack_bf16_t_into(const at::Tensor& w, uint16_t* out) { pack_pairs_from(w, true, out); }
+
+at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0) && a.scalar_type() == at::kBFloat16 &&
+                  b.scalar_type() == at::kBFloat16,
+              "rnnext: mm_bf16 expects bfloat16 matrices (M, K) and (K, N), got ", a.sizes(), " ", a.scalar_type(),
+              " and ", b.sizes(), " ", b.scalar_type());
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (!gemm_bf16_available() || M == 0 || N == 0 || K == 0)  // float32's GEMM on the same values: same numerics
+    return at::mm(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16);
+  const at::Tensor A = a.contiguous();
+  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(A.const_data_ptr<c10::BFloat16>());
+  const std::vector<uint16_t> bp = pack_bf16(b);
+  std::vector<float> c(static_cast<size_t>(M * N));
+  at::Tensor out = at::empty({M, N}, a.options());
+  uint16_t* o16 = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
+  // K in chunks whose packed B (kChunk x N) stays in cache while a thread's rows pass over it; each element's sum
+  // runs over K in the same order whatever the row split (the same bits for any thread count).
+  constexpr int64_t kChunk = 256, kRowGrain = 16;
+  at::parallel_for(0, M, kRowGrain, [&](int64_t m0, int64_t m1) {
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk)
+      gemm_bf16_packed(m1 - m0, N, std::min(kChunk, K - k0), a16 + m0 * K + k0, K, bp.data() + k0 * N, N,
+                       c.data() + m0 * N, N, /*accumulate=*/k0 > 0);
+    round_to_bf16((m1 - m0) * N, c.data() + m0 * N, o16 + m0 * N);
+  });
+  return out;
+}
+
+at::Tensor mm_any(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16) return mm_bf16(a, b);
+  return at::mm(a, b);
+}
 
 void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
                        int64_t ldc, bool accumulate, uint16_t* a16) {

@@ -24,6 +24,15 @@ bool gemm_bf16_available();
 void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
+// a (M, K) @ b (K, N), both bfloat16 (any strides), as a bfloat16 (M, N): products exact, sums in float32, one
+// rounding at the end (what ATen's bfloat16 mm computes). Unlike ATen's mm, whose oneDNN matmul keeps state for
+// every shape it meets (about 0.65 MiB each, without bound: a training run over varying lengths grew by GBs),
+// it keeps nothing between calls: on rnnext's micro-kernel where gemm_bf16_available(), else float32's GEMM on the
+// same values.
+at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b);
+// a @ b: mm_bf16 for two bfloat16 matrices, ATen's mm otherwise (float32 and float64 keep no per-shape state).
+at::Tensor mm_any(const at::Tensor& a, const at::Tensor& b);
+
 // dst[i] = src[i] rounded to bfloat16 (nearest, ties to even; NaN stays NaN; float32 denormals become zero, as
 // AVX512-BF16's conversion makes them), i < n: vectorized where gemm_bf16_available(), else scalar (the same
 // results).

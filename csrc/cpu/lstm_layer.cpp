@@ -499,7 +499,7 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
   });
   // (bfloat16: the recurrence's rounded copy when it made one, i.e. without a projection.)
   const Tensor dg = !bf16 ? b.dgx : b.scratch.defined() ? b.scratch : b.dgx.to(at::kBFloat16);
-  const Tensor grad_cat = unblock_rows(at::mm(dg.t(), xh1), perm);  // (4H, KX)
+  const Tensor grad_cat = unblock_rows(mm_any(dg.t(), xh1), perm);  // (4H, KX)
   common::WeightGrads w;
   const Tensor empty = at::empty({0}, opts);
   w.w_ih = grad_cat.narrow(1, 0, I).contiguous();
@@ -513,7 +513,7 @@ common::WeightGrads lstm_fused_weight_grads(const common::BackwardSteps& b, cons
   if (b.dx_slots.defined()) {  // (made by the step loop)
     w.dx_slots = b.dx_slots;
   } else if (bf16) {
-    w.dx_slots = at::mm(dg, w_ih.index_select(0, perm).contiguous());
+    w.dx_slots = mm_any(dg, w_ih.index_select(0, perm).contiguous());
   } else {
     const Tensor w_ih_blocked = w_ih.index_select(0, perm).contiguous();
     w.dx_slots = at::empty({used, I}, opts);

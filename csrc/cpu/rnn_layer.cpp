@@ -477,7 +477,7 @@ struct CpuPointwise {
 
   // dg^T x (G, K): a weight gradient, summed over the rows of dg (n, G) and x (n, K).
   static Tensor weight_grad(const Tensor& dg, const Tensor& x) {
-    if (dg.scalar_type() != at::kFloat) return at::mm(dg.t(), x);
+    if (dg.scalar_type() != at::kFloat) return mm_any(dg.t(), x);
     Tensor out = at::empty({dg.size(1), x.size(1)}, dg.options());
     AT_DISPATCH_FLOATING_TYPES(dg.scalar_type(), "rnn_weight_grad", [&] {
       gemm_tn_parallel<scalar_t>(dg.size(1), x.size(1), dg.size(0), dg.const_data_ptr<scalar_t>(), dg.size(1),
@@ -709,9 +709,9 @@ struct CpuPointwiseBf16 : CpuPointwise {
       if (native) round_to_bf16((r1 - r0) * I, dx + r0 * I, dx16 + r0 * I);
     });
     const Tensor h16 = b.h_prev.to(at::kBFloat16);
-    w.w_ih = at::mm(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(dt);
+    w.w_ih = mm_bf16(dgx16.narrow(0, 0, n).t(), x_slots.to(at::kBFloat16)).to(dt);
     const Tensor dgh16 = !gru ? dgx16 : kept ? b.scratch : b.dgh.to(at::kBFloat16);
-    w.w_hh = at::mm(dgh16.narrow(0, 0, n).t(), h16).to(dt);
+    w.w_hh = mm_bf16(dgh16.narrow(0, 0, n).t(), h16).to(dt);
     auto own = [&](const Tensor& t) { return t.to(dt, /*non_blocking=*/false, /*copy=*/true); };
     if (!has_bias) {
       w.b_ih = w.b_hh = at::empty({0}, opts);

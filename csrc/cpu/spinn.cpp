@@ -684,7 +684,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         }
       });
       // (4Tt, 3H + Tt); natively in bfloat16, the gradients' final dtype.
-      const Tensor dW = native ? at::mm(dg16.t(), X16) : at::mm(d_gates.t(), X_all);
+      const Tensor dW = native ? mm_bf16(dg16.t(), X16) : at::mm(d_gates.t(), X_all);
       grad_tw_ih = dW.narrow(1, 0, 3 * H).contiguous();
       grad_tw_hh = dW.narrow(1, 3 * H, Tt).contiguous();
       if (trk_bias) grad_tb = step_grads ? sum_parts(trk_bias_parts, n_blocks, GT, opts) : at::sum(d_gates, {0});
@@ -698,7 +698,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spinn_encode_backward
         const Tensor A16 = scratch(ScratchSlot::kSpinnOperandBf16, {M, K}, at::kBFloat16);
         composition_h(plan, s, ref16, th16, 0, M, u16(A16));
         // (bfloat16, the gradient's final dtype: the bfloat16 wrapper's conversion is then a no-op.)
-        grad_w_comp = at::mm(D16.narrow(0, 0, M).t(), A16);
+        grad_w_comp = mm_bf16(D16.narrow(0, 0, M).t(), A16);
         if (b_comp.has_value() && !step_grads) grad_b_comp = at::sum(D.narrow(0, 0, M), {0});
         return;
       }
