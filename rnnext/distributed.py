@@ -11,6 +11,7 @@ The backend is gloo on the CPU and NCCL on CUDA devices; the global batch is `ba
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from typing import NamedTuple, Optional
@@ -46,6 +47,7 @@ def init_from_env(device: str = "cpu", backend: Optional[str] = None) -> Context
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if dev.type == "cuda" else "gloo"))
+        atexit.register(_leave_at_exit)
     return Context(rank, world, local, dev)
 
 
@@ -77,32 +79,36 @@ def barrier(ctx: Optional[Context]) -> None:
 
 
 def shutdown(ctx: Optional[Context]) -> None:
-    """Leaves the process group once every process is done. The other processes finish training before the
-    first one has evaluated and saved; tearing gloo down while a peer is still connected can abort the process
-    ("terminate called without an active exception"), so all of them meet at a barrier first. Callers release
-    their DistributedDataParallel wrappers before this: a wrapper keeps the group alive past
-    destroy_process_group, and a gloo group destroyed only at interpreter exit can abort the process (seen once
-    under torch 2.14.1); the collection here destroys it while the interpreter is alive."""
-    global left_group
+    """Leaves the process group once every process is done: all of them meet at a barrier (the other processes
+    finish training before the first one has evaluated and saved), then the group is destroyed and collected
+    while the interpreter is fully alive. Callers release their DistributedDataParallel wrappers first (a wrapper
+    holds the group)."""
     if ctx is not None and dist.is_initialized():
         if ctx.world_size > 1:
             dist.barrier()
+        _leave_group()
+
+
+def _leave_group() -> None:
+    """Destroys the process group and collects what held it, so that the backend's threads are joined now.
+
+    Why this matters (found under torch 2.14.1 with gloo, about one run in 20 aborting with "terminate called
+    without an active exception" after all of its work was done): a gloo process group that is still alive when
+    the interpreter finalizes is torn down with it, and one of its worker threads (ProcessGroupGloo::runLoop),
+    finishing a collective, releases tensors that Python has seen, which takes the GIL. During finalization
+    CPython ends a thread that asks for the GIL with pthread_exit, whose forced unwinding meets the noexcept
+    frame of the std::thread running runLoop: std::terminate. A group destroyed before finalization has joined
+    those threads, so nothing of it runs then."""
+    if dist.is_initialized():
         dist.destroy_process_group()
-        gc.collect()
-        left_group = True
+    gc.collect()
 
 
-# Set once this process has left a process group. Even then, gloo's threads are occasionally still being torn
-# down when the interpreter's C++ static destructors run, which aborts the process after all of its work is
-# done (seen under torch 2.14.1, about once in 20 runs). exit_process skips that teardown.
-left_group = False
-
-
-def exit_process(code: int) -> None:
-    """Ends a process that took part in distributed training: flushes Python's output streams and leaves without
-    running the C++ static destructors (everything the process wrote is already closed)."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def _leave_at_exit() -> None:
+    """atexit hook of init_from_env: a process that did not reach shutdown (an exception, sys.exit, Ctrl-C)
+    still destroys its process group before the interpreter finalizes (see _leave_group); without the barrier,
+    which the other processes may never reach."""
+    try:
+        _leave_group()
+    except Exception:  # (a broken group: nothing more can be done for it here)
+        pass

@@ -456,6 +456,43 @@ def test_bf16_rnn_layer_native_equals_upcast(monkeypatch, threads, cell, layout,
     assert native[0].abs().sum() > 0 and native[4].abs().sum() > 0
 
 
+@pytest.mark.parametrize("threads", [1], indirect=True)
+@pytest.mark.parametrize("layout", ["lengths", "packed", "dense"])
+@pytest.mark.parametrize("T", [4, 5, 12])
+def test_bf16_gru_native_equals_upcast_near_the_row_threshold(monkeypatch, threads, layout, T):
+    """What a hostile caller found: a bfloat16 GRU with lengths= or packed input at batch 17, input and hidden
+    257, 1 thread, gave other bits natively than with RNNEXT_BF16_UPCAST=1 (9 elements, up to 4.9e-4). At 4
+    steps a variable-length batch of 17 has fewer than 64 rows, where the float32-copy path projects the input
+    with float32's GEMM (exact products and float32 sums, in another order than the native step loop's
+    bfloat16 kernel); such calls now take the float32-copy path either way. Every output and gradient, two
+    bidirectional layers."""
+    B, I, H = 17, 257, 257
+
+    def run():
+        torch.manual_seed(0)
+        m = rnnext.nn.GRU(I, H, num_layers=2, bidirectional=True).bfloat16()
+        g = torch.Generator().manual_seed(T)
+        x = torch.randn(T, B, I, generator=g).bfloat16().requires_grad_()
+        h0 = torch.randn(4, B, H, generator=g).bfloat16().requires_grad_()
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T
+        if layout == "packed":
+            y, h = m(pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
+            y = pad_packed_sequence(y)[0]
+        elif layout == "lengths":
+            y, h = m(x, h0, lengths=lengths)
+        else:
+            y, h = m(x, h0)
+        (y.float().square().sum() + h.float().sum()).backward()
+        return [y.detach(), h.detach(), x.grad, h0.grad] + [p.grad for p in m.parameters()]
+
+    native = run()
+    monkeypatch.setenv("RNNEXT_BF16_UPCAST", "1")
+    upcast = run()
+    for i, (a, b) in enumerate(zip(native, upcast)):
+        assert torch.equal(a, b), f"tensor {i}: {(a != b).sum()} elements differ, by {(a.float() - b.float()).abs().max()}"
+
+
 def test_bf16_layers_without_avx512_pointwise():
     """The native-path checks with RNNEXT_DISABLE_AVX512=1 (in a fresh process): the bfloat16 LSTM's pointwise
     step then runs the AVX2/baseline float32 tiles and rounds h afterwards, instead of the AVX-512 tile that

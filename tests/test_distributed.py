@@ -4,6 +4,7 @@ the parameters of one process training on the same global batches; `rnnext train
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -52,3 +53,34 @@ def test_distributed_without_a_launcher_is_a_clear_error(monkeypatch, capsys):
     assert main(["train", "listops", "--distributed", "--max-steps", "1", "--train-size", "50",
                  "--dev-size", "10", "--no-progress"]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_process_group_destroyed_before_the_interpreter_finalizes(tmp_path):
+    """The cause of the rare abort at exit under torch 2.14.1 ("terminate called without an active exception"):
+    a gloo group still alive when the interpreter finalizes has its worker thread take the GIL then, and CPython
+    ends it with pthread_exit, which terminates the process. init_from_env registers an exit hook that destroys
+    the group first, so a worker that never reaches shutdown (an exception, sys.exit) leaves cleanly too. A hook
+    registered before it runs after it (atexit is last in, first out) and sees the group gone."""
+    code = textwrap.dedent("""
+        import atexit, os, sys
+        import torch, torch.distributed as dist
+        atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+        import rnnext.distributed as D
+        ctx = D.init_from_env("cpu")
+        t = torch.ones(3)
+        dist.all_reduce(t)
+        sys.exit(3)  # no shutdown
+    """)
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "initialized at exit: False" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -741,15 +741,25 @@ bool rnn_native_bf16(const Tensor& input, const Tensor& hx, const std::optional<
                      bool batch_first, const std::optional<Tensor>& lengths) {
   if (!rnn_takes_bf16(lengths) || hx.dim() != 2) return false;
   if (bf16::upcast_forced()) return false;  // (how the tests compare the two paths)
-  int64_t T = 0, B = 0;
+  int64_t T = 0, B = 0, rows = 0;
   if (input.dim() == 3) {
     T = batch_sizes.has_value() ? batch_sizes->numel() : input.size(batch_first ? 1 : 0);
     B = input.size(batch_first ? 0 : 1);
+    rows = T * B;
+    if (batch_sizes.has_value() && batch_sizes->scalar_type() == at::kLong && batch_sizes->device().is_cpu()) {
+      const Tensor bs = batch_sizes->contiguous();  // (checked again by the engine: only a row count here)
+      rows = 0;
+      for (int64_t t = 0; t < T; ++t) rows += bs.const_data_ptr<int64_t>()[t];
+    }
   } else if (input.dim() == 2 && batch_sizes.has_value()) {
     T = batch_sizes->numel();
     B = hx.size(0);
+    rows = input.size(0);
   }
-  return slot_split_threads(B) > 0 && T >= kMinSlotSteps;
+  // Fewer rows than CpuPointwiseBf16::kMinRows: the float32-copy path projects the input with float32's GEMM
+  // (one small GEMM), which a native layer (projecting inside its step loop) would not match bit for bit; such a
+  // call runs on the float32 copies either way.
+  return slot_split_threads(B) > 0 && T >= kMinSlotSteps && rows >= CpuPointwiseBf16::kMinRows;
 }
 
 Tensor upload_cpu(const std::vector<int64_t>& v) {
