@@ -29,6 +29,11 @@ namespace {
 void round_to_bf16_avx512(int64_t n, const float* src, uint16_t* dst);
 }  // namespace
 
+// gemm_bf16_packed with A given as A^T (K x M, M = lda) packed in k-pairs by pack_bf16: row r's pair p at
+// Ap + (p * lda + r) * 2 (pass Ap + 2 * r0 for rows from r0, Ap + p0 * lda * 2 for pairs from p0).
+void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint16_t* Ap, int64_t lda, const uint16_t* Bp,
+                        int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
 void round_to_bf16(int64_t n, const float* src, uint16_t* dst) {
   if (gemm_bf16_available()) return round_to_bf16_avx512(n, src, dst);
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16::round_bits(src[i]);
@@ -117,8 +122,13 @@ at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (!gemm_bf16_available() || M == 0 || N == 0 || K == 0)  // float32's GEMM on the same values: same numerics
     return at::mm(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16);
-  const at::Tensor A = a.contiguous();
-  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(A.const_data_ptr<c10::BFloat16>());
+  // A weight gradient's A is dg^T, a transposed view of the (rows, M) gate gradients: pack dg in k-pairs as B is
+  // (rows 2p and 2p + 1 interleaved: one vectorized pass) and read A's pairs from there, instead of a transposed
+  // copy of 2-byte elements.
+  const bool transposed = a.stride(0) == 1 && a.stride(1) == M;
+  const at::Tensor A = transposed ? at::Tensor() : a.contiguous();
+  const std::vector<uint16_t> ap = transposed ? pack_bf16(a.t()) : std::vector<uint16_t>();
+  const uint16_t* a16 = transposed ? ap.data() : reinterpret_cast<const uint16_t*>(A.const_data_ptr<c10::BFloat16>());
   const std::vector<uint16_t> bp = pack_bf16(b);
   std::vector<float> c(static_cast<size_t>(M * N));
   at::Tensor out = at::empty({M, N}, a.options());
@@ -127,9 +137,15 @@ at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b) {
   // runs over K in the same order whatever the row split (the same bits for any thread count).
   constexpr int64_t kChunk = 256, kRowGrain = 16;
   at::parallel_for(0, M, kRowGrain, [&](int64_t m0, int64_t m1) {
-    for (int64_t k0 = 0; k0 < K; k0 += kChunk)
-      gemm_bf16_packed(m1 - m0, N, std::min(kChunk, K - k0), a16 + m0 * K + k0, K, bp.data() + k0 * N, N,
-                       c.data() + m0 * N, N, /*accumulate=*/k0 > 0);
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kk = std::min(kChunk, K - k0);
+      if (transposed)  // pair p of row m at ap + ((k0 / 2 + p) * M + m) * 2
+        gemm_bf16_packed_a(m1 - m0, N, kk, a16 + (k0 / 2 * M + m0) * 2, M, bp.data() + k0 * N, N,
+                           c.data() + m0 * N, N, /*accumulate=*/k0 > 0);
+      else
+        gemm_bf16_packed(m1 - m0, N, kk, a16 + m0 * K + k0, K, bp.data() + k0 * N, N, c.data() + m0 * N, N,
+                         /*accumulate=*/k0 > 0);
+    }
     round_to_bf16((m1 - m0) * N, c.data() + m0 * N, o16 + m0 * N);
   });
   return out;
@@ -167,6 +183,20 @@ inline __m512bh a_pair(const uint16_t* a, int64_t p, int64_t K) {
   return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
 }
 
+// Where row r's k-pair p of A is: row-major A (kPacked false: a + 2p, the last pair of an odd K completed by a
+// zero), or A packed in k-pairs as B is (kPacked true: pairs `pstride` elements apart, an odd K's zero partner
+// stored; A = dg^T read from dg packed by pack_bf16, with no transposed copy).
+template <bool kPacked>
+inline __m512bh a_pair_at(const uint16_t* a, int64_t p, int64_t K, int64_t pstride) {
+  if constexpr (kPacked) {
+    uint32_t v;
+    std::memcpy(&v, a + p * pstride, 4);
+    return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
+  } else {
+    return a_pair(a, p, K);
+  }
+}
+
 // 16 columns of B at k-pair p (32 bfloat16), the first `cols` of them (masked beyond).
 inline __m512bh b_load(const uint16_t* b, __mmask32 m) {
   return (__m512bh)(m == __mmask32(0xFFFFFFFFu) ? _mm512_loadu_si512(b) : _mm512_maskz_loadu_epi16(m, b));
@@ -180,9 +210,9 @@ inline __mmask16 col_mask(int64_t cols) {
 }
 
 // A tile of MR rows x NV * 16 columns (the last vector masked to `cols_last`).
-template <int MR, int NV>
+template <int MR, int NV, bool kPacked = false>
 inline void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb2, float* C, int64_t ldc,
-                 bool accumulate, int64_t cols_last) {
+                 bool accumulate, int64_t cols_last, int64_t pstride = 2) {
   __m512 acc[MR][NV];
   const __mmask16 cm = col_mask(cols_last);
   const __mmask32 pm = pair_mask(cols_last);
@@ -197,7 +227,7 @@ inline void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, i
     __m512bh b[NV];
     for (int v = 0; v < NV; ++v) b[v] = b_load(bp + v * 32, v == NV - 1 ? pm : __mmask32(0xFFFFFFFFu));
     for (int r = 0; r < MR; ++r) {
-      const __m512bh a = a_pair(A + r * lda, p, K);
+      const __m512bh a = a_pair_at<kPacked>(A + r * lda, p, K, pstride);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
   }
@@ -211,20 +241,21 @@ inline void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, i
     }
 }
 
-template <int MR>
+template <int MR, bool kPacked = false>
 void rows(int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb2, float* C,
-          int64_t ldc, bool accumulate) {
+          int64_t ldc, bool accumulate, int64_t pstride = 2) {
   int64_t n = 0;
-  for (; n + 64 <= N; n += 64) tile<MR, 4>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, 16);
+  for (; n + 64 <= N; n += 64)
+    tile<MR, 4, kPacked>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, 16, pstride);
   const int64_t rest = N - n;
   if (rest > 48)
-    tile<MR, 4>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 48);
+    tile<MR, 4, kPacked>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 48, pstride);
   else if (rest > 32)
-    tile<MR, 3>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 32);
+    tile<MR, 3, kPacked>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 32, pstride);
   else if (rest > 16)
-    tile<MR, 2>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 16);
+    tile<MR, 2, kPacked>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest - 16, pstride);
   else if (rest > 0)
-    tile<MR, 1>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest);
+    tile<MR, 1, kPacked>(K, A, lda, B + 2 * n, ldb2, C + n, ldc, accumulate, rest, pstride);
 }
 
 }  // namespace
@@ -313,6 +344,28 @@ void gemm_bf16_packed(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
     case 2: rows<2>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate); break;
     case 1: rows<1>(N, K, A + m * lda, lda, Bp, ldb2, C + m * ldc, ldc, accumulate); break;
     default: break;
+  }
+}
+
+void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint16_t* Ap, int64_t lda, const uint16_t* Bp,
+                        int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  const int64_t ldb2 = 2 * ldb;
+  const int64_t pstride = 2 * lda;  // (A^T packed in k-pairs: pair p of row r at Ap + (p * lda + r) * 2)
+  // Column panels of 64 outside, row tiles inside: a panel of B (K x 64) stays in L1 while every row tile of
+  // the block passes over it (a weight gradient's M is large; the panel is read once per block, not per tile).
+  for (int64_t n = 0; n < N; n += 64) {
+    const int64_t nn = std::min<int64_t>(64, N - n);
+    int64_t m = 0;
+    for (; m + 6 <= M; m += 6)  // (6 x 64: 24 accumulators, 4 B vectors, a broadcast: 29 of the 32 registers)
+      rows<6, true>(nn, K, Ap + 2 * m, 2, Bp + 2 * n, ldb2, C + m * ldc + n, ldc, accumulate, pstride);
+    for (; m + 4 <= M; m += 4)
+      rows<4, true>(nn, K, Ap + 2 * m, 2, Bp + 2 * n, ldb2, C + m * ldc + n, ldc, accumulate, pstride);
+    switch (M - m) {
+      case 3: rows<3, true>(nn, K, Ap + 2 * m, 2, Bp + 2 * n, ldb2, C + m * ldc + n, ldc, accumulate, pstride); break;
+      case 2: rows<2, true>(nn, K, Ap + 2 * m, 2, Bp + 2 * n, ldb2, C + m * ldc + n, ldc, accumulate, pstride); break;
+      case 1: rows<1, true>(nn, K, Ap + 2 * m, 2, Bp + 2 * n, ldb2, C + m * ldc + n, ldc, accumulate, pstride); break;
+      default: break;
+    }
   }
 }
 

@@ -214,14 +214,26 @@ def machine_description(device: Union[str, torch.device, None] = None) -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
+    info: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model", "flags") and key not in info:
+                    info[key] = value.strip()
+                if key == "flags":
                     break
     except OSError:
         pass
+    if "model name" in info:
+        cpu = info["model name"]
+        if "cpu family" in info and "model" in info:  # (the brand string alone does not tell EPYC generations apart)
+            cpu += f" (family {info['cpu family']} model {info['model']}"
+            flags = set(info.get("flags", "").split())
+            isa = ("AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
+                   else "AVX2" if "avx2" in flags else "no AVX2")
+            cpu += f", {isa})"
     desc = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device is not None and torch.device(device).type == "cuda":
         desc += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
