@@ -31,9 +31,12 @@ echo "-- tests/test_cuda.py"
 pytest -q -p no:cacheprovider tests/test_cuda.py "$@"
 
 echo "-- a sample of the CPU suite against the CUDA build"
-pytest -q -p no:cacheprovider \
-  tests/test_distributed.py tests/test_onnx.py tests/test_func.py tests/test_replace.py tests/test_one_step.py \
-  tests/test_packing.py tests/test_data.py \
-  tests/test_lstm.py tests/test_gru_rnn.py tests/test_tree.py tests/test_models.py \
-  tests/test_rnn.py -k "not test_rnn_layer_matches_torch or (1thread and f64)" \
-  "$@"
+# Whole: distributed training (gloo under this torch), torch.func, replace_rnns, the one-step paths, the models,
+# packing, the data readers.
+pytest -q -p no:cacheprovider tests/test_distributed.py tests/test_func.py tests/test_replace.py \
+  tests/test_one_step.py tests/test_models.py tests/test_packing.py tests/test_data.py "$@"
+# Of the large files: every op's opcheck (fake kernels against the real ones), torch.compile, torch.export and ONNX
+# export, and the checkpoints of earlier versions loaded with weights_only.
+pytest -q -p no:cacheprovider tests/test_lstm.py tests/test_rnn.py tests/test_gru_rnn.py tests/test_tree.py \
+  tests/test_onnx.py tests/test_hardening.py tests/test_correctness.py tests/test_bf16.py \
+  -k "opcheck or compile or export or checkpoint" "$@"
