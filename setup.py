@@ -71,7 +71,11 @@ def extensions():
     with_cuda = _want_cuda()
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("csrc/autograd/*.cpp"))
     # -fno-trapping-math and -fno-math-errno (as torch itself builds) let the activation loops vectorize.
-    cxx = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    # RNNEXT_OPT=-O1: a quicker build at a lower optimization level (CI's compile checks use it).
+    opt = os.environ.get("RNNEXT_OPT", "-O3")
+    if opt not in ("-O0", "-O1", "-O2", "-O3"):
+        raise ValueError(f"RNNEXT_OPT must be one of -O0, -O1, -O2, -O3, got {opt!r}")
+    cxx = [opt, "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     link = ["-fopenmp"]
     if os.environ.get("RNNEXT_SANITIZE") == "1":  # ASan + UBSan build (see README, "Sanitizers")
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
@@ -86,7 +90,7 @@ def extensions():
                 "rnnext._C",
                 sources,
                 include_dirs=include_dirs,
-                extra_compile_args={"cxx": cxx + ["-DRNNEXT_WITH_CUDA"], "nvcc": ["-O3", "-DRNNEXT_WITH_CUDA", "--expt-relaxed-constexpr"]},
+                extra_compile_args={"cxx": cxx + ["-DRNNEXT_WITH_CUDA"], "nvcc": [opt, "-DRNNEXT_WITH_CUDA", "--expt-relaxed-constexpr"]},
                 extra_link_args=link,
                 py_limited_api=True,
             )

@@ -2,8 +2,13 @@
 
 import os
 
-import pytest
-import torch
+# The README's command runs the suite in two processes (pytest -n 2), each with torch's default thread count:
+# threads that sleep at OpenMP barriers, instead of spinning, keep four threads on two cores from stalling each
+# other (set before torch starts OpenMP; an explicit OMP_WAIT_POLICY wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
