@@ -655,3 +655,30 @@ def test_errors_point_at_the_cause():
                         (rnnext.nn.LSTMCell(3, 4), torch.randn(1, 3)), (rnnext.nn.GRUCell(3, 4), torch.randn(1, 3))):
         with pytest.raises(RuntimeError, match="float32, float64 or bfloat16 on the CPU \\(float16 runs on CUDA only"):
             module.half()(inp.half())
+
+
+@pytest.mark.parametrize("cls", [rnnext.nn.LSTM, rnnext.nn.GRU, rnnext.nn.RNN], ids=["LSTM", "GRU", "RNN"])
+def test_cpu_lengths_compile_fullgraph(cls):
+    """What a hostile caller found: `module(x, lengths=t)` with lengths on the CPU under
+    torch.compile(fullgraph=True) failed ("Could not guard on data-dependent expression u0 <= 0": the host path
+    checks and sorts the lengths in Python). Under compile a lengths tensor is now read by the op (masked mode),
+    one graph, forward and backward equal to eager."""
+    torch.manual_seed(0)
+    m = cls(5, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+
+    def f(x, lengths):
+        y, h = m(x, lengths=lengths)
+        h = h[0] if isinstance(h, tuple) else h
+        return y.square().sum() + h.sum()
+
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    lengths = torch.tensor([7, 2, 3, 5])
+    results = []
+    for fn in (f, torch.compile(f, fullgraph=True, backend="aot_eager")):
+        xi = x.clone().requires_grad_()
+        m.zero_grad()
+        loss = fn(xi, lengths)
+        loss.backward()
+        results.append([loss, xi.grad] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -133,9 +133,10 @@ _MASKED_ON_CPU = False
 
 
 def _masked_lengths(lengths, x: Tensor) -> bool:
-    # (torch.export, and the ONNX export on top of it, keeps lengths a graph input: the op reads them, not Python.)
+    # (torch.compile and torch.export, and the ONNX export on top of it, keep a lengths tensor a graph input: the
+    # op reads it, not Python, whose checks and sort would be data-dependent, which fullgraph=True refuses.)
     return isinstance(lengths, Tensor) and lengths.device == x.device and (
-        x.device.type != "cpu" or _MASKED_ON_CPU or torch.compiler.is_exporting())
+        x.device.type != "cpu" or _MASKED_ON_CPU or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 def _check_device_lengths(module: str, lengths: Tensor, batch: int, x: Tensor) -> Tensor:
