@@ -2,6 +2,7 @@
 # sources when the build's torch has CUDA and nvcc is found.
 import glob
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,11 @@ def extensions():
     if os.environ.get("RNNEXT_SANITIZE") == "1":  # ASan + UBSan build (see README, "Sanitizers")
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
         link += ["-fsanitize=address,undefined"]
+    # Per-function ISA clones need ifunc (x86-64 Linux with glibc); elsewhere, or with RNNEXT_NO_IFUNC=1 (to test
+    # that configuration), the baseline code alone is compiled (csrc/cpu/isa.h).
+    if os.environ.get("RNNEXT_NO_IFUNC") == "1" or not (sys.platform.startswith("linux") and
+                                                         platform.machine() in ("x86_64", "AMD64")):
+        cxx.append("-DRNNEXT_NO_IFUNC")
     include_dirs = [os.path.join(ROOT, "csrc")]
     _write_build_info(with_cuda)
     if with_cuda:

@@ -1,5 +1,6 @@
 // Row-major GEMM entry points for the kernels (see gemm.h).
 #include "cpu/gemm.h"
+#include "cpu/isa.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -43,7 +44,7 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
 namespace {
 
 // Rows [g0, g1) of Y = bias + X W^T: four rows of W at a time (four independent sums hide the FMA latency).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void gemv_block(
+RNNEXT_CLONES_512 void gemv_block(
     int64_t B, int64_t g0, int64_t g1, int64_t K, const float* __restrict__ X, int64_t ldx,
     const float* __restrict__ W, int64_t ldw, const float* __restrict__ bias, float* __restrict__ Y, int64_t ldy,
     bool accumulate) {

@@ -8,7 +8,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 
+#include "cpu/isa.h"
+#if RNNEXT_X86
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -18,10 +21,7 @@
 namespace rnnext::cpu {
 
 bool gemm_bf16_available() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512bw") != 0;
-  }();
+  static const bool has = cpu_has_avx512bf16();
   return has;
 }
 
@@ -167,6 +167,7 @@ void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t 
   gemm_bf16_packed(M, N, K, a16, K, Bp, N, C, ldc, accumulate);
 }
 
+#if RNNEXT_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512bf16,avx512vl,fma")
 
@@ -370,5 +371,28 @@ void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint16_t* Ap, int
 }
 
 #pragma GCC pop_options
+#else
+// Off x86-64 the AVX-512 kernels do not exist; gemm_bf16_available() is false there, so nothing calls these.
+namespace {
+[[noreturn]] void no_avx512(const char* fn) {
+  TORCH_CHECK(false, "rnnext: ", fn, " runs on x86-64 CPUs with AVX512-BF16 only (gemm_bf16_available() is false)");
+}
+void interleave_rows_avx512(int64_t, const float*, const float*, uint16_t*) { no_avx512("interleave_rows"); }
+void interleave_rows_avx512(int64_t, const uint16_t*, const uint16_t*, uint16_t*) { no_avx512("interleave_rows"); }
+void transpose_pairs_avx512(int64_t, int64_t, int64_t, int64_t, const uint16_t*, uint16_t*) {
+  no_avx512("transpose_pairs");
+}
+void round_to_bf16_avx512(int64_t, const float*, uint16_t*) { no_avx512("round_to_bf16"); }
+}  // namespace
+
+void gemm_bf16_packed(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                      bool) {
+  no_avx512("gemm_bf16_packed");
+}
+void gemm_bf16_packed_a(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, float*,
+                        int64_t, bool) {
+  no_avx512("gemm_bf16_packed_a");
+}
+#endif  // RNNEXT_X86
 
 }  // namespace rnnext::cpu

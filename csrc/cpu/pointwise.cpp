@@ -1,5 +1,6 @@
 // Instantiations of the pointwise tiles declared in pointwise.h; float gets per-ISA clones.
 #include "cpu/pointwise.h"
+#include "cpu/isa.h"
 
 #include <cstdlib>
 
@@ -7,8 +8,6 @@
 #include "kernels/lstm_layout.h"
 #include "kernels/treelstm.h"
 
-#define RNNEXT_CLONES __attribute__((target_clones("avx2", "default")))
-#define RNNEXT_CLONES_512 __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace rnnext::cpu {
 
@@ -24,11 +23,10 @@ namespace {
 
 bool has_avx512() {
   static const bool has = [] {
-    __builtin_cpu_init();  // may not have run yet when called from a static initializer
     // RNNEXT_DISABLE_AVX512=1 takes the AVX2/baseline clones instead (the tests run every path).
     const char* off = std::getenv("RNNEXT_DISABLE_AVX512");
     if (off != nullptr && off[0] == '1') return false;
-    return __builtin_cpu_supports("avx512f") != 0;
+    return cpu_has_avx512f();
   }();
   return has;
 }

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "cpu/isa.h"
+#if RNNEXT_X86
 #include <immintrin.h>
 
 #include "cpu/pointwise.h"
@@ -426,3 +429,48 @@ void lstm_backward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int6
 }  // namespace rnnext::cpu
 
 #pragma GCC pop_options
+#else
+#include <c10/util/Exception.h>
+
+#include "cpu/pointwise.h"
+
+// Off x86-64 the AVX-512 tiles do not exist; pointwise_has_avx512() is false there, so nothing calls these.
+namespace rnnext::cpu {
+namespace {
+[[noreturn]] void no_avx512(const char* fn) {
+  TORCH_CHECK(false, "rnnext: ", fn, " runs on x86-64 CPUs with AVX-512 only (pointwise_has_avx512() is false)");
+}
+}  // namespace
+void gru_forward_rows_avx512(int64_t, int64_t, const float*, const float*, float*, float*, float*) {
+  no_avx512("gru_forward_rows_avx512");
+}
+void gru_backward_rows_avx512(int64_t, int64_t, const float*, const float*, const float*, float*, float*, float*) {
+  no_avx512("gru_backward_rows_avx512");
+}
+void gru_forward_rows_bf16_avx512(int64_t, int64_t, const float*, const float*, float*, uint16_t*, float*) {
+  no_avx512("gru_forward_rows_bf16_avx512");
+}
+void gru_backward_rows_bf16_avx512(int64_t, int64_t, const float*, const uint16_t*, const uint16_t*, float*,
+                                   uint16_t*, uint16_t*, float*) {
+  no_avx512("gru_backward_rows_bf16_avx512");
+}
+void lstm_forward_tile_avx512(GateLayout, int64_t, int64_t, int64_t, float*, int64_t, const float*, const float*,
+                              float*, float*, float*, int64_t, float*, int64_t) {
+  no_avx512("lstm_forward_tile_avx512");
+}
+void lstm_forward_tile_bf16_avx512(GateLayout, int64_t, int64_t, int64_t, float*, int64_t, bool, const float*,
+                                   const float*, float*, float*, uint16_t*, int64_t, uint16_t*, int64_t) {
+  no_avx512("lstm_forward_tile_bf16_avx512");
+}
+void lstm_backward_tile_avx512(GateLayout, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                               const float*, int64_t, const float*, const float*, const float*, int64_t, int64_t,
+                               float*, float*) {
+  no_avx512("lstm_backward_tile_avx512");
+}
+void lstm_backward_tile_bf16_avx512(GateLayout, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                                    const float*, int64_t, const float*, const float*, const float*, int64_t, int64_t,
+                                    float*, uint16_t*, float*) {
+  no_avx512("lstm_backward_tile_bf16_avx512");
+}
+}  // namespace rnnext::cpu
+#endif  // RNNEXT_X86

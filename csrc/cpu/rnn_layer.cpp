@@ -20,6 +20,7 @@
 #include "cpu/bf16.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/isa.h"
 #include "cpu/scratch.h"
 #include "cpu/slot_split.h"
 #include "cpu/pointwise.h"
@@ -127,7 +128,6 @@ RNNEXT_HD void add_rows(int64_t n, const T* __restrict__ a, const T* __restrict_
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
-#define RNNEXT_CLONES __attribute__((target_clones("avx2", "default")))
 RNNEXT_CLONES void gru_forward_rows_f32(int64_t rows, int64_t H, const float* gx, const float* gh, float* h,
                                         float* h_out, float* saved) {
   gru_forward_rows(rows, H, gx, gh, h, h_out, saved);
