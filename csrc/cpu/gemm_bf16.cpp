@@ -168,8 +168,7 @@ void gemm_bf16_rounded(int64_t M, int64_t N, int64_t K, const float* A, int64_t 
 }
 
 #if RNNEXT_X86
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512bf16,avx512vl,fma")
+RNNEXT_BEGIN_AVX512_BF16
 
 namespace {
 
@@ -370,7 +369,7 @@ void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint16_t* Ap, int
   }
 }
 
-#pragma GCC pop_options
+RNNEXT_END_ISA
 #else
 // Off x86-64 the AVX-512 kernels do not exist; gemm_bf16_available() is false there, so nothing calls these.
 namespace {

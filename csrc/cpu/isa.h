@@ -21,6 +21,29 @@
 #define RNNEXT_CLONES_512
 #endif
 
+// A region of x86 code compiled for an ISA beyond the build's baseline (its functions are only entered where the
+// CPU has it): GCC's target pragma, or clang's attribute push (clang ignores GCC's target pragma). Inside an
+// AVX-512 region, an AVX512-BF16 one is RNNEXT_NEST_AVX512_BF16 ... RNNEXT_UNNEST_AVX512_BF16 (clang applies only
+// the outer of two pushed targets, so there the outer one is popped and pushed again around it).
+#if defined(__clang__)
+#define RNNEXT_BEGIN_AVX512 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,fma\"))), apply_to = function)")
+#define RNNEXT_BEGIN_AVX512_BF16 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,fma,avx512bf16,avx512bw,avx512vl\"))), apply_to=function)")
+#define RNNEXT_END_ISA _Pragma("clang attribute pop")
+#define RNNEXT_NEST_AVX512_BF16 RNNEXT_END_ISA RNNEXT_BEGIN_AVX512_BF16
+#define RNNEXT_UNNEST_AVX512_BF16 RNNEXT_END_ISA RNNEXT_BEGIN_AVX512
+#else
+#define RNNEXT_BEGIN_AVX512 _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,fma\")")
+#define RNNEXT_BEGIN_AVX512_BF16 \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,fma,avx512bf16,avx512bw,avx512vl\")")
+#define RNNEXT_END_ISA _Pragma("GCC pop_options")
+#define RNNEXT_NEST_AVX512_BF16 RNNEXT_BEGIN_AVX512_BF16
+#define RNNEXT_UNNEST_AVX512_BF16 RNNEXT_END_ISA
+#endif
+// A lambda inside an AVX512-BF16 region (clang does not carry a nested region's target to lambdas).
+#define RNNEXT_AVX512_BF16_LAMBDA __attribute__((target("avx512f,fma,avx512bf16,avx512bw,avx512vl")))
+
 namespace rnnext::cpu {
 
 // Whether this CPU has AVX-512F (false off x86-64).

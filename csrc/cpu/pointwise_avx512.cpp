@@ -11,8 +11,7 @@
 
 #include "cpu/pointwise.h"
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma")
+RNNEXT_BEGIN_AVX512
 
 namespace {
 #include "cpu/vec_avx512.h"
@@ -155,8 +154,7 @@ inline void backward_vec(__mmask16 m, const float* a, int64_t gs, const float* c
 
 // backward_vec for a bfloat16 layer, given tc = tanh(c): the four pre-activation gradients rounded to bfloat16
 // into dg16 (gates gs apart) and, in float32, added to bias_acc (same columns).
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+RNNEXT_NEST_AVX512_BF16
 inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc, const float* cp,
                               const float* dha, const float* dhb, float* dc, uint16_t* dg16, float* bias_acc) {
   VN<1> tcv, d[4];
@@ -167,7 +165,7 @@ inline void backward_vec_bf16(__mmask16 m, const float* a, int64_t gs, __m512 tc
     store(m, bias_acc + q * gs, _mm512_add_ps(load(m, bias_acc + q * gs), d[q].v[0]));
   }
 }
-#pragma GCC pop_options
+RNNEXT_UNNEST_AVX512_BF16
 
 // N vectors of a row (units u, u + 16, ...; lanes m[k]) at once: 2N sigmoid chains, then N tanh chains
 // (measured per 16 units, L1-resident rows: 30 ns one vector at a time, 21 ns two, 25 ns four). Writes the new
@@ -323,8 +321,7 @@ void lstm_forward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1
     }
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+RNNEXT_NEST_AVX512_BF16
 void lstm_forward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, float* gates, int64_t ld_g,
                                    bool keep_acts, const float* bias, const float* c_prev, float* c_out,
                                    float* c_save, uint16_t* h, int64_t ld_h, uint16_t* y, int64_t ld_y) {
@@ -339,7 +336,7 @@ void lstm_forward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64
   for (int64_t b = 0; b < rows; ++b) {
     Pending pend[4];
     int n = 0;
-    auto flush = [&] {
+    auto flush = [&]() RNNEXT_AVX512_BF16_LAMBDA {
       VN<4> cc, oo;
       for (int q = 0; q < 4; ++q) {
         const Pending& e = pend[q < n ? q : 0];
@@ -369,7 +366,7 @@ void lstm_forward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64
     if (n > 0) flush();
   }
 }
-#pragma GCC pop_options
+RNNEXT_UNNEST_AVX512_BF16
 
 void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts, int64_t ld_g,
                                const float* c, const float* c_prev_a, int64_t n_prev_a, const float* c_prev_b,
@@ -387,8 +384,7 @@ void lstm_backward_tile_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k
   }
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma,avx512bf16,avx512bw,avx512vl")
+RNNEXT_NEST_AVX512_BF16
 void lstm_backward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int64_t k1, const float* acts,
                                     int64_t ld_g, const float* c, const float* c_prev_a, int64_t n_prev_a,
                                     const float* c_prev_b, const float* dh_a, const float* dh_b, int64_t ld_dh,
@@ -401,7 +397,7 @@ void lstm_backward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int6
   for (int64_t b = 0; b < rows; ++b) {
     const float* cpr = b < n_prev_a ? c_prev_a : c_prev_b;
     int n = 0;
-    auto flush = [&] {
+    auto flush = [&]() RNNEXT_AVX512_BF16_LAMBDA {
       VN<4> cc;
       for (int q = 0; q < 4; ++q) cc.v[q] = load(pend[q < n ? q : 0].m, c + b * l.H + pend[q < n ? q : 0].unit);
       const VN<4> tc = tanh_act(cc);
@@ -424,11 +420,11 @@ void lstm_backward_tile_bf16_avx512(GateLayout l, int64_t rows, int64_t k0, int6
     if (n > 0) flush();
   }
 }
-#pragma GCC pop_options
+RNNEXT_UNNEST_AVX512_BF16
 
 }  // namespace rnnext::cpu
 
-#pragma GCC pop_options
+RNNEXT_END_ISA
 #else
 #include <c10/util/Exception.h>
 
