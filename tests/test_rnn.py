@@ -340,27 +340,23 @@ def test_nan_and_inf_gradients_propagate_like_stock(cell, kind, where):
     torch.manual_seed(0)
     T, B, I, H = 4, 3, 3, 5
     g = torch.Generator().manual_seed(7)
-    if kind == "cell":
-        stock = torch.nn.GRUCell(I, H, dtype=torch.float64) if cell == "gru" else \
-            torch.nn.RNNCell(I, H, nonlinearity=cell[4:], dtype=torch.float64)
-        ours = (rnnext.nn.GRUCell(I, H, dtype=torch.float64) if cell == "gru" else
-                rnnext.nn.RNNCell(I, H, nonlinearity=cell[4:], dtype=torch.float64))
-        x, h0 = torch.randn(B, I, dtype=torch.float64, generator=g), torch.randn(B, H, dtype=torch.float64, generator=g)
+    layer = kind != "cell"
+    if cell == "gru":
+        Stock, kw = (torch.nn.GRU if layer else torch.nn.GRUCell), {}
     else:
-        stock = torch.nn.GRU(I, H, dtype=torch.float64) if cell == "gru" else \
-            torch.nn.RNN(I, H, nonlinearity=cell[4:], dtype=torch.float64)
-        ours = (rnnext.nn.GRU(I, H, dtype=torch.float64) if cell == "gru" else
-                rnnext.nn.RNN(I, H, nonlinearity=cell[4:], dtype=torch.float64))
-        x = torch.randn(T, B, I, dtype=torch.float64, generator=g)
-        h0 = torch.randn(1, B, H, dtype=torch.float64, generator=g)
+        Stock, kw = (torch.nn.RNN if layer else torch.nn.RNNCell), {"nonlinearity": cell[4:]}
+    stock = Stock(I, H, dtype=torch.float64, **kw)
+    ours = getattr(rnnext.nn, Stock.__name__)(I, H, dtype=torch.float64, **kw)
+    x = torch.randn(*((T, B, I) if layer else (B, I)), dtype=torch.float64, generator=g)
+    h0 = torch.randn(*((1, B, H) if layer else (B, H)), dtype=torch.float64, generator=g)
     if where == "input":
         x = _with_bad_values(x, g)
     elif where == "h0":
         h0 = _with_bad_values(h0, g, count=1)
     else:
+        w_hh = stock.weight_hh_l0 if layer else stock.weight_hh
         with torch.no_grad():
-            stock.weight_hh.copy_(_with_bad_values(stock.weight_hh, g)) if kind == "cell" else \
-                stock.weight_hh_l0.copy_(_with_bad_values(stock.weight_hh_l0, g))
+            w_hh.copy_(_with_bad_values(w_hh, g))
     ours.load_state_dict(stock.state_dict())
     results = []
     for m in (stock, ours):

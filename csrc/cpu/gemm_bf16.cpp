@@ -130,7 +130,9 @@ at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b) {
   const std::vector<uint16_t> ap = transposed ? pack_bf16(a.t()) : std::vector<uint16_t>();
   const uint16_t* a16 = transposed ? ap.data() : reinterpret_cast<const uint16_t*>(A.const_data_ptr<c10::BFloat16>());
   const std::vector<uint16_t> bp = pack_bf16(b);
-  std::vector<float> c(static_cast<size_t>(M * N));
+  // (float32 sums, every element written by the first K chunk: no zero fill)
+  const at::Tensor sums = at::empty({M, N}, a.options().dtype(at::kFloat));
+  float* c = sums.data_ptr<float>();
   at::Tensor out = at::empty({M, N}, a.options());
   uint16_t* o16 = reinterpret_cast<uint16_t*>(out.data_ptr<c10::BFloat16>());
   // K in chunks whose packed B (kChunk x N) stays in cache while a thread's rows pass over it; each element's sum
@@ -141,12 +143,12 @@ at::Tensor mm_bf16(const at::Tensor& a, const at::Tensor& b) {
       const int64_t kk = std::min(kChunk, K - k0);
       if (transposed)  // pair p of row m at ap + ((k0 / 2 + p) * M + m) * 2
         gemm_bf16_packed_a(m1 - m0, N, kk, a16 + (k0 / 2 * M + m0) * 2, M, bp.data() + k0 * N, N,
-                           c.data() + m0 * N, N, /*accumulate=*/k0 > 0);
+                           c + m0 * N, N, /*accumulate=*/k0 > 0);
       else
-        gemm_bf16_packed(m1 - m0, N, kk, a16 + m0 * K + k0, K, bp.data() + k0 * N, N, c.data() + m0 * N, N,
+        gemm_bf16_packed(m1 - m0, N, kk, a16 + m0 * K + k0, K, bp.data() + k0 * N, N, c + m0 * N, N,
                          /*accumulate=*/k0 > 0);
     }
-    round_to_bf16((m1 - m0) * N, c.data() + m0 * N, o16 + m0 * N);
+    round_to_bf16((m1 - m0) * N, c + m0 * N, o16 + m0 * N);
   });
   return out;
 }
